@@ -1,0 +1,77 @@
+"""The ``routelens`` command line: a thin shell over the library's stage functions.
+
+Each sub-command lives in ``routelens/commands/<name>.py`` and exposes ``add_parser(subparsers)``,
+which registers its arguments and sets ``func(args) -> int``. User errors (``RoutelensError``, bad
+files, a full disk) print one line ``routelens: error: ...`` and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import sys
+
+from .errors import RoutelensError
+
+# Sub-command modules, in the order ``routelens --help`` lists them.
+COMMANDS = [
+    "capture",
+    "info",
+    "analyze",
+    "compare",
+    "place",
+    "plan_eval",
+    "reroute",
+    "reroute_eval",
+    "finetune",
+    "bench",
+    "app",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="routelens",
+        description="See how Mixture-of-Experts models route tokens, and turn it into faster expert parallelism.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"routelens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"routelens.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"routelens.commands.{name}":
+                continue  # that command is not part of this build
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RoutelensError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted (a capture can continue with --resume)", code=130)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            return _fail(f"disk full while writing {exc.filename or 'output'}; earlier results are untouched")
+        return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"routelens: error: {message.splitlines()[0] if message else 'failed'}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

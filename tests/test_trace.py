@@ -1,0 +1,70 @@
+import json
+
+import numpy as np
+import pytest
+
+from routelens.errors import TraceError
+from routelens.synthetic import synthetic_trace_arrays
+from routelens.trace import Trace, TraceWriter, write_trace
+
+
+def test_roundtrip_keeps_every_token_and_layer(synthetic_trace, tmp_path):
+    arrays = synthetic_trace_arrays(num_tokens=4096, num_layers=4, num_experts=16, top_k=2, with_logits=True)
+    t = Trace.open(synthetic_trace.path)
+    assert t.num_tokens == 4096 and t.top_k == 2 and t.num_experts == 16
+    assert len(t.shards) == 5
+    for j, layer in enumerate(t.layers):
+        np.testing.assert_array_equal(t.topk_ids(layer), arrays["topk_ids"][j])
+        np.testing.assert_allclose(t.topk_weights(j), arrays["topk_weights"][j], atol=1e-3)
+        assert t.router_logits(layer).shape == (4096, 16)
+    np.testing.assert_array_equal(t.token_ids, arrays["token_ids"])
+    np.testing.assert_array_equal(t.seq_ids, arrays["seq_ids"])
+    chunks = list(t.iter_chunks(0))
+    assert [c[0] for c in chunks] == [0, 1000, 2000, 3000, 4000]
+
+
+def test_output_folder_holding_a_run_is_refused_and_untouched(synthetic_trace):
+    before = (synthetic_trace.path / "manifest.json").read_bytes()
+    header = synthetic_trace.manifest.copy()
+    with pytest.raises(TraceError, match="already holds a run"):
+        TraceWriter(synthetic_trace.path, header)
+    assert (synthetic_trace.path / "manifest.json").read_bytes() == before
+
+
+def test_resume_with_other_settings_is_refused(synthetic_trace):
+    header = dict(synthetic_trace.manifest)
+    header["settings"] = {**header["settings"], "seq_len": 999}
+    with pytest.raises(TraceError, match="different settings"):
+        TraceWriter(synthetic_trace.path, header, resume=True)
+
+
+def test_resume_continues_after_last_complete_shard(synthetic_trace):
+    w = TraceWriter(synthetic_trace.path, dict(synthetic_trace.manifest), resume=True)
+    assert w.resume_state.num_tokens == 4096 and w.resume_state.num_shards == 5
+
+
+def test_corrupt_shard_gives_trace_error(synthetic_trace):
+    shard = synthetic_trace.path / synthetic_trace.shards[1]["file"]
+    shard.write_bytes(b"garbage" * 10)
+    with pytest.raises(TraceError, match="corrupt"):
+        Trace.open(synthetic_trace.path).topk_ids(0)
+
+
+def test_missing_shard_and_old_version_are_refused(synthetic_trace):
+    m = json.loads((synthetic_trace.path / "manifest.json").read_text())
+    m["version"] = 0
+    (synthetic_trace.path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(TraceError, match="format version 0"):
+        Trace.open(synthetic_trace.path)
+    m["version"] = 1
+    (synthetic_trace.path / "manifest.json").write_text(json.dumps(m))
+    (synthetic_trace.path / synthetic_trace.shards[0]["file"]).unlink()
+    with pytest.raises(TraceError, match="missing shard"):
+        Trace.open(synthetic_trace.path)
+
+
+def test_nan_weights_are_refused(tmp_path):
+    a = synthetic_trace_arrays(num_tokens=64, num_layers=1, num_experts=4, top_k=2)
+    a["topk_weights"][0][3, 1] = np.nan
+    with pytest.raises(TraceError, match="NaN"):
+        write_trace(tmp_path / "r", a["header"], a["token_ids"], a["seq_ids"], a["positions"], a["topk_ids"], a["topk_weights"])
