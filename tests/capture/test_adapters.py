@@ -1,0 +1,173 @@
+"""Router adapters: for every family, the recorded choice is exactly what the experts receive.
+
+Each test builds a tiny random-init model of a real transformers family, saves and reloads it with
+the Auto class (as capture does), and compares, token for token, what the router hook recorded
+(``RouterSite.unpack``) with what a forward pre-hook on the experts module saw.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from routelens.capture.adapters import RouterOutput, find_router_sites
+from routelens.errors import NotMoEError
+
+_spec = importlib.util.spec_from_file_location("tiny_models", Path(__file__).with_name("tiny_models.py"))
+tiny_models = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny_models)
+
+FAMILIES = sorted(tiny_models.FAMILIES)
+BATCH, SEQ = 2, 7
+_LOADED: dict[str, torch.nn.Module] = {}
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    """family -> tiny model saved with save_pretrained and reloaded with its Auto class (cached per module)."""
+
+    def load(family: str) -> torch.nn.Module:
+        if family not in _LOADED:
+            path = tmp_path_factory.mktemp(family)
+            tiny_models.build_tiny(family).save_pretrained(path)
+            _LOADED[family] = tiny_models.load_tiny(family, path)
+        return _LOADED[family]
+
+    return load
+
+
+def _inputs(family: str, seed: int = 1) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, tiny_models.VOCAB, (BATCH, SEQ), generator=generator)
+    return tiny_models.forward_inputs(family, ids)
+
+
+def _received(family: str, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [N, k], weights [N, k] float32) an experts module was called with."""
+    return tiny_models.received_choice(family, args, kwargs)
+
+
+def _sorted_by_id(ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = ids.reshape(ids.shape[0], -1).long()
+    order = ids.argsort(dim=-1)
+    return ids.gather(1, order), weights.reshape(ids.shape).float().gather(1, order)
+
+
+def _assert_same_choice(ids_a, weights_a, ids_b, weights_b, what: str) -> None:
+    ids_a, weights_a = _sorted_by_id(ids_a, weights_a)
+    ids_b, weights_b = _sorted_by_id(ids_b, weights_b)
+    assert ids_a.shape == ids_b.shape, what
+    assert torch.equal(ids_a, ids_b), f"{what}: expert ids differ in {(ids_a != ids_b).any(-1).sum()} tokens"
+    torch.testing.assert_close(weights_a, weights_b, atol=1e-5, rtol=0, msg=what)
+
+
+def _run(model, family, routing, hook_fn=None):
+    """Forward once; returns (model logits, per-site recorded RouterOutputs, per-site received choices)."""
+    recorded = [[] for _ in routing.sites]
+    received = [[] for _ in routing.sites]
+    handles = []
+    for j, (site, experts) in enumerate(zip(routing.sites, routing.experts_modules)):
+
+        def hook(module, args, kwargs, output, j=j, site=site):
+            recorded[j].append(site.unpack(args, kwargs, output))
+            if hook_fn is not None:
+                return hook_fn(j, site, args, kwargs, output, recorded[j][-1])
+
+        def pre_hook(module, args, kwargs, j=j):
+            received[j].append(_received(family, args, kwargs))
+
+        handles.append(site.module.register_forward_hook(hook, with_kwargs=True))
+        handles.append(experts.register_forward_pre_hook(pre_hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            out = model(**_inputs(family))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out.logits, recorded, received
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_recorded_choice_equals_what_experts_receive(family, loaded):
+    model = loaded(family)
+    routing = find_router_sites(model)
+    assert routing.family == family
+    assert [s.layer_index for s in routing.sites] == tiny_models.expected_moe_layers(family)
+    _, recorded, received = _run(model, family, routing)
+    for site, rec_calls, recv_calls in zip(routing.sites, recorded, received):
+        assert len(rec_calls) == len(recv_calls) >= 1, site.name
+        for rec, recv in zip(rec_calls, recv_calls):
+            assert isinstance(rec, RouterOutput)
+            assert rec.topk_ids.dtype == torch.int64 and rec.topk_ids.shape[1] == site.top_k
+            assert rec.topk_ids.shape == rec.topk_weights.shape
+            _assert_same_choice(rec.topk_ids, rec.topk_weights, *recv, what=site.name)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rule_choose_reproduces_the_model_choice(family, loaded):
+    model = loaded(family)
+    routing = find_router_sites(model)
+    _, recorded, _ = _run(model, family, routing)
+    checked = 0
+    for site, calls in zip(routing.sites, recorded):
+        for rec in calls:
+            if rec.logits is None:
+                continue
+            assert rec.logits.shape == (rec.topk_ids.shape[0], site.num_experts)
+            ids, weights = site.rule.choose(rec.logits)
+            keep = rec.topk_ids.min(dim=-1).values >= 0  # capacity-dropped tokens are not in the rule
+            _assert_same_choice(ids[keep], weights[keep], rec.topk_ids[keep], rec.topk_weights[keep], site.name)
+            checked += 1
+    assert checked > 0 or family in tiny_models.NO_LOGITS
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_repack_of_the_unpacked_choice_is_bit_identical(family, loaded):
+    model = loaded(family)
+    routing = find_router_sites(model)
+    plain, _, _ = _run(model, family, routing)
+
+    def same(j, site, args, kwargs, output, rec):
+        return site.repack(args, kwargs, output, rec.topk_ids.clone(), rec.topk_weights.clone())
+
+    repacked, _, _ = _run(model, family, routing, hook_fn=same)
+    assert torch.equal(plain, repacked)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_repack_of_another_choice_reaches_the_experts(family, loaded):
+    model = loaded(family)
+    routing = find_router_sites(model)
+    plain, _, _ = _run(model, family, routing)
+    sent = [[] for _ in routing.sites]
+
+    def reverse(j, site, args, kwargs, output, rec):
+        new_ids = site.num_experts - 1 - rec.topk_ids
+        new_weights = torch.linspace(0.2, 0.8, rec.topk_ids.numel()).reshape(rec.topk_ids.shape)
+        sent[j].append((new_ids, new_weights))
+        return site.repack(args, kwargs, output, new_ids, new_weights)
+
+    rerouted, _, received = _run(model, family, routing, hook_fn=reverse)
+    for site, sent_calls, recv_calls in zip(routing.sites, sent, received):
+        assert len(sent_calls) == len(recv_calls)
+        for (ids, weights), recv in zip(sent_calls, recv_calls):
+            _assert_same_choice(ids, weights, *recv, what=site.name)
+    assert not torch.allclose(plain, rerouted)
+
+
+@pytest.mark.parametrize("config_class", ["LlamaConfig", "Qwen3Config"])
+def test_dense_model_raises_not_moe(config_class):
+    import transformers
+
+    config = getattr(transformers, config_class)(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8,
+    )
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with pytest.raises(NotMoEError) as excinfo:
+        find_router_sites(model)
+    message = str(excinfo.value)
+    assert config.model_type in message and "\n" not in message
