@@ -1,0 +1,569 @@
+"""The capture loop: run token windows through an MoE model and record every router's choice.
+
+For each batch of windows the model runs once under ``torch.inference_mode()`` with a
+:class:`~routelens.capture.hooks.RouterRecorder` on its router sites. The recorded routing stays on
+the device; after the forward each layer is converted (ids → int16, weights → float32, logits →
+float16) and copied to pinned host memory with ``non_blocking=True``. The copies of batch ``i``
+are waited for only after batch ``i + 1`` has been launched: one host sync per batch, none per
+layer. Batches are grouped into shards of about ``shard_tokens`` tokens, written by a background
+thread with :class:`~routelens.trace.TraceWriter` (atomic, manifest updated after each shard), so
+an interrupted run resumes where it stopped (``resume=True``) without losing or repeating a token.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) rank ``r`` of ``W`` captures the ``r``-th contiguous block
+of windows into its own shards; rank 0 merges the part manifests after a barrier. Contiguous
+blocks keep the merged trace in window order, token for token the same as a one-process capture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InputError, RoutelensError, TraceError
+from ..io import read_json
+from ..trace import MANIFEST, Trace, TraceWriter, merge_rank_parts
+from .hooks import LayerRouting, RouterRecorder
+from .text import Windows
+
+DEFAULT_SHARD_TOKENS = 65536
+
+
+# ---------------------------------------------------------------------------- metadata
+def config_summary(config) -> dict[str, Any]:
+    """The numbers of a transformers config that matter for routing, under one set of names.
+
+    Families spell them differently (``num_local_experts`` in Mixtral, ``n_routed_experts`` in
+    DeepSeek, ``d_model`` in Switch); the summary uses ``hidden_size``, ``num_layers``,
+    ``num_experts``, ``top_k``, ``vocab_size``, ``moe_intermediate_size``, ...
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    names = {
+        "hidden_size": ("hidden_size", "d_model", "n_embd"),
+        "num_layers": ("num_hidden_layers", "num_layers", "n_layer"),
+        "num_experts": ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"),
+        "top_k": ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts", "router_top_k"),
+        "num_shared_experts": ("num_shared_experts", "n_shared_experts"),
+        "vocab_size": ("vocab_size",),
+        "moe_intermediate_size": ("moe_intermediate_size", "expert_intermediate_size"),
+        "intermediate_size": ("intermediate_size", "ffn_dim", "d_ff"),
+        "num_attention_heads": ("num_attention_heads", "num_heads", "n_head"),
+        "max_position_embeddings": ("max_position_embeddings", "n_positions"),
+    }
+    summary: dict[str, Any] = {"model_type": getattr(config, "model_type", None)}
+    for key, candidates in names.items():
+        for name in candidates:
+            value = getattr(text, name, None)
+            if isinstance(value, (int, float, str, bool)):
+                summary[key] = value
+                break
+    return {k: v for k, v in summary.items() if v is not None}
+
+
+def build_header(model, tokenizer, routing, windows: Windows, *, model_id: str, save_logits: bool,
+                 world_size: int = 1) -> dict[str, Any]:
+    """The trace manifest's metadata; ``settings`` is what a ``--resume`` must match exactly."""
+    sites = routing.sites
+    top_ks = {int(site.top_k) for site in sites}
+    if len(top_ks) != 1:
+        raise RoutelensError(f"{model_id}: MoE layers choose different numbers of experts {sorted(top_ks)}; "
+                             "a trace needs one top-k")
+    dtype = str(getattr(model, "dtype", "")).replace("torch.", "")
+    architectures = getattr(model.config, "architectures", None) or [type(model).__name__]
+    source = windows.source
+    settings = {
+        "model": model_id,
+        "text": source.describe(),
+        "text_sha256": source.sha256,
+        "tokens_sha256": windows.tokens_sha256,
+        "seq_len": windows.seq_len,
+        "max_tokens": windows.max_tokens,
+        "num_windows": windows.num_windows,
+        "save_logits": bool(save_logits),
+        "dtype": dtype,
+        "world_size": int(world_size),
+    }
+    return {
+        "model": {
+            "id": model_id,
+            "family": routing.family,
+            "architecture": architectures[0],
+            "config": config_summary(model.config),
+            "tokenizer": {
+                "class": type(tokenizer).__name__,
+                "vocab_size": len(tokenizer),
+                "eos_token_id": getattr(tokenizer, "eos_token_id", None),
+            },
+        },
+        "layers": [site.name for site in sites],
+        "layer_indices": [int(site.layer_index) for site in sites],
+        "num_experts": max(int(site.num_experts) for site in sites),
+        "num_experts_per_layer": [int(site.num_experts) for site in sites],
+        "top_k": top_ks.pop(),
+        "routing_rules": [_jsonable_rule(site.rule) for site in sites],
+        "has_logits": bool(save_logits),
+        "dtype": dtype,
+        "settings": settings,
+        "source": {
+            "kind": source.kind,
+            "name": source.name,
+            "sha256": source.sha256,
+            "seq_len": windows.seq_len,
+            "num_windows": windows.num_windows,
+            "num_tokens": windows.num_tokens,
+        },
+    }
+
+
+def _jsonable_rule(rule: Any) -> Any:
+    """A routing rule as JSON (tensors such as a selection bias become ``"tensor[E]"``)."""
+    if rule is None:
+        return None
+    if not dataclasses.is_dataclass(rule) or isinstance(rule, type):
+        return str(rule)
+    jsonable = {}
+    for item in dataclasses.fields(rule):
+        value = getattr(rule, item.name)
+        if hasattr(value, "shape"):
+            value = f"tensor{list(value.shape)}"
+        elif not isinstance(value, (int, float, str, bool, type(None))):
+            value = str(value)
+        jsonable[item.name] = value
+    return jsonable
+
+
+# ---------------------------------------------------------------------------- device → host
+class _HostCopy:
+    """One batch's routing on its way to host memory (pinned, non-blocking on CUDA).
+
+    ``result()`` waits for the copies (one event per CUDA device, i.e. one sync per batch) and
+    returns numpy arrays: ids ``[N, k]`` int16, weights ``[N, k]`` float32, logits ``[N, E]`` float16.
+    """
+
+    def __init__(self, layers: list[LayerRouting]):
+        import torch
+
+        self._on_device: list[Any] = []  # device tensors kept alive until their copy is done
+        self.topk_ids = [self._to_host(layer.topk_ids, torch.int16) for layer in layers]
+        self.topk_weights = [self._to_host(layer.topk_weights, torch.float32) for layer in layers]
+        self.logits = None
+        if layers and all(layer.logits is not None for layer in layers):
+            self.logits = [self._to_host(layer.logits, torch.float16) for layer in layers]
+        self._events = []
+        for device in {t.device for t in self._on_device}:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            self._events.append(event)
+
+    def _to_host(self, tensor, dtype):
+        import torch
+
+        if tensor.device.type == "cpu":
+            return tensor.to(dtype, copy=True)  # own the memory: the model may reuse its buffers
+        converted = tensor.to(dtype)  # convert on the device: int16 ids are a quarter of int64
+        host = torch.empty(converted.shape, dtype=dtype, pin_memory=True)
+        host.copy_(converted, non_blocking=True)
+        self._on_device.append(converted)
+        return host
+
+    def result(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
+        for event in self._events:
+            event.synchronize()
+        self._on_device = []
+        pinned = bool(self._events)
+
+        def numpy(t):
+            # copy out of pinned memory so its blocks return to the caching host allocator
+            return np.array(t.numpy()) if pinned else t.numpy()
+
+        ids = [numpy(t) for t in self.topk_ids]
+        weights = [numpy(t) for t in self.topk_weights]
+        logits = None if self.logits is None else [numpy(t) for t in self.logits]
+        return ids, weights, logits
+
+
+# ---------------------------------------------------------------------------- distributed
+@dataclasses.dataclass
+class DistContext:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # we created the process group, so we destroy it
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def init_distributed() -> DistContext:
+    """Join the ``torchrun`` process group from its env vars (NCCL on CUDA, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext()
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+    else:
+        dist.init_process_group("gloo")
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
+
+
+def rank_windows(num_windows: int, rank: int, world_size: int) -> np.ndarray:
+    """Window indices rank ``rank`` captures: the ``rank``-th of ``world_size`` contiguous blocks."""
+    return np.array_split(np.arange(num_windows), world_size)[rank]
+
+
+def check_output_folder(out: str | os.PathLike, resume: bool, world_size: int = 1) -> None:
+    """Refuse, before any model is loaded, an output folder that a capture must not write into."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    if not out.is_dir():
+        return
+    has_run = (out / MANIFEST).is_file() or any((out / "parts").glob("rank*.json"))
+    if has_run and not resume:
+        raise TraceError(f"output folder {out} already holds a run: pass --resume to continue it, or choose another --out")
+    parts = sorted((out / "parts").glob("rank*.json"))
+    if resume and parts and world_size == 1 and not (out / MANIFEST).is_file():
+        raise TraceError(
+            f"{out} is an unfinished torchrun capture with {len(parts)} processes: resume it with "
+            f"torchrun --nproc-per-node {len(parts)}"
+        )
+    if not has_run and any(p.name not in ("shards", "parts") for p in out.iterdir()):
+        raise TraceError(f"output folder {out} is not empty and holds no routelens trace; choose another --out")
+
+
+# ---------------------------------------------------------------------------- the loop
+def capture(
+    model,
+    tokenizer,
+    windows: Windows,
+    out: str | os.PathLike,
+    *,
+    routing=None,
+    model_id: str | None = None,
+    batch_size: int = 8,
+    save_logits: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    dist_context: DistContext | None = None,
+    on_shard: Callable[[int], None] | None = None,
+) -> Trace:
+    """Capture the routing of every token of ``windows`` into a trace folder ``out``.
+
+    Args:
+        model: a loaded transformers MoE model (eval mode), on one device or spread by a device map.
+        tokenizer: its tokenizer (recorded in the manifest).
+        windows: ``[S, L]`` token windows from :func:`routelens.capture.text.pack_windows`.
+        out: the run folder to write.
+        routing: the model's router sites (default: ``find_router_sites(model)``).
+        model_id: how the manifest names the model (default: ``model.config.name_or_path``).
+        batch_size: windows per forward pass.
+        save_logits: also record the ``[N, E]`` router logits of every layer.
+        resume: continue the run already in ``out`` (its settings must match), skipping the windows
+            it holds; a finished run is returned as is.
+        shard_tokens: tokens per shard file (rounded up to whole batches): the unit of resume.
+        dist_context: the torchrun job (default: :func:`init_distributed`).
+        on_shard: called with the number of shards this session has written, after each one.
+
+    Returns:
+        The finished :class:`~routelens.trace.Trace` (merged over ranks under torchrun).
+
+    Raises:
+        NotMoEError: the model has no router routelens knows.
+        TraceError: ``out`` holds another run, or one with different settings.
+        RoutelensError: NaN/inf routing weights, a router that did not run.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    if routing is None:
+        from .adapters import find_router_sites
+
+        routing = find_router_sites(model)
+    ctx = dist_context or init_distributed()
+    model_id = model_id or str(getattr(model.config, "name_or_path", "") or type(model).__name__)
+    header = build_header(model, tokenizer, routing, windows, model_id=model_id, save_logits=save_logits,
+                          world_size=ctx.world_size)
+    out = Path(out)
+    check_output_folder(out, resume, ctx.world_size)
+    if resume:
+        _check_resume_settings(out, header, ctx)
+    writer = TraceWriter(out, header, resume=resume, rank=ctx.rank, world_size=ctx.world_size)
+    prior_stats = _prior_stats(out, ctx)
+    mine = rank_windows(windows.num_windows, ctx.rank, ctx.world_size)
+    done = writer.resume_state.num_sequences
+    if done > mine.size:
+        raise TraceError(f"cannot resume {out}: it holds {done} windows for rank {ctx.rank}, more than the {mine.size} it should")
+    todo = mine[done:]
+    seq_len = windows.seq_len
+    forward = _forward_fn(model)
+    input_device = _input_device(model)
+    batches_per_shard = max(1, -(-shard_tokens // (batch_size * seq_len)))
+
+    bar = _progress_bar(progress and ctx.rank == 0, total=mine.size * seq_len, initial=done * seq_len)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="routelens-shard")
+    pending_write: Future | None = None
+    shards_written = 0
+    group: list[tuple[np.ndarray, tuple]] = []
+    start = time.perf_counter()
+
+    def finish_write() -> None:
+        nonlocal pending_write, shards_written
+        if pending_write is not None:
+            write, pending_write = pending_write, None
+            write.result()
+            shards_written += 1
+            if on_shard is not None:
+                on_shard(shards_written)
+
+    def flush() -> None:
+        nonlocal pending_write, group
+        if not group:
+            return
+        finish_write()  # at most one shard in flight: bounded memory, errors surface in order
+        pending_write = pool.submit(_write_group, writer, windows, group)
+        group = []
+
+    def consume(index: np.ndarray, copy: _HostCopy) -> None:
+        result = copy.result()
+        _check_finite(result[1], header["layers"], index)
+        group.append((index, result))
+        if bar is not None:
+            bar.update(index.size * seq_len)
+        if len(group) >= batches_per_shard:
+            flush()
+
+    in_flight: tuple[np.ndarray, _HostCopy] | None = None
+    try:
+        with torch.inference_mode(), RouterRecorder(routing.sites, keep_logits=save_logits) as recorder:
+            for first in range(0, todo.size, batch_size):
+                index = todo[first:first + batch_size]
+                input_ids = torch.from_numpy(windows.token_ids[index].astype(np.int64)).to(input_device)
+                forward(input_ids)
+                copy = _HostCopy(recorder.take(expected_tokens=input_ids.numel()))
+                if in_flight is not None:
+                    consume(*in_flight)  # batch i-1's copies finished while batch i was launched
+                in_flight = (index, copy)
+            if in_flight is not None:
+                consume(*in_flight)
+                in_flight = None
+            flush()
+            finish_write()
+    except BaseException:
+        pool.shutdown(wait=True)  # a shard already being written completes (atomically) or not at all
+        if pending_write is not None and pending_write.done() and pending_write.exception() is None:
+            shards_written += 1
+        _record_stats(writer, prior_stats, time.perf_counter() - start, ctx, batch_size, input_device, final=False)
+        if bar is not None:
+            bar.close()
+        raise
+    pool.shutdown(wait=True)
+    if bar is not None:
+        bar.close()
+    _record_stats(writer, prior_stats, time.perf_counter() - start, ctx, batch_size, input_device, final=True)
+    writer.close(complete=True)
+    if ctx.world_size > 1:
+        ctx.barrier()
+        if ctx.rank == 0:
+            merge_rank_parts(out, ctx.world_size)
+        ctx.barrier()
+    return Trace.open(out)
+
+
+def _write_group(writer: TraceWriter, windows: Windows, group: list[tuple[np.ndarray, tuple]]) -> None:
+    """Write the batches of ``group`` as one shard (runs on the writer thread)."""
+    seq_len = windows.seq_len
+    index = np.concatenate([g[0] for g in group])
+    num_layers = len(group[0][1][0])
+    topk_ids = [np.concatenate([g[1][0][j] for g in group]) for j in range(num_layers)]
+    topk_weights = [np.concatenate([g[1][1][j] for g in group]) for j in range(num_layers)]
+    logits = None
+    if group[0][1][2] is not None:
+        logits = [np.concatenate([g[1][2][j] for g in group]) for j in range(num_layers)]
+    writer.write_shard(
+        token_ids=windows.token_ids[index].reshape(-1),
+        seq_ids=np.repeat(index.astype(np.int32), seq_len),
+        positions=np.tile(np.arange(seq_len, dtype=np.int32), index.size),
+        topk_ids=topk_ids,
+        topk_weights=topk_weights,
+        router_logits=logits,
+        num_seqs=int(index.size),
+    )
+
+
+def _check_finite(topk_weights: list[np.ndarray], layers: list[str], index: np.ndarray) -> None:
+    for name, weights in zip(layers, topk_weights):
+        if not np.isfinite(weights).all():
+            raise RoutelensError(
+                f"routing weights at {name} are NaN or inf for windows {int(index[0])}-{int(index[-1])}: "
+                "the model's numbers overflowed or its weights are corrupt (try --dtype float32)"
+            )
+
+
+def _forward_fn(model) -> Callable[[Any], Any]:
+    """One forward pass over ``input_ids`` ``[B, L]``, computing no more LM-head logits than needed."""
+    params = inspect.signature(model.forward).parameters
+    if getattr(model.config, "is_encoder_decoder", False):
+        # Encoder-decoder MoE (Switch): the window is both the encoder input and the teacher-forced
+        # decoder input, so every encoder and decoder router sees the same B * L tokens.
+        return lambda ids: model(input_ids=ids, decoder_input_ids=ids, use_cache=False)
+    kwargs: dict[str, Any] = {}
+    if "use_cache" in params:
+        kwargs["use_cache"] = False
+    if "logits_to_keep" in params:
+        kwargs["logits_to_keep"] = 1  # skip the [B, L, vocab] LM-head output nobody reads
+    return lambda ids: model(input_ids=ids, **kwargs)
+
+
+def _input_device(model):
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and getattr(embeddings, "weight", None) is not None:
+        device = embeddings.weight.device
+        if device.type != "meta":
+            return device
+    return next(model.parameters()).device
+
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc="capture", dynamic_ncols=True)
+
+
+def _existing_manifest_path(out: Path, ctx: DistContext) -> Path:
+    return out / MANIFEST if ctx.world_size == 1 else out / "parts" / f"rank{ctx.rank}.json"
+
+
+def _check_resume_settings(out: Path, header: dict[str, Any], ctx: DistContext) -> None:
+    """Name the settings that differ when a resume is refused (TraceWriter refuses it too)."""
+    path = _existing_manifest_path(out, ctx)
+    if not path.is_file():
+        return
+    existing = read_json(path, what="trace manifest")
+    old, new = existing.get("settings") or {}, header["settings"]
+    changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    if existing.get("layers") != header["layers"]:
+        changed.insert(0, "layers")
+    if changed:
+        diffs = "; ".join(f"{key} was {_short(old.get(key))}, now {_short(new.get(key))}" for key in changed[:4])
+        raise TraceError(f"cannot resume {out}: it was captured with other settings ({diffs})")
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:12] + "…" if len(text) > 40 else text
+
+
+def _prior_stats(out: Path, ctx: DistContext) -> dict[str, Any]:
+    path = _existing_manifest_path(out, ctx)
+    if not path.is_file():
+        return {}
+    stats = read_json(path, what="trace manifest").get("stats", {})
+    return stats if isinstance(stats, dict) else {}
+
+
+def _record_stats(writer: TraceWriter, prior: dict[str, Any], session_s: float, ctx: DistContext,
+                  batch_size: int, device, final: bool) -> None:
+    """Cumulative wall time over sessions (resume adds up), tokens/s over the whole run."""
+    wall_s = float(prior.get("wall_s", 0.0)) + session_s
+    tokens = writer.resume_state.num_tokens
+    writer.update_stats(
+        wall_s=round(wall_s, 3),
+        tokens_per_s=round(tokens / wall_s, 1) if wall_s > 0 else None,
+        sessions=int(prior.get("sessions", 0)) + 1,
+        batch_size=batch_size,
+        device=str(device),
+    )
+    if not final and writer.shards:
+        try:
+            writer.close(complete=False)  # keep the stats of an interrupted session
+        except Exception:
+            pass
+
+
+# ---------------------------------------------------------------------------- from a path
+def capture_from_path(
+    model: str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    text: str | os.PathLike | None = None,
+    dataset: str | None = None,
+    max_tokens: int | None = None,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    dtype: str | None = None,
+    device: str | None = None,
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+    save_logits: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    on_shard: Callable[[int], None] | None = None,
+) -> Trace:
+    """Load ``model`` (hub id, folder, or None for the bundled demo), pack the text, capture.
+
+    The output folder is checked before the model is loaded, so a wrong ``--out`` fails fast.
+    See :func:`capture` for the other arguments and what is raised.
+    """
+    from .adapters import find_router_sites
+    from .load import demo_model_path, load_model, model_reference
+    from .text import pack_windows, resolve_source
+
+    ctx = init_distributed()
+    try:
+        check_output_folder(out, resume, ctx.world_size)
+        if ctx.world_size > 1 and device_map is not None:
+            raise InputError("--device-map cannot be combined with torchrun: each process holds a whole model copy")
+        if ctx.world_size > 1 and (device is None or device == "cuda"):
+            import torch
+
+            device = f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu"
+        name = str(model) if model is not None else str(demo_model_path())
+        source = resolve_source(text=text, dataset=dataset)
+        loaded, tokenizer = load_model(name, dtype=dtype, device=device, device_map=device_map,
+                                       trust_remote_code=trust_remote_code)
+        routing = find_router_sites(loaded)  # before reading the text: a dense model fails fast
+        windows = pack_windows(source, tokenizer, seq_len=seq_len, max_tokens=max_tokens)
+        _check_seq_len(loaded.config, seq_len)
+        return capture(
+            loaded, tokenizer, windows, out, routing=routing, model_id=model_reference(name),
+            batch_size=batch_size, save_logits=save_logits, resume=resume, progress=progress,
+            shard_tokens=shard_tokens, dist_context=ctx, on_shard=on_shard,
+        )
+    finally:
+        ctx.close()
+
+
+def _check_seq_len(config, seq_len: int) -> None:
+    limit = config_summary(config).get("max_position_embeddings")
+    if isinstance(limit, int) and seq_len > limit:
+        raise InputError(f"--seq-len {seq_len} exceeds the model's context of {limit} positions")

@@ -1,0 +1,104 @@
+"""Record what every router decided during a forward pass.
+
+:class:`RouterRecorder` registers one forward hook per router site (see
+``routelens.capture.adapters``); each hook turns the router's native output into a
+``RouterOutput`` with the site's ``unpack`` and keeps it, on the device it was computed on. After
+the forward, :meth:`RouterRecorder.take` concatenates each layer's calls. Nothing here copies to the
+host or synchronises the GPU: the engine moves the whole batch at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..errors import RoutelensError
+
+
+@dataclass
+class LayerRouting:
+    """One MoE layer's routing for all tokens of one forward pass (tensors on the router's device).
+
+    Attributes:
+        topk_ids: ``[N, k]`` int64 experts chosen, ``N`` = tokens in the batch, in input order.
+        topk_weights: ``[N, k]`` routing weights the experts received.
+        logits: ``[N, E]`` router logits, or None (not kept, or the family exposes none).
+    """
+
+    topk_ids: Any
+    topk_weights: Any
+    logits: Any | None
+
+
+class RouterRecorder:
+    """Context manager that hooks ``sites`` and collects their outputs forward by forward.
+
+    Example:
+        >>> with RouterRecorder(routing.sites, keep_logits=True) as recorder:   # doctest: +SKIP
+        ...     model(input_ids)
+        ...     layers = recorder.take()        # one LayerRouting per site, in site order
+    """
+
+    def __init__(self, sites: Sequence[Any], keep_logits: bool = False):
+        self.sites = list(sites)
+        self.keep_logits = keep_logits
+        self._calls: list[list[Any]] = [[] for _ in self.sites]
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "RouterRecorder":
+        for j, site in enumerate(self.sites):
+            self._handles.append(site.module.register_forward_hook(self._make_hook(j), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.clear()
+
+    def _make_hook(self, j: int):
+        site = self.sites[j]
+        calls = self._calls[j]
+
+        def hook(module, args, kwargs, output):
+            calls.append(site.unpack(args, kwargs, output))
+
+        return hook
+
+    def clear(self) -> None:
+        """Forget what was recorded (e.g. after a failed forward)."""
+        for calls in self._calls:
+            calls.clear()
+
+    def take(self, expected_tokens: int | None = None) -> list[LayerRouting]:
+        """Per layer, the routing of everything since the last ``take``, concatenated over calls.
+
+        Args:
+            expected_tokens: tokens the forward pass fed (``B * L``); checked against each layer's
+                ``N`` from tensor shapes only (no GPU sync).
+
+        Raises:
+            RoutelensError: a router was not called, or saw a different number of tokens.
+        """
+        import torch
+
+        layers = []
+        for site, calls in zip(self.sites, self._calls):
+            if not calls:
+                raise RoutelensError(f"router {site.name} was not called during the forward pass; cannot record it")
+            if len(calls) == 1:
+                ids, weights = calls[0].topk_ids, calls[0].topk_weights
+                logits = calls[0].logits if self.keep_logits else None
+            else:
+                ids = torch.cat([c.topk_ids for c in calls])
+                weights = torch.cat([c.topk_weights for c in calls])
+                logits = None
+                if self.keep_logits and all(c.logits is not None for c in calls):
+                    logits = torch.cat([c.logits for c in calls])
+            if expected_tokens is not None and ids.shape[0] != expected_tokens:
+                raise RoutelensError(
+                    f"router {site.name} routed {ids.shape[0]} tokens, but the batch holds {expected_tokens}"
+                )
+            layers.append(LayerRouting(topk_ids=ids, topk_weights=weights, logits=logits))
+        self.clear()
+        return layers

@@ -1,0 +1,214 @@
+"""Load a Hugging Face MoE checkpoint (hub id or local folder) and its tokenizer for capture.
+
+Same words as transformers: ``from_pretrained(name_or_path)``, ``dtype=``, ``device_map="auto"``,
+``trust_remote_code`` (off unless the user asks). Every way a load can fail that a user can cause
+(a missing or unreadable path, a folder without a model, corrupt or incomplete weights, an
+unreachable hub) becomes one :class:`RoutelensError` line naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, RoutelensError
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+# "org/name" or "name" as the hub spells repository ids; anything else is a local path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+# ---------------------------------------------------------------------------- bundled data
+def bundled_data_dir() -> Path:
+    """The repository's ``data/`` folder (demo checkpoint and corpus), next to the package."""
+    import routelens
+
+    return Path(routelens.__file__).resolve().parents[1] / "data"
+
+
+def demo_model_path() -> Path:
+    """``data/demo-moe``, the bundled trained Qwen3-MoE demo checkpoint.
+
+    Raises:
+        RoutelensError: the checkpoint is not there (e.g. routelens installed without its source tree).
+    """
+    path = bundled_data_dir() / "demo-moe"
+    if not (path / "config.json").is_file():
+        raise RoutelensError(
+            f"the bundled demo checkpoint is missing ({path}): pass a model (hub id or checkpoint folder) to capture"
+        )
+    return path
+
+
+def demo_corpus_path() -> Path:
+    """``data/corpus/train.txt``, the bundled default text (Python standard-library source)."""
+    path = bundled_data_dir() / "corpus" / "train.txt"
+    if not path.is_file():
+        raise RoutelensError(f"the bundled corpus is missing ({path}): pass --text FILE or --dataset NAME")
+    return path
+
+
+# ---------------------------------------------------------------------------- devices and dtypes
+def resolve_device(device: str | None = None):
+    """``torch.device`` to capture on: ``device`` if given, else CUDA when present, else CPU."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown --device '{device}' (use cpu, cuda or cuda:N)") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device} asked for CUDA, but this machine has no CUDA device")
+    return resolved
+
+
+def resolve_dtype(dtype: str | None, device) -> Any:
+    """Map a ``--dtype`` word to what ``from_pretrained(dtype=...)`` takes.
+
+    ``None`` means float32 on CPU (half-precision matmuls are slow on most CPUs) and ``"auto"``
+    (the checkpoint's own dtype) on GPUs.
+    """
+    import torch
+
+    if dtype is None:
+        return "auto" if getattr(device, "type", str(device)) != "cpu" else torch.float32
+    if dtype not in DTYPES:
+        raise InputError(f"unknown --dtype '{dtype}' (choose from {', '.join(DTYPES)})")
+    return "auto" if dtype == "auto" else getattr(torch, dtype)
+
+
+def is_local_reference(name_or_path: str) -> bool:
+    """True when ``name_or_path`` can only mean a local folder (exists, or is not a hub id)."""
+    return Path(name_or_path).expanduser().exists() or not _HUB_ID.match(name_or_path) or name_or_path.startswith(".")
+
+
+def model_reference(name_or_path: str) -> str:
+    """How a model is named in a trace: the absolute folder for local checkpoints, else the hub id."""
+    if Path(name_or_path).expanduser().exists():
+        return str(Path(name_or_path).expanduser().resolve())
+    return name_or_path
+
+
+# ---------------------------------------------------------------------------- loading
+def load_model(
+    name_or_path: str | os.PathLike,
+    dtype: str | None = None,
+    device: str | None = None,
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+):
+    """Load an MoE checkpoint and its tokenizer, ready for inference (``model.eval()``).
+
+    Args:
+        name_or_path: a hub id (``Qwen/Qwen3-30B-A3B``) or a local checkpoint folder.
+        dtype: ``float32`` | ``bfloat16`` | ``float16`` | ``auto`` (checkpoint dtype); None: see
+            :func:`resolve_dtype`.
+        device: where the whole model goes (``cpu``, ``cuda``, ``cuda:1``); ignored with ``device_map``.
+        device_map: passed to ``from_pretrained`` (``"auto"`` spreads the layers over all GPUs and CPU
+            memory with accelerate); inputs then go to the device of the input embeddings.
+        trust_remote_code: run modeling code shipped with the checkpoint (off unless asked).
+
+    Returns:
+        ``(model, tokenizer)``. ``AutoModelForCausalLM`` for decoder-only models,
+        ``AutoModelForSeq2SeqLM`` for encoder-decoder MoE (Switch Transformers).
+
+    Raises:
+        RoutelensError: a missing/unreadable path, a folder without a model, corrupt or incomplete
+            weights, an unreachable hub, an unknown architecture (one line naming the path).
+    """
+    name = str(name_or_path)
+    _check_reference(name)
+    config = _load_config(name, trust_remote_code)
+    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+    target = resolve_device(device) if device_map is None else None
+    torch_dtype = resolve_dtype(dtype, target if target is not None else "cuda")
+    model = _load_weights(name, config, torch_dtype, device_map, trust_remote_code)
+    if target is not None:
+        model.to(target)
+    model.eval()
+    return model, tokenizer
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
+    """``AutoTokenizer.from_pretrained`` with a one-line error when the checkpoint has no tokenizer."""
+    from transformers import AutoTokenizer
+
+    name = str(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises OSError/ValueError/TypeError for broken tokenizers
+        raise RoutelensError(f"cannot load the tokenizer of {name}: {_first_line(exc)}") from exc
+
+
+def _check_reference(name: str) -> None:
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise RoutelensError(f"model path {name} is a file; pass the checkpoint folder that holds config.json")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise RoutelensError(f"cannot read model folder {name}: permission denied")
+        config = path / "config.json"
+        if not config.is_file():
+            raise RoutelensError(f"{name} is not a model folder (no config.json)")
+        if not os.access(config, os.R_OK):
+            raise RoutelensError(f"cannot read {config}: permission denied")
+        return
+    if is_local_reference(name):
+        raise RoutelensError(f"model folder not found: {name}")
+
+
+def _load_config(name: str, trust_remote_code: bool):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        hint = ""
+        message = _first_line(exc)
+        if "trust_remote_code" in str(exc) or "does not recognize this architecture" in str(exc):
+            hint = " (a checkpoint with its own modeling code needs --trust-remote-code, if you trust it)"
+        if not Path(name).expanduser().exists():
+            raise RoutelensError(
+                f"cannot load model '{name}': not a local folder, and the Hugging Face hub lookup failed: {message}{hint}"
+            ) from exc
+        raise RoutelensError(f"cannot read the model config in {name}: {message}{hint}") from exc
+
+
+def _load_weights(name: str, config, torch_dtype, device_map, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    classes = [AutoModelForSeq2SeqLM] if getattr(config, "is_encoder_decoder", False) else [AutoModelForCausalLM, AutoModelForSeq2SeqLM]
+    kwargs: dict[str, Any] = {"config": config, "dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    unsupported = None
+    for auto_class in classes:
+        try:
+            model, info = auto_class.from_pretrained(name, output_loading_info=True, **kwargs)
+        except ValueError as exc:
+            if "Unrecognized configuration class" in str(exc):
+                unsupported = exc
+                continue  # try the next auto class
+            raise RoutelensError(f"cannot load model weights from {name}: {_first_line(exc)}") from exc
+        except Exception as exc:  # corrupt safetensors, missing weight files, out of memory...
+            raise RoutelensError(f"cannot load model weights from {name}: {_first_line(exc)}") from exc
+        missing = list(info.get("missing_keys") or [])
+        if missing:
+            raise RoutelensError(
+                f"model weights in {name} lack {len(missing)} tensors (e.g. {sorted(missing)[0]}): "
+                "the checkpoint is incomplete or belongs to another architecture"
+            )
+        return model
+    raise RoutelensError(
+        f"cannot load {name}: {type(config).__name__} is neither a causal LM nor a seq2seq LM ({_first_line(unsupported)})"
+    )
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip() if exc is not None else ""
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,251 @@
+"""Text sources for capture, tokenized and packed into fixed-length windows.
+
+Three sources: a file (``--text FILE``: plain text, or JSONL with a ``"text"`` field per line), a
+``datasets`` dataset (``--dataset NAME[:CONFIG[:SPLIT]]``), or the bundled corpus
+(``data/corpus/train.txt``). Documents are tokenized without special tokens, joined with the
+tokenizer's EOS token and packed into consecutive windows of ``seq_len`` tokens; the last partial
+window is dropped, so every recorded token is a real token (no padding). Window ``i`` is sequence
+``i`` of the trace; a token's position is its column in the window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..errors import InputError, RoutelensError
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+BLOCK_CHARS = 1 << 20  # plain text is tokenized in blocks of about 1 MB, cut at line ends
+
+
+@dataclass
+class TextSource:
+    """Where capture text comes from.
+
+    Attributes:
+        kind: ``file`` | ``dataset`` | ``bundled``.
+        name: what the user gave (file path, ``NAME:CONFIG:SPLIT``) or the bundled file's name.
+        documents: a callable returning a fresh iterator of document strings.
+        separate_documents: join documents with EOS (JSONL records, dataset rows); False for a
+            plain file, which arrives in blocks of one long document.
+        sha256: content hash (whole file for files; the documents read, for datasets), filled
+            once the documents have been read when not known up front.
+    """
+
+    kind: str
+    name: str
+    documents: Callable[[], Iterator[str]]
+    separate_documents: bool = True
+    sha256: str | None = None
+
+    def describe(self) -> str:
+        """``file:corpus.txt``, ``dataset:wikitext:wikitext-2-raw-v1:test`` or ``bundled:train.txt``."""
+        label = Path(self.name).name if self.kind in ("file", "bundled") else self.name
+        return f"{self.kind}:{label}"
+
+
+@dataclass
+class Windows:
+    """Token windows to capture: ``token_ids[i]`` is window (sequence) ``i``.
+
+    Attributes:
+        token_ids: ``[S, L]`` int32, ``S`` windows of ``L = seq_len`` tokens.
+        source: the :class:`TextSource` they came from.
+        max_tokens: the ``--max-tokens`` limit they were packed under (None: all the text).
+        tokens_sha256: hash of ``token_ids`` (resume checks that the windows are the same).
+    """
+
+    token_ids: np.ndarray
+    source: TextSource
+    max_tokens: int | None = None
+    tokens_sha256: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.tokens_sha256:
+            self.tokens_sha256 = hashlib.sha256(np.ascontiguousarray(self.token_ids, np.int32).tobytes()).hexdigest()
+
+    @property
+    def num_windows(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.token_ids.shape[1])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.token_ids.size)
+
+
+# ---------------------------------------------------------------------------- sources
+def file_source(path: str | os.PathLike, kind: str = "file") -> TextSource:
+    """A plain-text or JSONL (``.jsonl``/``.ndjson``, one ``{"text": ...}`` per line) file.
+
+    Raises:
+        InputError: the file is missing, unreadable or empty.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"text file not found: {path}")
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise InputError(f"cannot read text file {path}: {exc.strerror or exc}") from exc
+    if path.stat().st_size == 0:
+        raise InputError(f"text file {path} is empty")
+    jsonl = path.suffix.lower() in JSONL_SUFFIXES
+    reader = _jsonl_documents if jsonl else _plain_documents
+    return TextSource(kind=kind, name=str(path), documents=lambda: reader(path), separate_documents=jsonl,
+                      sha256=digest.hexdigest())
+
+
+def dataset_source(spec: str) -> TextSource:
+    """``NAME[:CONFIG[:SPLIT]]`` read with the ``datasets`` library (streamed; split defaults to train).
+
+    The text column is ``text`` when present, else the first string column.
+
+    Raises:
+        InputError: ``datasets`` is not installed, or the dataset cannot be reached or read.
+    """
+    parts = spec.split(":")
+    if not parts[0] or len(parts) > 3:
+        raise InputError(f"--dataset '{spec}' is not NAME[:CONFIG[:SPLIT]]")
+    name = parts[0]
+    config = parts[1] if len(parts) > 1 and parts[1] else None
+    split = parts[2] if len(parts) > 2 and parts[2] else "train"
+    try:
+        import datasets  # noqa: F401
+    except ImportError as exc:
+        raise InputError("--dataset needs the 'datasets' package: pip install 'routelens[data]'") from exc
+
+    def documents() -> Iterator[str]:
+        from datasets import load_dataset
+
+        try:
+            stream = load_dataset(name, config, split=split, streaming=True)
+            column = None
+            for row in stream:
+                if column is None:
+                    column = "text" if isinstance(row.get("text"), str) else next(
+                        (k for k, v in row.items() if isinstance(v, str)), None
+                    )
+                    if column is None:
+                        raise InputError(f"dataset {spec} has no text column (columns: {', '.join(row)})")
+                yield row[column]
+        except RoutelensError:
+            raise
+        except Exception as exc:  # network errors, unknown dataset/config/split
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"cannot read dataset {spec}: {message}") from exc
+
+    return TextSource(kind="dataset", name=spec, documents=documents)
+
+
+def _plain_documents(path: Path) -> Iterator[str]:
+    """The file as one document, yielded in ~1 MB blocks cut at line ends (bounded memory)."""
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            block: list[str] = []
+            size = 0
+            for line in fh:
+                block.append(line)
+                size += len(line)
+                if size >= BLOCK_CHARS:
+                    yield "".join(block)
+                    block, size = [], 0
+            if block:
+                yield "".join(block)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"text file {path} is not UTF-8 (byte {exc.start})") from exc
+
+
+def _jsonl_documents(path: Path) -> Iterator[str]:
+    with open(path, "r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path} line {lineno} is not valid JSON: {exc.msg}") from exc
+            text = record.get("text") if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise InputError(f'{path} line {lineno} has no string "text" field')
+            yield text
+
+
+# ---------------------------------------------------------------------------- packing
+def pack_windows(
+    source: TextSource,
+    tokenizer,
+    seq_len: int = 256,
+    max_tokens: int | None = None,
+) -> Windows:
+    """Tokenize ``source`` and pack it into ``[S, seq_len]`` windows.
+
+    Documents are joined with ``tokenizer.eos_token_id`` (when the tokenizer has one); reading stops
+    as soon as ``max_tokens`` (rounded down to whole windows) are available, so a small capture of a
+    huge corpus does not tokenize all of it.
+
+    Raises:
+        InputError: ``seq_len``/``max_tokens`` out of range, or too little text for one window.
+    """
+    if seq_len < 1:
+        raise InputError(f"--seq-len must be >= 1, got {seq_len}")
+    if max_tokens is not None and max_tokens < seq_len:
+        raise InputError(f"--max-tokens {max_tokens} is less than one window of --seq-len {seq_len}")
+    max_windows = None if max_tokens is None else max_tokens // seq_len
+    needed = None if max_windows is None else max_windows * seq_len
+    eos = getattr(tokenizer, "eos_token_id", None)
+    pieces: list[np.ndarray] = []
+    total = 0
+    text_hash = hashlib.sha256() if source.sha256 is None else None
+    for index, document in enumerate(source.documents()):
+        if text_hash is not None:
+            text_hash.update(document.encode("utf-8"))
+        ids = _encode(tokenizer, document)
+        if index > 0 and eos is not None and source.separate_documents:
+            pieces.append(np.array([eos], np.int32))
+            total += 1
+        pieces.append(ids)
+        total += ids.size
+        if needed is not None and total >= needed:
+            break
+    if text_hash is not None:
+        source.sha256 = text_hash.hexdigest()
+    flat = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+    num_windows = flat.size // seq_len if max_windows is None else min(flat.size // seq_len, max_windows)
+    if num_windows == 0:
+        raise InputError(
+            f"{source.describe()} gives {flat.size} tokens, fewer than one window of --seq-len {seq_len}"
+        )
+    token_ids = flat[: num_windows * seq_len].reshape(num_windows, seq_len)
+    return Windows(token_ids=token_ids, source=source, max_tokens=max_tokens)
+
+
+def _encode(tokenizer, text: str) -> np.ndarray:
+    encoded = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    return np.asarray(encoded, dtype=np.int32)
+
+
+def resolve_source(text: str | None = None, dataset: str | None = None) -> TextSource:
+    """The text source the CLI options name: ``--text``, ``--dataset``, or the bundled corpus."""
+    if text is not None and dataset is not None:
+        raise InputError("give either --text or --dataset, not both")
+    if dataset is not None:
+        return dataset_source(dataset)
+    if text is not None:
+        return file_source(text)
+    from .load import demo_corpus_path
+
+    return file_source(demo_corpus_path(), kind="bundled")

@@ -1,0 +1,89 @@
+"""``routelens capture [MODEL] --out RUN``: record how an MoE model routes real text into a trace."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "capture",
+        help="record the experts an MoE model chooses for every token and layer",
+        description="Run text through a Hugging Face MoE model and record, for every token and MoE layer, the "
+        "experts chosen and their weights (optionally the router logits) into a trace folder. "
+        "Without MODEL: the bundled demo checkpoint data/demo-moe and the bundled corpus. "
+        "Under torchrun each process captures its share of the windows (data parallel).",
+    )
+    parser.add_argument("model", nargs="?", default=None,
+                        help="hub id (Qwen/Qwen3-30B-A3B) or checkpoint folder (default: bundled data/demo-moe)")
+    parser.add_argument("--out", required=True, help="run folder to write (must be new, or use --resume)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--text", metavar="FILE", help="plain text file, or .jsonl with a \"text\" field per line "
+                        "(default: bundled data/corpus/train.txt)")
+    source.add_argument("--dataset", metavar="NAME[:CONFIG[:SPLIT]]",
+                        help="a Hugging Face dataset, e.g. wikitext:wikitext-2-raw-v1:test (needs 'datasets')")
+    parser.add_argument("--max-tokens", type=_positive_int, default=None,
+                        help="stop after this many tokens (whole windows; default: all the text)")
+    parser.add_argument("--seq-len", type=_positive_int, default=256, help="tokens per packed window (default 256)")
+    parser.add_argument("--batch-size", type=_positive_int, default=8, help="windows per forward pass (default 8)")
+    parser.add_argument("--save-logits", action="store_true", help="also record the [tokens, experts] router logits")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default=None,
+                        help="weights dtype (default: float32 on CPU, the checkpoint's dtype on GPU)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    parser.add_argument("--device-map", default=None,
+                        help="accelerate device map for models larger than one GPU, e.g. auto")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run modeling code shipped with the checkpoint (only for checkpoints you trust)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --out (same model and settings), skipping what it holds")
+    parser.add_argument("--shard-tokens", type=_positive_int, default=65536,
+                        help="tokens per shard file, the unit an interrupted run resumes from (default 65536)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..capture.engine import capture_from_path
+
+    trace = capture_from_path(
+        args.model,
+        args.out,
+        text=args.text,
+        dataset=args.dataset,
+        max_tokens=args.max_tokens,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        device_map=args.device_map,
+        trust_remote_code=args.trust_remote_code,
+        save_logits=args.save_logits,
+        resume=args.resume,
+        progress=not args.no_progress,
+        shard_tokens=args.shard_tokens,
+    )
+    stats = trace.manifest.get("stats", {})
+    if trace.manifest.get("world_size", 1) == 1 or _is_rank_zero():
+        speed = f" at {stats['tokens_per_s']:,.0f} tokens/s" if stats.get("tokens_per_s") else ""
+        print(
+            f"captured {trace.num_tokens:,} tokens x {len(trace.layers)} MoE layers "
+            f"({trace.num_experts} experts, top-{trace.top_k}) into {trace.path} "
+            f"({len(trace.shards)} shards){speed}; see: routelens info {trace.path}"
+        )
+    return 0
+
+
+def _is_rank_zero() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
