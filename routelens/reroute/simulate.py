@@ -1,0 +1,238 @@
+"""Re-route a saved trace: new choices from its router logits, written as a trace of the same format.
+
+``reroute_trace`` reads the input trace shard by shard (all layers of one shard in memory at a
+time), applies a :class:`~routelens.reroute.policy.Policy` to each batch of ``batch_tokens``
+tokens, and writes the new ``topk_ids`` / ``topk_weights`` (router logits copied unchanged) with
+:class:`~routelens.trace.TraceWriter`. Graphs, placement and the runner read the result like any
+capture. The manifest records the policy under ``reroute`` and the input trace under ``parent``.
+
+Slots a capacity policy dropped are ``-1`` with weight 0 in the new trace; consumers skip them.
+
+It also compares the two choices batch by batch (:func:`compare_routing`): fan-out, busiest GPU,
+expert-load imbalance, dropped and changed slots.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError, TraceError
+from ..plan import Plan
+from ..trace import MANIFEST, Trace, TraceWriter
+from .metrics import changed_fraction, routing_stats
+from .policy import Policy
+
+DEFAULT_BATCH_TOKENS = 4096
+_HEADER_SKIP = {"format", "version", "complete", "num_tokens", "num_sequences", "shards", "stats", "software", "world_size"}
+_STAT_KEYS = ("gpus_per_token", "busiest_gpu_recv", "mean_gpu_recv", "load_max_over_mean", "dropped_fraction")
+
+
+# ---------------------------------------------------------------------------- routing rules
+def rules_from_trace(trace: Trace, model_rules: Sequence[Any] | None = None) -> list[Any]:
+    """One ``RoutingRule`` per trace layer, rebuilt from the manifest's ``routing_rules``.
+
+    Args:
+        model_rules: rules read from the loaded model (``find_router_sites(model)``), needed when the
+            manifest cannot carry a rule's tensor (a selection bias: DeepSeek-V3, GLM4-MoE, Ernie).
+
+    A trace without recorded rules (synthetic traces) gets the plain softmax top-k rule with
+    renormalisation.
+
+    Raises:
+        InputError: a rule holds a tensor the manifest does not store and no ``model_rules`` were given.
+    """
+    from ..capture.adapters import RoutingRule
+
+    if model_rules is not None:
+        if len(model_rules) != len(trace.layers):
+            raise InputError(f"the model has {len(model_rules)} MoE layers, the trace {len(trace.layers)}")
+        return list(model_rules)
+    recorded = trace.manifest.get("routing_rules")
+    if not recorded:
+        return [RoutingRule("softmax", trace.num_experts, trace.top_k, True) for _ in trace.layers]
+    fields = set(RoutingRule.__dataclass_fields__)
+    rules = []
+    for layer, entry in zip(trace.layers, recorded):
+        if not isinstance(entry, dict):
+            raise InputError(f"trace layer {layer} records an unreadable routing rule: {entry!r}")
+        if isinstance(entry.get("bias"), str):
+            raise InputError(
+                f"trace layer {layer} routes with a selection bias the manifest does not store: pass --model to read it"
+            )
+        rules.append(RoutingRule(**{k: v for k, v in entry.items() if k in fields}))
+    return rules
+
+
+# ---------------------------------------------------------------------------- comparison
+class RoutingComparison:
+    """Accumulates per-layer costs of an original and a new choice over batches (token-weighted)."""
+
+    def __init__(self, layers: Sequence[str], num_experts: int, plan: Plan | None = None):
+        self.layers = list(layers)
+        self.num_experts = num_experts
+        self.plan = plan
+        self._sums = {side: {layer: {} for layer in self.layers} for side in ("original", "rerouted")}
+        self._changed = {layer: 0.0 for layer in self.layers}
+        self._tokens = {layer: 0 for layer in self.layers}
+        self._batches = {layer: 0 for layer in self.layers}
+
+    def add(self, layer: str, original_ids, new_ids) -> None:
+        """Add one batch of one layer (``[N, K]`` each)."""
+        table = None if self.plan is None else self.plan.gpu_experts[layer]
+        n = int(np.asarray(original_ids).shape[0]) if not torch.is_tensor(original_ids) else int(original_ids.shape[0])
+        if n == 0:
+            return
+        for side, ids in (("original", original_ids), ("rerouted", new_ids)):
+            stats = routing_stats(ids, self.num_experts, table)
+            sums = self._sums[side][layer]
+            for key, value in stats.items():
+                # per-token quantities weigh by tokens, per-batch maxima by batch
+                weight = n if key in ("gpus_per_token", "dropped_fraction") else 1
+                sums[key] = sums.get(key, 0.0) + value * weight
+        self._changed[layer] += changed_fraction(original_ids, new_ids) * n
+        self._tokens[layer] += n
+        self._batches[layer] += 1
+
+    def summary(self) -> dict[str, Any]:
+        """``{"layers": {layer: {"original": {...}, "rerouted": {...}, "changed_fraction"}}, "overall": ...}``.
+
+        ``overall`` averages layers; ``change`` holds relative changes (new / original - 1).
+        """
+        per_layer: dict[str, Any] = {}
+        for layer in self.layers:
+            entry: dict[str, Any] = {}
+            for side in ("original", "rerouted"):
+                entry[side] = {key: value / (self._tokens[layer] if key in ("gpus_per_token", "dropped_fraction")
+                                             else max(self._batches[layer], 1))
+                               for key, value in self._sums[side][layer].items()}
+            entry["changed_fraction"] = self._changed[layer] / max(self._tokens[layer], 1)
+            per_layer[layer] = entry
+        overall: dict[str, Any] = {"original": {}, "rerouted": {}}
+        for side in ("original", "rerouted"):
+            for key in _STAT_KEYS:
+                values = [per_layer[l][side][key] for l in self.layers if key in per_layer[l][side]]
+                if values:
+                    overall[side][key] = float(np.mean(values))
+        overall["changed_fraction"] = float(np.mean([per_layer[l]["changed_fraction"] for l in self.layers]))
+        overall["change"] = {key: overall["rerouted"][key] / overall["original"][key] - 1.0
+                             for key in _STAT_KEYS
+                             if key in overall["original"] and overall["original"][key] and key != "dropped_fraction"}
+        return {"layers": per_layer, "overall": overall}
+
+
+def compare_routing(trace: Trace, rerouted: Trace, plan: Plan | None = None,
+                    batch_tokens: int = DEFAULT_BATCH_TOKENS) -> dict[str, Any]:
+    """Costs of two traces' choices on the same tokens (batches of ``batch_tokens``)."""
+    if rerouted.num_tokens != trace.num_tokens or rerouted.layers != trace.layers:
+        raise TraceError("the two traces do not hold the same tokens and layers")
+    comparison = RoutingComparison(trace.layers, trace.num_experts, plan)
+    for layer in trace.layers:
+        old, new = trace.topk_ids(layer), rerouted.topk_ids(layer)
+        for start in range(0, trace.num_tokens, batch_tokens):
+            comparison.add(layer, old[start:start + batch_tokens], new[start:start + batch_tokens])
+    return comparison.summary()
+
+
+# ---------------------------------------------------------------------------- re-routing
+def reroute_trace(
+    trace: Trace,
+    policy: Policy,
+    out: str | os.PathLike,
+    rules: Sequence[Any] | None = None,
+    plan: Plan | None = None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: bool = True,
+) -> tuple[Trace, dict[str, Any]]:
+    """Apply ``policy`` to every layer of ``trace`` and write the re-routed trace to ``out``.
+
+    Args:
+        trace: a trace captured with ``--save-logits``.
+        policy: a fitted :class:`Policy`.
+        out: a new folder (an existing run is never overwritten).
+        rules: one ``RoutingRule`` per layer (default: :func:`rules_from_trace`).
+        plan: placement for the GPU metrics (optional).
+        batch_tokens: tokens that share one forward pass (the capacity policies' batch).
+
+    Returns:
+        ``(new_trace, comparison)`` with the comparison of :class:`RoutingComparison`.
+
+    Raises:
+        TraceError: the trace has no router logits, or ``out`` already holds something.
+    """
+    if not trace.has_logits:
+        raise TraceError(f"trace {trace.path} has no router logits: capture it with --save-logits to re-route it")
+    if batch_tokens < 1:
+        raise InputError(f"--batch-tokens must be >= 1, got {batch_tokens}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TraceError(f"output folder {out} already exists; choose another --out")
+    if plan is not None:
+        plan.check_fits(trace.layers, trace.num_experts)
+    rules = list(rules) if rules is not None else rules_from_trace(trace)
+    header = {k: v for k, v in trace.manifest.items() if k not in _HEADER_SKIP}
+    header["settings"] = {**trace.manifest.get("settings", {}), "reroute": policy.label()}
+    header["parent"] = {"path": str(trace.path.resolve()), "fingerprint": trace.fingerprint()}
+    header["reroute"] = {"policy": policy.name, **policy.settings(), "batch_tokens": int(batch_tokens)}
+    writer = TraceWriter(out, header)
+    comparison = RoutingComparison(trace.layers, trace.num_experts, plan)
+    num_layers = len(trace.layers)
+    streams = [zip(trace.iter_chunks(j, "router_logits"), trace.iter_chunks(j, "topk_ids")) for j in range(num_layers)]
+    token_streams = {name: iter(_token_chunks(trace, name)) for name in ("token_ids", "seq_ids", "positions")}
+    bar = _bar(progress, trace.num_tokens * num_layers, f"reroute {policy.label()}")
+    for shard, per_layer in zip(trace.shards, zip(*streams)):
+        new_ids, new_weights, logits_out = [], [], []
+        for j, ((_, logits), (_, old_ids)) in enumerate(per_layer):
+            layer = trace.layers[j]
+            ids_parts, weight_parts = [], []
+            for start in range(0, logits.shape[0], batch_tokens):
+                chunk = torch.from_numpy(np.asarray(logits[start:start + batch_tokens], dtype=np.float32))
+                ids, weights = policy.choose(layer, chunk, rules[j])
+                ids_parts.append(ids.numpy())
+                weight_parts.append(weights.numpy())
+                comparison.add(layer, old_ids[start:start + batch_tokens], ids)
+                bar.update(chunk.shape[0])
+            new_ids.append(np.concatenate(ids_parts) if ids_parts else np.zeros((0, trace.top_k), np.int64))
+            new_weights.append(np.concatenate(weight_parts) if weight_parts else np.zeros((0, trace.top_k), np.float32))
+            logits_out.append(logits)
+        tokens = {name: next(stream) for name, stream in token_streams.items()}
+        writer.write_shard(tokens["token_ids"], tokens["seq_ids"], tokens["positions"], new_ids, new_weights,
+                           logits_out, num_seqs=shard.get("num_seqs"))
+    bar.close()
+    summary = comparison.summary()
+    writer.update_stats(reroute=summary["overall"])
+    writer.close(complete=True)
+    return Trace.open(out), summary
+
+
+def _token_chunks(trace: Trace, name: str):
+    start = 0
+    values = getattr(trace, name)
+    for shard in trace.shards:
+        n = int(shard["num_tokens"])
+        yield values[start:start + n]
+        start += n
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="tok", disable=not enabled, leave=False)
+
+
+def default_output(trace_path: str | os.PathLike, policy: Policy) -> Path:
+    """``RUN-c2r-t8``, ``RUN-gpu-limited-m4``, ``RUN-capacity-reroute-1.25`` next to the input run."""
+    path = Path(trace_path)
+    suffix = {"c2r": f"t{policy.top_t}", "gpu-limited": f"m{policy.max_gpus}"}.get(policy.name, "")
+    if policy.name.startswith("capacity"):
+        suffix = f"{policy.capacity_factor:g}"
+    name = f"{path.name}-{policy.name}" + (f"-{suffix}" if suffix else "")
+    return path.with_name(name)
+
+
+__all__ = ["DEFAULT_BATCH_TOKENS", "RoutingComparison", "compare_routing", "default_output", "reroute_trace",
+           "rules_from_trace", "MANIFEST"]
