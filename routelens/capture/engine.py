@@ -9,14 +9,13 @@ layer. Batches are grouped into shards of about ``shard_tokens`` tokens, written
 thread with :class:`~routelens.trace.TraceWriter` (atomic, manifest updated after each shard), so
 an interrupted run resumes where it stopped (``resume=True``) without losing or repeating a token.
 
-Under ``torchrun`` (``WORLD_SIZE > 1``) rank ``r`` of ``W`` captures the ``r``-th contiguous block
-of windows into its own shards; rank 0 merges the part manifests after a barrier. Contiguous
-blocks keep the merged trace in window order, token for token the same as a one-process capture.
+Under ``torchrun`` (``WORLD_SIZE > 1``) each rank captures a contiguous block of windows into its own
+shards and rank 0 merges the part manifests after a barrier (see :mod:`routelens.capture.distributed`).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import inspect
 import os
 import time
@@ -29,211 +28,12 @@ import numpy as np
 from ..errors import InputError, RoutelensError, TraceError
 from ..io import read_json
 from ..trace import MANIFEST, Trace, TraceWriter, merge_rank_parts
-from .hooks import LayerRouting, RouterRecorder
+from .distributed import DistContext, init_distributed, rank_windows
+from .header import build_header, config_summary
+from .hooks import HostCopy, RouterRecorder
 from .text import Windows
 
 DEFAULT_SHARD_TOKENS = 65536
-
-
-# ---------------------------------------------------------------------------- metadata
-def config_summary(config) -> dict[str, Any]:
-    """The numbers of a transformers config that matter for routing, under one set of names.
-
-    Families spell them differently (``num_local_experts`` in Mixtral, ``n_routed_experts`` in
-    DeepSeek, ``d_model`` in Switch); the summary uses ``hidden_size``, ``num_layers``,
-    ``num_experts``, ``top_k``, ``vocab_size``, ``moe_intermediate_size``, ...
-    """
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    names = {
-        "hidden_size": ("hidden_size", "d_model", "n_embd"),
-        "num_layers": ("num_hidden_layers", "num_layers", "n_layer"),
-        "num_experts": ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"),
-        "top_k": ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts", "router_top_k"),
-        "num_shared_experts": ("num_shared_experts", "n_shared_experts"),
-        "vocab_size": ("vocab_size",),
-        "moe_intermediate_size": ("moe_intermediate_size", "expert_intermediate_size"),
-        "intermediate_size": ("intermediate_size", "ffn_dim", "d_ff"),
-        "num_attention_heads": ("num_attention_heads", "num_heads", "n_head"),
-        "max_position_embeddings": ("max_position_embeddings", "n_positions"),
-    }
-    summary: dict[str, Any] = {"model_type": getattr(config, "model_type", None)}
-    for key, candidates in names.items():
-        for name in candidates:
-            value = getattr(text, name, None)
-            if isinstance(value, (int, float, str, bool)):
-                summary[key] = value
-                break
-    return {k: v for k, v in summary.items() if v is not None}
-
-
-def build_header(model, tokenizer, routing, windows: Windows, *, model_id: str, save_logits: bool,
-                 world_size: int = 1) -> dict[str, Any]:
-    """The trace manifest's metadata; ``settings`` is what a ``--resume`` must match exactly."""
-    sites = routing.sites
-    top_ks = {int(site.top_k) for site in sites}
-    if len(top_ks) != 1:
-        raise RoutelensError(f"{model_id}: MoE layers choose different numbers of experts {sorted(top_ks)}; "
-                             "a trace needs one top-k")
-    dtype = str(getattr(model, "dtype", "")).replace("torch.", "")
-    architectures = getattr(model.config, "architectures", None) or [type(model).__name__]
-    source = windows.source
-    settings = {
-        "model": model_id,
-        "text": source.describe(),
-        "text_sha256": source.sha256,
-        "tokens_sha256": windows.tokens_sha256,
-        "seq_len": windows.seq_len,
-        "max_tokens": windows.max_tokens,
-        "num_windows": windows.num_windows,
-        "save_logits": bool(save_logits),
-        "dtype": dtype,
-        "world_size": int(world_size),
-    }
-    return {
-        "model": {
-            "id": model_id,
-            "family": routing.family,
-            "architecture": architectures[0],
-            "config": config_summary(model.config),
-            "tokenizer": {
-                "class": type(tokenizer).__name__,
-                "vocab_size": len(tokenizer),
-                "eos_token_id": getattr(tokenizer, "eos_token_id", None),
-            },
-        },
-        "layers": [site.name for site in sites],
-        "layer_indices": [int(site.layer_index) for site in sites],
-        "num_experts": max(int(site.num_experts) for site in sites),
-        "num_experts_per_layer": [int(site.num_experts) for site in sites],
-        "top_k": top_ks.pop(),
-        "routing_rules": [_jsonable_rule(site.rule) for site in sites],
-        "has_logits": bool(save_logits),
-        "dtype": dtype,
-        "settings": settings,
-        "source": {
-            "kind": source.kind,
-            "name": source.name,
-            "sha256": source.sha256,
-            "seq_len": windows.seq_len,
-            "num_windows": windows.num_windows,
-            "num_tokens": windows.num_tokens,
-        },
-    }
-
-
-def _jsonable_rule(rule: Any) -> Any:
-    """A routing rule as JSON (tensors such as a selection bias become ``"tensor[E]"``)."""
-    if rule is None:
-        return None
-    if not dataclasses.is_dataclass(rule) or isinstance(rule, type):
-        return str(rule)
-    jsonable = {}
-    for item in dataclasses.fields(rule):
-        value = getattr(rule, item.name)
-        if hasattr(value, "shape"):
-            value = f"tensor{list(value.shape)}"
-        elif not isinstance(value, (int, float, str, bool, type(None))):
-            value = str(value)
-        jsonable[item.name] = value
-    return jsonable
-
-
-# ---------------------------------------------------------------------------- device → host
-class _HostCopy:
-    """One batch's routing on its way to host memory (pinned, non-blocking on CUDA).
-
-    ``result()`` waits for the copies (one event per CUDA device, i.e. one sync per batch) and
-    returns numpy arrays: ids ``[N, k]`` int16, weights ``[N, k]`` float32, logits ``[N, E]`` float16.
-    """
-
-    def __init__(self, layers: list[LayerRouting]):
-        import torch
-
-        self._on_device: list[Any] = []  # device tensors kept alive until their copy is done
-        self.topk_ids = [self._to_host(layer.topk_ids, torch.int16) for layer in layers]
-        self.topk_weights = [self._to_host(layer.topk_weights, torch.float32) for layer in layers]
-        self.logits = None
-        if layers and all(layer.logits is not None for layer in layers):
-            self.logits = [self._to_host(layer.logits, torch.float16) for layer in layers]
-        self._events = []
-        for device in {t.device for t in self._on_device}:
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(device))
-            self._events.append(event)
-
-    def _to_host(self, tensor, dtype):
-        import torch
-
-        if tensor.device.type == "cpu":
-            return tensor.to(dtype, copy=True)  # own the memory: the model may reuse its buffers
-        converted = tensor.to(dtype)  # convert on the device: int16 ids are a quarter of int64
-        host = torch.empty(converted.shape, dtype=dtype, pin_memory=True)
-        host.copy_(converted, non_blocking=True)
-        self._on_device.append(converted)
-        return host
-
-    def result(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
-        for event in self._events:
-            event.synchronize()
-        self._on_device = []
-        pinned = bool(self._events)
-
-        def numpy(t):
-            # copy out of pinned memory so its blocks return to the caching host allocator
-            return np.array(t.numpy()) if pinned else t.numpy()
-
-        ids = [numpy(t) for t in self.topk_ids]
-        weights = [numpy(t) for t in self.topk_weights]
-        logits = None if self.logits is None else [numpy(t) for t in self.logits]
-        return ids, weights, logits
-
-
-# ---------------------------------------------------------------------------- distributed
-@dataclasses.dataclass
-class DistContext:
-    """This process's place in a ``torchrun`` job (rank 0 of 1 without one)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False  # we created the process group, so we destroy it
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            self.owns_group = False
-
-
-def init_distributed() -> DistContext:
-    """Join the ``torchrun`` process group from its env vars (NCCL on CUDA, gloo on CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistContext()
-    import torch
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if dist.is_initialized():
-        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=False)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
-    else:
-        dist.init_process_group("gloo")
-    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
-
-
-def rank_windows(num_windows: int, rank: int, world_size: int) -> np.ndarray:
-    """Window indices rank ``rank`` captures: the ``rank``-th of ``world_size`` contiguous blocks."""
-    return np.array_split(np.arange(num_windows), world_size)[rank]
 
 
 def check_output_folder(out: str | os.PathLike, resume: bool, world_size: int = 1) -> None:
@@ -314,6 +114,7 @@ def capture(
     check_output_folder(out, resume, ctx.world_size)
     if resume:
         _check_resume_settings(out, header, ctx)
+    ctx.barrier()  # every rank has checked --out before any rank writes into it
     writer = TraceWriter(out, header, resume=resume, rank=ctx.rank, world_size=ctx.world_size)
     prior_stats = _prior_stats(out, ctx)
     mine = rank_windows(windows.num_windows, ctx.rank, ctx.world_size)
@@ -350,7 +151,7 @@ def capture(
         pending_write = pool.submit(_write_group, writer, windows, group)
         group = []
 
-    def consume(index: np.ndarray, copy: _HostCopy) -> None:
+    def consume(index: np.ndarray, copy: HostCopy) -> None:
         result = copy.result()
         _check_finite(result[1], header["layers"], index)
         group.append((index, result))
@@ -359,14 +160,14 @@ def capture(
         if len(group) >= batches_per_shard:
             flush()
 
-    in_flight: tuple[np.ndarray, _HostCopy] | None = None
+    in_flight: tuple[np.ndarray, HostCopy] | None = None
     try:
         with torch.inference_mode(), RouterRecorder(routing.sites, keep_logits=save_logits) as recorder:
             for first in range(0, todo.size, batch_size):
                 index = todo[first:first + batch_size]
                 input_ids = torch.from_numpy(windows.token_ids[index].astype(np.int64)).to(input_device)
                 forward(input_ids)
-                copy = _HostCopy(recorder.take(expected_tokens=input_ids.numel()))
+                copy = HostCopy(recorder.take(expected_tokens=input_ids.numel()))
                 if in_flight is not None:
                     consume(*in_flight)  # batch i-1's copies finished while batch i was launched
                 in_flight = (index, copy)
@@ -549,8 +350,9 @@ def capture_from_path(
             device = f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu"
         name = str(model) if model is not None else str(demo_model_path())
         source = resolve_source(text=text, dataset=dataset)
-        loaded, tokenizer = load_model(name, dtype=dtype, device=device, device_map=device_map,
-                                       trust_remote_code=trust_remote_code)
+        with _hf_progress_bars(progress and ctx.rank == 0):
+            loaded, tokenizer = load_model(name, dtype=dtype, device=device, device_map=device_map,
+                                           trust_remote_code=trust_remote_code)
         routing = find_router_sites(loaded)  # before reading the text: a dense model fails fast
         windows = pack_windows(source, tokenizer, seq_len=seq_len, max_tokens=max_tokens)
         _check_seq_len(loaded.config, seq_len)
@@ -561,6 +363,21 @@ def capture_from_path(
         )
     finally:
         ctx.close()
+
+
+@contextlib.contextmanager
+def _hf_progress_bars(enabled: bool):
+    """transformers' own bars (loading weights) follow ``--no-progress`` too."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if was_enabled and not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _check_seq_len(config, seq_len: int) -> None:

@@ -4,13 +4,16 @@
 ``routelens.capture.adapters``); each hook turns the router's native output into a
 ``RouterOutput`` with the site's ``unpack`` and keeps it, on the device it was computed on. After
 the forward, :meth:`RouterRecorder.take` concatenates each layer's calls. Nothing here copies to the
-host or synchronises the GPU: the engine moves the whole batch at once.
+host or synchronises the GPU. :class:`HostCopy` then moves a whole batch to host memory at once:
+pinned buffers, ``non_blocking`` copies, one event per device (one host sync per batch, none per layer).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+import numpy as np
 
 from ..errors import RoutelensError
 
@@ -102,3 +105,52 @@ class RouterRecorder:
             layers.append(LayerRouting(topk_ids=ids, topk_weights=weights, logits=logits))
         self.clear()
         return layers
+
+
+class HostCopy:
+    """One batch's routing on its way to host memory (pinned, non-blocking on CUDA).
+
+    ``result()`` waits for the copies (one event per CUDA device, i.e. one sync per batch) and
+    returns numpy arrays: ids ``[N, k]`` int16, weights ``[N, k]`` float32, logits ``[N, E]`` float16.
+    """
+
+    def __init__(self, layers: list[LayerRouting]):
+        import torch
+
+        self._on_device: list[Any] = []  # device tensors kept alive until their copy is done
+        self.topk_ids = [self._to_host(layer.topk_ids, torch.int16) for layer in layers]
+        self.topk_weights = [self._to_host(layer.topk_weights, torch.float32) for layer in layers]
+        self.logits = None
+        if layers and all(layer.logits is not None for layer in layers):
+            self.logits = [self._to_host(layer.logits, torch.float16) for layer in layers]
+        self._events = []
+        for device in {t.device for t in self._on_device}:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            self._events.append(event)
+
+    def _to_host(self, tensor, dtype):
+        import torch
+
+        if tensor.device.type == "cpu":
+            return tensor.to(dtype, copy=True)  # own the memory: the model may reuse its buffers
+        converted = tensor.to(dtype)  # convert on the device: int16 ids are a quarter of int64
+        host = torch.empty(converted.shape, dtype=dtype, pin_memory=True)
+        host.copy_(converted, non_blocking=True)
+        self._on_device.append(converted)
+        return host
+
+    def result(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
+        for event in self._events:
+            event.synchronize()
+        self._on_device = []
+        pinned = bool(self._events)
+
+        def numpy(t):
+            # copy out of pinned memory so its blocks return to the caching host allocator
+            return np.array(t.numpy()) if pinned else t.numpy()
+
+        ids = [numpy(t) for t in self.topk_ids]
+        weights = [numpy(t) for t in self.topk_weights]
+        logits = None if self.logits is None else [numpy(t) for t in self.logits]
+        return ids, weights, logits

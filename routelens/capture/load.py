@@ -168,15 +168,18 @@ def _load_config(name: str, trust_remote_code: bool):
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        hint = ""
         message = _first_line(exc)
-        if "trust_remote_code" in str(exc) or "does not recognize this architecture" in str(exc):
-            hint = " (a checkpoint with its own modeling code needs --trust-remote-code, if you trust it)"
+        if "custom code" in str(exc) or "trust_remote_code" in str(exc):
+            raise RoutelensError(
+                f"{name} ships its own modeling code: pass --trust-remote-code to run it (only if you trust it)"
+            ) from exc
+        if "does not recognize this architecture" in str(exc):
+            message += " (a newer transformers may know it)"
         if not Path(name).expanduser().exists():
             raise RoutelensError(
-                f"cannot load model '{name}': not a local folder, and the Hugging Face hub lookup failed: {message}{hint}"
+                f"cannot load model '{name}': not a local folder, and the Hugging Face hub lookup failed: {message}"
             ) from exc
-        raise RoutelensError(f"cannot read the model config in {name}: {message}{hint}") from exc
+        raise RoutelensError(f"cannot read the model config in {name}: {message}") from exc
 
 
 def _load_weights(name: str, config, torch_dtype, device_map, trust_remote_code: bool):

@@ -1,0 +1,91 @@
+"""Text sources: files, JSONL and datasets tokenized and packed into whole windows of real tokens."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from routelens.capture.text import dataset_source, file_source, pack_windows, resolve_source
+from routelens.capture.tiny import build_byte_tokenizer
+from routelens.errors import InputError
+
+TEXT = "def route(tokens, experts):\n    return sorted(experts)[:2]\n\n" * 40
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_byte_tokenizer()
+
+
+def test_plain_text_is_packed_into_consecutive_windows_dropping_the_partial_last(tokenizer, tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    ids = np.asarray(tokenizer(TEXT, add_special_tokens=False)["input_ids"])
+    windows = pack_windows(file_source(path), tokenizer, seq_len=16)
+    assert windows.token_ids.shape == (ids.size // 16, 16)
+    assert np.array_equal(windows.token_ids.reshape(-1), ids[: windows.num_tokens])
+    assert windows.source.describe() == "file:corpus.txt" and len(windows.source.sha256) == 64
+
+
+def test_max_tokens_keeps_whole_windows_only(tokenizer, tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    windows = pack_windows(file_source(path), tokenizer, seq_len=16, max_tokens=50)
+    assert windows.token_ids.shape == (3, 16) and windows.max_tokens == 50
+    with pytest.raises(InputError, match="less than one window"):
+        pack_windows(file_source(path), tokenizer, seq_len=16, max_tokens=10)
+
+
+def test_jsonl_documents_are_joined_with_eos(tokenizer, tmp_path):
+    path = tmp_path / "docs.jsonl"
+    docs = ["first document " * 5, "second one " * 5, "third " * 5]
+    path.write_text("\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(docs)) + "\n", encoding="utf-8")
+    expected: list[int] = []
+    for i, doc in enumerate(docs):
+        if i:
+            expected.append(tokenizer.eos_token_id)
+        expected += tokenizer(doc, add_special_tokens=False)["input_ids"]
+    windows = pack_windows(file_source(path), tokenizer, seq_len=8)
+    assert np.array_equal(windows.token_ids.reshape(-1), np.asarray(expected)[: windows.num_tokens])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [('{"text": "ok"}\n{"body": "no text"}\n', 'line 2 has no string "text" field'),
+     ('{"text": "ok"}\nnot json\n', "line 2 is not valid JSON")],
+)
+def test_bad_jsonl_names_the_line(tokenizer, tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError, match=message):
+        pack_windows(file_source(path), tokenizer, seq_len=4)
+
+
+def test_missing_empty_short_and_non_utf8_text_are_one_line_errors(tokenizer, tmp_path):
+    with pytest.raises(InputError, match="text file not found"):
+        file_source(tmp_path / "nope.txt")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(InputError, match="is empty"):
+        file_source(tmp_path / "empty.txt")
+    (tmp_path / "short.txt").write_text("def f(): pass")
+    with pytest.raises(InputError, match="fewer than one window"):
+        pack_windows(file_source(tmp_path / "short.txt"), tokenizer, seq_len=256)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 100)
+    with pytest.raises(InputError, match="not UTF-8"):
+        pack_windows(file_source(tmp_path / "latin1.txt"), tokenizer, seq_len=8)
+
+
+def test_text_and_dataset_together_or_bad_dataset_spec_are_refused():
+    with pytest.raises(InputError, match="either --text or --dataset"):
+        resolve_source(text="a.txt", dataset="wikitext")
+    with pytest.raises(InputError, match="NAME\\[:CONFIG\\[:SPLIT\\]\\]"):
+        dataset_source("a:b:c:d")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed here")
+def test_dataset_without_the_datasets_package_says_how_to_install_it():
+    with pytest.raises(InputError, match=r"pip install 'routelens\[data\]'"):
+        dataset_source("wikitext:wikitext-2-raw-v1:test")
