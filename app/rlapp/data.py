@@ -1,0 +1,65 @@
+"""Cached loaders: each calls one routelens library function and caches what it returns.
+
+Every loader takes the run folder and a *stamp* (modification time and size of the files it reads),
+so a re-captured or re-analysed run is read again while clicks and page switches hit the cache.
+Loaders raise :class:`routelens.errors.RoutelensError` on bad input; pages turn that into a message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from routelens.trace import MANIFEST, Trace
+
+from .runs import RunInfo, find_runs
+
+
+def stamp(*paths: str | os.PathLike) -> tuple:
+    """``(mtime_ns, size)`` of each existing path (files or folders' direct files): a cache key part."""
+    parts = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            parts.extend((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(path.iterdir()) if p.is_file())
+        elif path.exists():
+            parts.append((path.name, path.stat().st_mtime_ns, path.stat().st_size))
+        else:
+            parts.append((path.name, None))
+    return tuple(parts)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def runs_below(runs_dir: str) -> list[RunInfo]:
+    """The runs below ``runs_dir`` (re-walked at most every 5 s, so new runs appear on their own)."""
+    return find_runs(runs_dir)
+
+
+def open_trace(run_path: str) -> Trace:
+    """Open a run's trace (cheap: reads the manifest only); incomplete captures open too."""
+    return Trace.open(run_path, allow_incomplete=True)
+
+
+def trace_stamp(run_path: str) -> tuple:
+    return stamp(Path(run_path) / MANIFEST)
+
+
+@st.cache_data(show_spinner="Reading the trace…", max_entries=16)
+def trace_summary(run_path: str, key: tuple) -> dict[str, Any]:
+    """``routelens info``'s summary of a run (model, E, k, tokens, capture speed, per-layer load)."""
+    from routelens.capture.summary import summarize_trace
+
+    return summarize_trace(open_trace(run_path))
+
+
+@st.cache_data(show_spinner="Counting expert load…", max_entries=16)
+def expert_loads(run_path: str, key: tuple) -> np.ndarray:
+    """``[L, E]`` int64 tokens each expert received, per MoE layer."""
+    from routelens.capture.summary import expert_load
+
+    trace = open_trace(run_path)
+    return np.stack([expert_load(trace, j) for j in range(len(trace.layers))]) if trace.layers else np.zeros((0, trace.num_experts), np.int64)

@@ -1,0 +1,100 @@
+"""Finding runs: every folder below RUNS_DIR that holds a ``manifest.json``.
+
+Pure Python (no Streamlit), so the discovery rules are tested on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+# Folders inside a run that hold data files, never runs: not worth walking.
+_SKIP_DIRS = {"shards", "parts", "__pycache__", "node_modules"}
+MAX_DEPTH = 6
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run folder as the run picker lists it.
+
+    Attributes:
+        path: absolute path of the run folder.
+        name: path relative to RUNS_DIR (``.`` when RUNS_DIR is itself a run).
+        problem: one line saying why the manifest is unusable, or ``""`` when it reads fine.
+        model: model id from the manifest ("" when unknown).
+        num_tokens: tokens recorded, from the manifest (0 when unknown).
+        complete: the manifest marks the capture finished.
+    """
+
+    path: str
+    name: str
+    problem: str = ""
+    model: str = ""
+    num_tokens: int = 0
+    complete: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def label(self) -> str:
+        """What the picker shows: ``demo · demo-moe · 12,288 tokens`` (or the problem)."""
+        if self.problem:
+            return f"{self.name} · unreadable"
+        model = Path(self.model).name if self.model else "?"
+        status = "" if self.complete else " · incomplete"
+        return f"{self.name} · {model} · {self.num_tokens:,} tokens{status}"
+
+
+def find_runs(runs_dir: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[RunInfo]:
+    """Every folder at or below ``runs_dir`` with a ``manifest.json``, sorted by relative path.
+
+    Hidden folders and the data folders of a run (``shards/``, ``parts/``) are not walked; a
+    manifest that is missing fields, is not JSON or is half-written still lists its run, with
+    ``problem`` saying what is wrong, so the dashboard can tell the user instead of failing.
+    """
+    root = Path(runs_dir).resolve()
+    if not root.is_dir():
+        return []
+    runs = []
+    for folder, subdirs, files in os.walk(root):
+        depth = len(Path(folder).relative_to(root).parts)
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d not in _SKIP_DIRS and depth < max_depth)
+        if MANIFEST in files:
+            runs.append(read_run_info(Path(folder), root))
+    return sorted(runs, key=lambda r: (r.name.count("/"), r.name))
+
+
+def read_run_info(folder: Path, root: Path) -> RunInfo:
+    """The picker's view of one run folder (never raises: problems go into ``problem``)."""
+    name = folder.relative_to(root).as_posix() if folder != root else "."
+    try:
+        with open(folder / MANIFEST, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except json.JSONDecodeError:
+        return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} is not valid JSON (half-written or corrupt)")
+    except (OSError, UnicodeDecodeError) as exc:
+        return RunInfo(str(folder), name, problem=f"cannot read {folder / MANIFEST}: {exc}")
+    if not isinstance(manifest, dict) or manifest.get("format") != "routelens-trace":
+        return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} is not a routelens trace manifest")
+    try:
+        model = str(manifest.get("model", {}).get("id", "") or "")
+        num_tokens = int(manifest.get("num_tokens", 0) or 0)
+    except (AttributeError, TypeError, ValueError):
+        return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} has malformed model or token fields")
+    return RunInfo(str(folder), name, model=model, num_tokens=num_tokens, complete=bool(manifest.get("complete")))
+
+
+def runs_dir_from_argv(main_script: str | os.PathLike, argv: list[str] | None = None) -> Path:
+    """RUNS_DIR as ``streamlit run main.py -- RUNS_DIR`` passes it, else ``$ROUTELENS_RUNS_DIR``, else ``runs``.
+
+    Streamlit sets ``sys.argv = [main.py, RUNS_DIR]``; under ``AppTest`` argv belongs to pytest,
+    so the environment variable is the way tests (and users) point the app elsewhere.
+    """
+    argv = sys.argv if argv is None else argv
+    if len(argv) >= 2 and argv[0] and Path(argv[0]).resolve() == Path(main_script).resolve():
+        return Path(argv[1])
+    return Path(os.environ.get("ROUTELENS_RUNS_DIR", "runs"))

@@ -1,0 +1,124 @@
+"""End to end: ``routelens app`` serves the dashboard and a real Chromium clicks through every page.
+
+Drives Debian's chromium (``/usr/bin/chromium``) through Playwright; no browser download. The test
+saves a full-page screenshot of each page to ``tests/_artifacts/app/`` (ignored by git) so a person
+can look at them. Without chromium it is skipped, except on CI (``CI=true``), where it fails, so a
+broken install is visible.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "_artifacts" / "app"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+# (navigation link, page heading, whether the demo run gives the page a chart)
+PAGES = [
+    ("Overview", "Overview", True),
+    ("Layer explorer", "Layer explorer", False),
+    ("Expert", "Expert", False),
+    ("Cross-layer flow", "Cross-layer flow", False),
+    ("Re-routing", "Re-routing", False),
+    ("Placement", "Placement", False),
+    ("Runs compared", "Runs compared", False),
+    ("Runner results", "Runner results", False),
+]
+
+
+def _need(condition: bool, reason: str) -> None:
+    if condition:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (on CI the browser test must run: .ci/run installs chromium with apt-get)")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"routelens app exited with code {process.returncode}: {process.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"the dashboard did not answer on {url} within {timeout_s:.0f} s")
+
+
+@pytest.fixture
+def server(runs_dir):
+    """``routelens app RUNS_DIR --port N`` as a user starts it; yields its URL, stops it afterwards."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "routelens.cli", "app", str(runs_dir), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.browser
+def test_chromium_clicks_through_every_page_and_sees_headings_and_charts(runs_dir, tmp_path):
+    _need(CHROMIUM.exists(), f"chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        _need(False, "the playwright Python package is missing (pip install playwright; no browser download needed)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    server_cm = server.__wrapped__(runs_dir)  # start the server only once chromium is known to be there
+    url = next(server_cm)
+    try:
+        with sync_playwright() as pw:
+            context = pw.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+                viewport={"width": 1440, "height": 900}, device_scale_factor=1,
+            )
+            page = context.pages[0] if context.pages else context.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            for link, heading, has_chart in PAGES:
+                page.locator('[data-testid="stSidebarNav"]').get_by_text(link, exact=True).click()
+                expect(page.locator("h1").first).to_have_text(heading, timeout=30_000)
+                # Streamlit shows a "running" indicator while the script runs; wait until it settles.
+                page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
+                if has_chart:
+                    expect(page.locator(".js-plotly-plot").first).to_be_visible()
+                assert page.locator('[data-testid="stException"]').count() == 0, f"{heading}: the page shows a traceback"
+                page.wait_for_timeout(400)  # let plotly finish drawing before the screenshot
+                slug = heading.lower().replace(" ", "-")
+                page.screenshot(path=str(ARTIFACTS / f"{slug}.png"), full_page=True)
+            context.close()
+    finally:
+        try:
+            next(server_cm)
+        except StopIteration:
+            pass
+    for _, heading, _ in PAGES:
+        assert (ARTIFACTS / f"{heading.lower().replace(' ', '-')}.png").stat().st_size > 10_000
