@@ -156,6 +156,68 @@ def test_repack_of_another_choice_reaches_the_experts(family, loaded):
     assert not torch.allclose(plain, rerouted)
 
 
+def _dense_weights(ids: torch.Tensor, weights: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """``[N, E]`` float32 weight each token gives each expert (``-1`` slots and repeats add nothing / sum)."""
+    ids = ids.reshape(ids.shape[0], -1).long()
+    weights = weights.reshape(ids.shape).float().masked_fill(ids < 0, 0)
+    return torch.zeros(ids.shape[0], num_experts).scatter_add_(1, ids.clamp_min(0), weights)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_repack_with_dropped_slots_sends_them_nowhere(family, loaded):
+    """``-1`` in a repacked choice (a capacity drop) gives that slot no expert output (weight 0)."""
+    model = loaded(family)
+    routing = find_router_sites(model)
+    sent = [[] for _ in routing.sites]
+
+    def drop_last_slot(j, site, args, kwargs, output, rec):
+        ids, weights = rec.topk_ids.clone(), rec.topk_weights.clone()
+        if site.top_k > 1:
+            ids[:, -1] = -1
+        else:
+            ids[::2] = -1  # top-1: drop every other token
+        sent[j].append((ids, weights.masked_fill(ids < 0, 0)))
+        return site.repack(args, kwargs, output, ids, weights)
+
+    _, _, received = _run(model, family, routing, hook_fn=drop_last_slot)
+    for site, sent_calls, recv_calls in zip(routing.sites, sent, received):
+        for (ids, weights), recv in zip(sent_calls, recv_calls):
+            expected = _dense_weights(ids, weights, site.num_experts)
+            got = _dense_weights(*recv, site.num_experts)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=site.name)
+
+
+@pytest.mark.parametrize("family", [
+    "switch_transformers",
+    pytest.param("nllb-moe", marks=pytest.mark.xfail(strict=True, reason=(
+        "transformers 5.23 NllbMoeExperts one-hot-encodes the top-1 mask itself, so only expert_0 and "
+        "expert_1 ever run; routelens records the router's dispatch"))),
+])
+def test_per_expert_modules_process_the_recorded_tokens(family, loaded):
+    """Families with one module per expert: each expert runs on exactly the tokens recorded for it."""
+    model = loaded(family)
+    routing = find_router_sites(model)
+    processed = {}
+    handles = []
+    for j, experts in enumerate(routing.experts_modules):
+        for e in range(routing.sites[j].num_experts):
+            def count(module, args, j=j, e=e):
+                processed[j, e] = processed.get((j, e), 0) + args[0].reshape(-1, args[0].shape[-1]).shape[0]
+            handles.append(experts[f"expert_{e}"].register_forward_pre_hook(count))
+    try:
+        _, recorded, _ = _run(model, family, routing)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if family == "switch_transformers":  # expert_capacity=2 in the tiny config: some tokens are dropped
+        assert any(bool((rec.topk_ids < 0).any()) for calls in recorded for rec in calls)
+    for j, calls in enumerate(recorded):
+        ids = torch.cat([rec.topk_ids for rec in calls]).flatten()
+        expected = torch.bincount(ids[ids >= 0], minlength=routing.sites[j].num_experts)
+        got = torch.tensor([processed.get((j, e), 0) for e in range(routing.sites[j].num_experts)])
+        assert torch.equal(got, expected), routing.sites[j].name
+
+
 @pytest.mark.parametrize("config_class", ["LlamaConfig", "Qwen3Config"])
 def test_dense_model_raises_not_moe(config_class):
     import transformers

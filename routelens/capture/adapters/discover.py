@@ -124,6 +124,12 @@ def find_router_sites(model: torch.nn.Module) -> ModelRouting:
         if made is not None:
             sites.append(made[0])
             experts_modules.append(made[1])
+    # execution order within a layer: JetMoE's attention experts run before its MoE MLP
+    layer_prefix = [name[: m.end()] if (m := _FIRST_INDEX.search(name)) else name for name in (s.name for s in sites)]
+    first_seen = {prefix: i for i, prefix in reversed(list(enumerate(layer_prefix)))}
+    order = sorted(range(len(sites)), key=lambda i: (first_seen[layer_prefix[i]], "attention" not in sites[i].name, i))
+    sites = [sites[i] for i in order]
+    experts_modules = [experts_modules[i] for i in order]
     if not sites:
         raise NotMoEError(f"model type {family!r} ({type(model).__name__}) has no Mixture-of-Experts router "
                           "routelens can hook (dense model or unsupported family)")

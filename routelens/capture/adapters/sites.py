@@ -40,7 +40,8 @@ class Llama4Site(RouterSite):
         scores, logits = output[0], output[1]
         topk_ids, topk_weights = sendable(topk_ids, topk_weights)
         ids = topk_ids.to(device=scores.device, dtype=torch.int64).reshape(scores.shape[0], -1)
-        new_scores = torch.zeros_like(scores).scatter_(1, ids, like(topk_weights, scores).reshape(ids.shape))
+        # scatter_add: a repeated id (a dropped slot pointed at a kept expert, weight 0) adds nothing
+        new_scores = torch.zeros_like(scores).scatter_add_(1, ids, like(topk_weights, scores).reshape(ids.shape))
         return (new_scores, logits) + tuple(output[2:])
 
 
