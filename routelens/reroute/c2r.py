@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .scores import DROPPED, finish_weights, rule_scores
+from .scores import DROPPED, as_long_tensor, finish_weights, rule_scores
 
 
 def collaborators(counts: np.ndarray, top_t: int) -> np.ndarray:
@@ -74,7 +74,7 @@ def c2r_choose(logits: torch.Tensor, rule, collaborator_ids: torch.Tensor) -> tu
     """
     select, gate = rule_scores(logits, rule)
     num_experts, k = select.shape[1], rule.top_k
-    table = torch.as_tensor(collaborator_ids, device=select.device, dtype=torch.long)
+    table = as_long_tensor(collaborator_ids, select.device)
     if table.ndim != 2 or table.shape[0] != num_experts:
         raise InputError(f"C2R collaborator table has shape {tuple(table.shape)}, expected [{num_experts}, T]")
     if table.shape[1] < k - 1:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .scores import finish_weights, ranking_scores, rule_scores, topk_choice
+from .scores import as_long_tensor, finish_weights, ranking_scores, rule_scores, topk_choice
 
 GPU_SCORES = ("max", "mass")
 
@@ -36,8 +36,8 @@ def holds_matrix(gpu_table: np.ndarray | torch.Tensor, num_experts: int) -> torc
     Args:
         gpu_table: ``[G, S]`` expert id in each GPU slot (``Plan.gpu_experts[layer]``).
     """
-    table = torch.as_tensor(np.asarray(gpu_table), dtype=torch.long)
-    holds = torch.zeros(table.shape[0], num_experts, dtype=torch.bool)
+    table = as_long_tensor(gpu_table)
+    holds = torch.zeros(table.shape[0], num_experts, dtype=torch.bool, device=table.device)
     holds.scatter_(1, table, True)
     return holds
 
@@ -68,7 +68,7 @@ def gpu_limited_choose(
     select, gate = rule_scores(logits, rule)
     num_tokens, num_experts = select.shape
     k = rule.top_k
-    table = torch.as_tensor(np.asarray(gpu_table), dtype=torch.long, device=select.device)
+    table = as_long_tensor(gpu_table, select.device)
     num_gpus, slots = table.shape
     if int(table.max()) >= num_experts or int(table.min()) < 0:
         raise InputError(f"placement holds expert ids outside [0, {num_experts})")
@@ -89,7 +89,7 @@ def gpu_limited_choose(
         # fewer than M GPUs, where the limit does not bind and the top-K is kept whatever they add.
         gpu_rank = mass[:, table].sum(dim=-1)  # [N, G]
     chosen_gpus = gpu_rank.topk(max_gpus, dim=-1).indices  # [N, M]
-    holds = holds_matrix(table.cpu(), num_experts).to(select.device)
+    holds = holds_matrix(table, num_experts)
     allowed = holds[chosen_gpus].any(dim=1)  # [N, E]
     ids = topk_choice(select.masked_fill(~allowed, float("-inf")), k)
     return ids, finish_weights(logits, gate, ids, rule)

@@ -19,9 +19,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .scores import as_long_tensor
+
 
 def _as_ids(ids) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(ids) if not torch.is_tensor(ids) else ids).long()
+    return as_long_tensor(ids)
 
 
 def expert_load(ids, num_experts: int) -> torch.Tensor:
@@ -45,7 +47,7 @@ def gpus_visited(ids, gpu_table) -> torch.Tensor:
         gpu_table: ``[G, S]`` expert ids per GPU slot.
     """
     ids = _as_ids(ids)
-    table = torch.as_tensor(np.asarray(gpu_table), dtype=torch.long, device=ids.device)
+    table = as_long_tensor(gpu_table, ids.device)
     num_gpus = table.shape[0]
     num_experts = int(max(int(table.max()), int(ids.max()) if ids.numel() else 0)) + 1
     holds = torch.zeros(num_gpus, num_experts, dtype=torch.bool, device=ids.device)

@@ -25,7 +25,7 @@ from ..errors import InputError
 from .c2r import c2r_choose, collaborators
 from .capacity import capacity_drop_choose, capacity_reroute_choose
 from .gpu_limited import GPU_SCORES, gpu_limited_choose
-from .scores import finish_weights, rule_scores, topk_choice
+from .scores import as_long_tensor, finish_weights, rule_scores, topk_choice
 
 POLICIES = ("none", "c2r", "gpu-limited", "capacity-drop", "capacity-reroute")
 
@@ -106,7 +106,7 @@ class Policy:
         if key not in self._on_device:
             if layer not in tables:
                 raise InputError(f"policy {self.label()} was not fitted for layer '{layer}'")
-            self._on_device[key] = torch.as_tensor(np.asarray(tables[layer]), dtype=torch.long, device=device)
+            self._on_device[key] = as_long_tensor(tables[layer], device)
         return self._on_device[key]
 
 

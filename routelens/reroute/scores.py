@@ -101,6 +101,15 @@ def finish_weights(logits: torch.Tensor, gate: torch.Tensor | None, ids: torch.T
     return weights * rule.routed_scaling_factor
 
 
+def as_long_tensor(values, device=None) -> torch.Tensor:
+    """``values`` (tensor, numpy array or nested list) as an int64 tensor on ``device``."""
+    if torch.is_tensor(values):
+        return values.to(device=device if device is not None else values.device, dtype=torch.long)
+    import numpy as np
+
+    return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.long, device=device)
+
+
 def topk_choice(select: torch.Tensor, k: int) -> torch.Tensor:
     """``[N, k]`` ids of the ``k`` best finite selection scores (``-1`` where fewer are finite)."""
     values, ids = select.topk(k, dim=-1)

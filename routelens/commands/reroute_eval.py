@@ -1,0 +1,243 @@
+"""``routelens reroute-eval [MODEL]``: what each re-routing policy costs in quality and saves in traffic."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+POLICY_CHOICES = ("c2r", "gpu-limited", "capacity-drop", "capacity-reroute")
+TRADEOFF_FORMAT = "routelens-reroute-eval"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "reroute-eval",
+        help="measure re-routing policies inside the model: perplexity, agreement, GPUs per token, stragglers",
+        description="Apply re-routing policies inside a Hugging Face MoE model (hooks on its routers, no edits to its "
+        "files) and measure what they cost: perplexity and next-token accuracy on held-out text, agreement with the "
+        "unmodified model, and what they save under a routelens plan for --gpus GPUs: GPUs per token, the busiest "
+        "GPU's receive volume, max/mean expert load. C2R groups and the plan are fitted on the first "
+        "--calib-fraction of the windows and everything is scored on the rest. Without --policy every policy is "
+        "swept over its default settings.",
+    )
+    parser.add_argument("model", nargs="?", default=None,
+                        help="hub id or checkpoint folder (default: bundled data/demo-moe)")
+    parser.add_argument("--policy", action="append", default=None, metavar="POLICY",
+                        help=f"policy to sweep, repeatable or comma-separated ({', '.join(POLICY_CHOICES)}; "
+                        "default: all)")
+    parser.add_argument("--group-size", "--top-t", dest="top_t", default=None, metavar="T[,T...]",
+                        help="c2r: group sizes T to sweep (default E/8, E/4, E/2)")
+    parser.add_argument("--max-gpus", default=None, metavar="M[,M...]",
+                        help="gpu-limited: GPU limits M to sweep (default: from the fewest GPUs that hold k experts "
+                        "to --gpus - 1)")
+    parser.add_argument("--gpu-score", default=None, metavar="max|mass[,...]",
+                        help="gpu-limited: how GPUs are ranked (default: both)")
+    parser.add_argument("--capacity-factor", default=None, metavar="F[,F...]",
+                        help="capacity policies: capacity factors to sweep (default drop 1,1.25,1.5,2; "
+                        "reroute 1,1.1,1.25,1.5)")
+    placement = parser.add_mutually_exclusive_group()
+    placement.add_argument("--gpus", type=_positive_int, default=8,
+                           help="GPUs of the routelens plan fitted on the calibration windows (default 8)")
+    placement.add_argument("--plan", metavar="FILE", default=None, help="use this placement instead of fitting one")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--text", metavar="FILE", default=None,
+                        help="held-out text, plain or .jsonl (default: bundled data/corpus/heldout.txt)")
+    source.add_argument("--dataset", metavar="NAME[:CONFIG[:SPLIT]]", default=None, help="a Hugging Face dataset")
+    parser.add_argument("--seq-len", type=_positive_int, default=256, help="tokens per window (default 256)")
+    parser.add_argument("--max-windows", type=_positive_int, default=256,
+                        help="windows to read from the text, calibration and evaluation together (default 256)")
+    parser.add_argument("--calib-fraction", type=float, default=0.25,
+                        help="share of the windows used to fit C2R groups and the plan (default 0.25)")
+    parser.add_argument("--batch-size", type=_positive_int, default=8,
+                        help="windows per forward pass; capacity is shared over one pass (default 8)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default=None,
+                        help="weights dtype (default: float32 on CPU, the checkpoint's dtype on GPU)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run modeling code shipped with the checkpoint (only for checkpoints you trust)")
+    parser.add_argument("--json", metavar="FILE", default=None, help="write the result rows (a JSON list) here")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="folder for the trade-off curve (tradeoff.json) and the fitted plan (plan.json) the "
+                        "dashboard reads (default runs/reroute-eval-<model>)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..capture.adapters import find_router_sites
+    from ..capture.load import demo_model_path, load_model, model_reference
+    from ..capture.text import file_source, pack_windows, resolve_source
+    from ..errors import InputError
+    from ..io import atomic_write_json
+    from ..plan import Plan
+    from ..reroute.evaluate import (best_within, build_policies, calibration_routing, default_settings,
+                                    evaluate_policies, split_windows)
+    from ..reroute.fitting import fit_plan
+
+    policies = _policy_names(args.policy)
+    if not 0.0 < args.calib_fraction < 1.0:
+        raise InputError(f"--calib-fraction must lie strictly between 0 and 1, got {args.calib_fraction}")
+    top_ts = _int_list(args.top_t, "--group-size")
+    gpu_limits = _int_list(args.max_gpus, "--max-gpus")
+    gpu_scores = _str_list(args.gpu_score) or ["max", "mass"]
+    for score in gpu_scores:
+        if score not in ("max", "mass"):
+            raise InputError(f"unknown --gpu-score '{score}' (max or mass)")
+    factors = _float_list(args.capacity_factor, "--capacity-factor")
+    model_name = args.model or str(demo_model_path())
+    started = time.perf_counter()
+    model, tokenizer = load_model(model_name, dtype=args.dtype, device=args.device,
+                                  trust_remote_code=args.trust_remote_code)
+    routing = find_router_sites(model)
+    sites = routing.sites
+    num_experts = max(site.num_experts for site in sites)
+    top_k = sites[0].top_k
+    if args.text is None and args.dataset is None:
+        source = _bundled_heldout(file_source, resolve_source)
+    else:
+        source = resolve_source(args.text, args.dataset)
+    windows = pack_windows(source, tokenizer, seq_len=args.seq_len, max_tokens=args.max_windows * args.seq_len)
+    calib, heldout = split_windows(windows.token_ids, args.calib_fraction)
+    progress = not args.no_progress
+    calibration = calibration_routing(model, sites, calib, batch_size=args.batch_size, progress=progress)
+    if args.plan:
+        plan = Plan.load(args.plan)
+        plan.check_fits([s.name for s in sites], num_experts, what="model")
+    else:
+        plan = fit_plan(calibration, num_experts, args.gpus)
+    settings = default_settings(num_experts, top_k, plan.num_gpus, plan.slots_per_gpu)
+    settings = {name: settings[name] for name in policies}
+    _override(settings, "c2r", "top_t", top_ts)
+    if "gpu-limited" in settings:
+        gpu_counts = gpu_limits or sorted({e["max_gpus"] for e in settings["gpu-limited"]})
+        settings["gpu-limited"] = [{"max_gpus": m, "gpu_score": s} for s in gpu_scores for m in gpu_counts]
+    for name in ("capacity-drop", "capacity-reroute"):
+        _override(settings, name, "capacity_factor", factors)
+    fitted = build_policies(settings, calibration, num_experts, plan)
+    with torch.inference_mode():
+        rows = evaluate_policies(model, sites, heldout, fitted, plan=plan, batch_size=args.batch_size,
+                                 progress=progress)
+    elapsed = time.perf_counter() - started
+    label = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_name.rstrip("/")).name) or "model"
+    out = Path(args.out) if args.out else Path("runs") / f"reroute-eval-{label}"
+    tradeoff = {
+        "format": TRADEOFF_FORMAT,
+        "version": 1,
+        "model": model_reference(model_name),
+        "family": routing.family,
+        "num_experts": num_experts,
+        "top_k": top_k,
+        "layers": [s.name for s in sites],
+        "text": source.describe(),
+        "seq_len": args.seq_len,
+        "calibration_windows": int(calib.shape[0]),
+        "evaluation_windows": int(heldout.shape[0]),
+        "batch_size": args.batch_size,
+        "plan": {"method": plan.method, "num_gpus": plan.num_gpus, "file": "plan.json"},
+        "wall_s": round(elapsed, 1),
+        "rows": rows,
+    }
+    plan.save(out / "plan.json")
+    atomic_write_json(out / "tradeoff.json", tradeoff)
+    if args.json:
+        atomic_write_json(args.json, rows)
+    print(format_rows(rows, plan.num_gpus))
+    best = best_within(rows, 0.01)
+    if best is not None:
+        print(f"fewest GPUs per token within 1% perplexity: {best['label']} "
+              f"({best['gpus_per_token']:.2f}, {best.get('gpus_per_token_change', 0):+.1%}; "
+              f"perplexity {best.get('perplexity_change', 0):+.2%})")
+    print(f"scored {rows[0]['eval_tokens']:,} held-out tokens x {len(rows)} settings in {elapsed:.0f}s; "
+          f"trade-off curve in {out / 'tradeoff.json'}")
+    return 0
+
+
+def format_rows(rows: list[dict], num_gpus: int) -> str:
+    """The result rows as an aligned table (changes relative to the baseline row)."""
+    header = ("setting", "perplexity", "accuracy", "agree", "GPUs/token", "busiest recv", "max/mean load", "dropped")
+    table = [header]
+    for r in rows:
+        def change(key):
+            value = r.get(f"{key}_change")
+            return "" if value is None or r["policy"] == "none" else f" ({value:+.1%})"
+
+        table.append((
+            r["label"],
+            f"{r['perplexity']:.3f}{change('perplexity')}",
+            f"{r['next_token_accuracy']:.3f}",
+            f"{r['agreement']:.3f}",
+            f"{r.get('gpus_per_token', float('nan')):.2f}{change('gpus_per_token')}",
+            f"{r.get('busiest_gpu_recv', float('nan')):.0f}{change('busiest_gpu_recv')}",
+            f"{r['load_max_over_mean']:.2f}",
+            f"{r['dropped_fraction']:.1%}",
+        ))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [f"re-routing trade-off ({num_gpus} GPUs, routelens plan)"]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table]
+    return "\n".join(lines)
+
+
+def _bundled_heldout(file_source, resolve_source):
+    from ..capture.load import bundled_data_dir
+
+    heldout = bundled_data_dir() / "corpus" / "heldout.txt"
+    return file_source(heldout, kind="bundled") if heldout.is_file() else resolve_source(None, None)
+
+
+def _policy_names(values) -> list[str]:
+    from ..errors import InputError
+
+    if not values:
+        return list(POLICY_CHOICES)
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    for name in names:
+        if name not in POLICY_CHOICES:
+            raise InputError(f"unknown --policy '{name}' (choose from {', '.join(POLICY_CHOICES)})")
+    return list(dict.fromkeys(names))
+
+
+def _override(settings: dict, policy: str, key: str, values) -> None:
+    if policy in settings and values:
+        settings[policy] = [{key: v} for v in values]
+
+
+def _str_list(text):
+    return [part.strip() for part in text.split(",") if part.strip()] if text else []
+
+
+def _int_list(text, option):
+    from ..errors import InputError
+
+    try:
+        values = [int(v) for v in _str_list(text)]
+    except ValueError:
+        raise InputError(f"{option} takes whole numbers separated by commas, got '{text}'") from None
+    if any(v < 1 for v in values):
+        raise InputError(f"{option} values must be >= 1, got '{text}'")
+    return values
+
+
+def _float_list(text, option):
+    from ..errors import InputError
+
+    try:
+        values = [float(v) for v in _str_list(text)]
+    except ValueError:
+        raise InputError(f"{option} takes numbers separated by commas, got '{text}'") from None
+    if any(not v > 0 or v == float("inf") for v in values):
+        raise InputError(f"{option} values must be positive, got '{text}'")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value

@@ -1,0 +1,255 @@
+"""What a re-routing policy costs in quality, measured inside the model, next to what it saves.
+
+The protocol of ``routelens reroute-eval``:
+
+1. Pack the text into windows; the first ``calib_fraction`` of them are *calibration*, the rest
+   *evaluation* (never used for fitting).
+2. Run the unmodified model on the calibration windows and record every layer's choice
+   (:func:`calibration_routing`). From it: per-layer co-activation counts (C2R's collaborator
+   groups) and a placement for ``G`` GPUs (the routelens plan).
+3. For each evaluation batch, run the unmodified model once (the baseline) and then the model under
+   every policy setting (:func:`evaluate_policies`), accumulating per setting: perplexity and
+   next-token accuracy on the batch's next tokens, agreement of the top-1 prediction with the
+   baseline and KL(baseline || policy), and the routing costs of the layers' new choices under the
+   plan (GPUs per token, busiest-GPU receive volume, max/mean expert load, dropped slots).
+
+Each result row is a plain dict: ``policy`` (``"none"`` for the baseline), its settings,
+``perplexity`` and ``gpus_per_token``, and the rest, with changes relative to the baseline row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..plan import Plan
+from .fitting import coactivation_counts
+from .inmodel import RerouteHooks
+from .metrics import changed_fraction, routing_stats
+from .policy import Policy, c2r_policy, capacity_policy, gpu_limited_policy, none_policy
+
+ROW_CHANGES = ("perplexity", "gpus_per_token", "busiest_gpu_recv", "load_max_over_mean")
+
+
+# ---------------------------------------------------------------------------- data
+def split_windows(token_ids: np.ndarray, calib_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """``[S, L]`` windows -> (calibration ``[Sc, L]``, evaluation ``[S - Sc, L]``), in order.
+
+    Raises:
+        InputError: ``calib_fraction`` outside (0, 1) or too few windows for both parts.
+    """
+    if not 0.0 < calib_fraction < 1.0:
+        raise InputError(f"--calib-fraction must lie strictly between 0 and 1, got {calib_fraction}")
+    num = int(token_ids.shape[0])
+    num_calib = int(round(num * calib_fraction))
+    if num_calib < 1 or num - num_calib < 1:
+        raise InputError(f"{num} window(s) cannot be split into calibration and evaluation parts; give more text")
+    return token_ids[:num_calib], token_ids[num_calib:]
+
+
+def _batches(token_ids: np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
+    for start in range(0, token_ids.shape[0], batch_size):
+        yield token_ids[start:start + batch_size]
+
+
+def _input_device(model) -> torch.device:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and hasattr(embeddings, "weight"):
+        return embeddings.weight.device
+    return next(model.parameters()).device
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="fwd", disable=not enabled, leave=False)
+
+
+# ---------------------------------------------------------------------------- calibration
+def calibration_routing(model, sites: Sequence[Any], token_ids: np.ndarray, batch_size: int = 8,
+                        progress: bool = False) -> dict[str, np.ndarray]:
+    """Layer name -> ``[T, K]`` int64 experts the unmodified model chose on ``token_ids [S, L]``."""
+    device = _input_device(model)
+    chosen: dict[str, list[np.ndarray]] = {site.name: [] for site in sites}
+    bar = _bar(progress, math.ceil(token_ids.shape[0] / batch_size), "calibrate")
+    with torch.inference_mode(), RerouteHooks(sites, none_policy()) as hooks:
+        for batch in _batches(token_ids, batch_size):
+            model(input_ids=torch.as_tensor(batch, dtype=torch.long, device=device))
+            for site, ids in zip(sites, hooks.take()):
+                chosen[site.name].append(ids.long().cpu().numpy())
+            bar.update(1)
+    bar.close()
+    return {name: np.concatenate(parts) for name, parts in chosen.items()}
+
+
+# ---------------------------------------------------------------------------- sweep settings
+def default_settings(num_experts: int, top_k: int, num_gpus: int, slots_per_gpu: int) -> dict[str, list[dict[str, Any]]]:
+    """The settings swept per policy when none are given.
+
+    * ``c2r``: ``T`` in ``{E/8, E/4, E/2}`` (at least ``K - 1``, at most ``E - 1``);
+    * ``gpu-limited``: ``M`` from the fewest GPUs that hold ``K`` experts up to ``G - 1``, with both
+      GPU scores (``max``: DeepSeek-V2, ``mass``);
+    * ``capacity-drop``: ``gamma`` in ``{1.0, 1.25, 1.5, 2.0}``; ``capacity-reroute``: ``{1.0, 1.1, 1.25, 1.5}``.
+    """
+    tops = sorted({t for t in (num_experts // 8, num_experts // 4, num_experts // 2)
+                   if top_k - 1 <= t <= num_experts - 1 and t >= 1})
+    if not tops:
+        tops = [max(top_k - 1, 1)]
+    fewest = max(1, math.ceil(top_k / slots_per_gpu))
+    gpus = list(range(fewest, max(num_gpus, fewest + 1))) if num_gpus > 1 else [1]
+    return {
+        "c2r": [{"top_t": t} for t in tops],
+        "gpu-limited": [{"max_gpus": m, "gpu_score": s} for s in ("max", "mass") for m in gpus],
+        "capacity-drop": [{"capacity_factor": f} for f in (1.0, 1.25, 1.5, 2.0)],
+        "capacity-reroute": [{"capacity_factor": f} for f in (1.0, 1.1, 1.25, 1.5)],
+    }
+
+
+def build_policies(settings: dict[str, list[dict[str, Any]]], calibration: dict[str, np.ndarray],
+                   num_experts: int, plan: Plan | None) -> list[Policy]:
+    """Fitted policies for ``settings`` (policy -> list of settings), in that order."""
+    policies: list[Policy] = []
+    counts = None
+    for name, entries in settings.items():
+        for entry in entries:
+            if name == "c2r":
+                if counts is None:
+                    counts = {layer: coactivation_counts(ids, num_experts) for layer, ids in calibration.items()}
+                policies.append(c2r_policy(counts, entry["top_t"]))
+            elif name == "gpu-limited":
+                if plan is None:
+                    raise InputError("the gpu-limited policy needs a placement (--gpus or --plan)")
+                policies.append(gpu_limited_policy(plan, entry["max_gpus"], entry.get("gpu_score", "max")))
+            elif name in ("capacity-drop", "capacity-reroute"):
+                policies.append(capacity_policy(name, entry["capacity_factor"]))
+            elif name == "none":
+                policies.append(none_policy())
+            else:
+                raise InputError(f"unknown policy '{name}'")
+    return policies
+
+
+# ---------------------------------------------------------------------------- evaluation
+@dataclass
+class _Totals:
+    """Running sums of one policy setting over the evaluation batches."""
+
+    nll: float = 0.0
+    correct: int = 0
+    agree: int = 0
+    kl: float = 0.0
+    predicted: int = 0
+    routing: dict[str, float] = field(default_factory=dict)
+    routing_weight: dict[str, float] = field(default_factory=dict)
+    changed: float = 0.0
+    routed_tokens: int = 0
+
+    def add_routing(self, key: str, value: float, weight: float) -> None:
+        self.routing[key] = self.routing.get(key, 0.0) + value * weight
+        self.routing_weight[key] = self.routing_weight.get(key, 0.0) + weight
+
+
+def _score_batch(logits: torch.Tensor, targets: torch.Tensor, base_logprobs: torch.Tensor | None,
+                 base_top1: torch.Tensor | None, totals: _Totals) -> torch.Tensor:
+    """Add one batch's next-token metrics; returns this run's log-probabilities ``[B, L-1, V]``."""
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    totals.nll += float(-logprobs.gather(-1, targets[..., None]).sum())
+    top1 = logprobs.argmax(-1)
+    totals.correct += int((top1 == targets).sum())
+    totals.predicted += int(targets.numel())
+    if base_logprobs is None:
+        totals.agree += int(targets.numel())
+    else:
+        totals.agree += int((top1 == base_top1).sum())
+        totals.kl += float((base_logprobs.exp() * (base_logprobs - logprobs)).sum())
+    return logprobs
+
+
+def evaluate_policies(
+    model,
+    sites: Sequence[Any],
+    token_ids: np.ndarray,
+    policies: Sequence[Policy],
+    plan: Plan | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Score the unmodified model and every policy on the evaluation windows ``token_ids [S, L]``.
+
+    A batch of ``batch_size`` windows is one forward pass: the capacity policies share capacity
+    over its ``batch_size * L`` tokens, and the routing metrics are per batch and layer, averaged.
+
+    Returns:
+        rows, the baseline (``policy: "none"``) first, then one per policy in order.
+    """
+    if token_ids.shape[1] < 2:
+        raise InputError("windows need at least 2 tokens to score next-token predictions")
+    device = _input_device(model)
+    num_experts = int(max(site.num_experts for site in sites))
+    runs = [none_policy()] + [p for p in policies if not p.is_identity]
+    totals = [_Totals() for _ in runs]
+    bar = _bar(progress, math.ceil(token_ids.shape[0] / batch_size) * len(runs), "reroute-eval")
+    with torch.inference_mode(), RerouteHooks(sites, runs[0]) as hooks:
+        for batch in _batches(token_ids, batch_size):
+            inputs = torch.as_tensor(batch, dtype=torch.long, device=device)
+            targets = inputs[:, 1:]
+            base_logprobs = base_top1 = base_ids = None
+            for index, policy in enumerate(runs):
+                hooks.policy = policy
+                logits = model(input_ids=inputs).logits
+                chosen = hooks.take()
+                logprobs = _score_batch(logits.to(device), targets, base_logprobs, base_top1, totals[index])
+                if index == 0:
+                    base_logprobs, base_top1 = logprobs, logprobs.argmax(-1)
+                    base_ids = [ids.long().cpu() for ids in chosen]
+                _add_routing(totals[index], sites, chosen, base_ids, num_experts, plan)
+                bar.update(1)
+    bar.close()
+    return _rows(runs, totals)
+
+
+def _add_routing(totals: _Totals, sites, chosen, base_ids, num_experts: int, plan: Plan | None) -> None:
+    for site, ids, base in zip(sites, chosen, base_ids):
+        ids = ids.long().cpu()
+        table = plan.gpu_experts[site.name] if plan is not None else None
+        n = int(ids.shape[0])
+        for key, value in routing_stats(ids, num_experts, table).items():
+            weight = n if key in ("gpus_per_token", "dropped_fraction") else 1.0
+            totals.add_routing(key, value, weight)
+        totals.changed += changed_fraction(base, ids) * n
+        totals.routed_tokens += n
+
+
+def _rows(runs: Sequence[Policy], totals: Sequence[_Totals]) -> list[dict[str, Any]]:
+    rows = []
+    for policy, t in zip(runs, totals):
+        row: dict[str, Any] = {"policy": policy.name, **policy.settings(), "label": policy.label()}
+        mean_nll = t.nll / max(t.predicted, 1)
+        row["perplexity"] = math.exp(mean_nll)
+        row["next_token_accuracy"] = t.correct / max(t.predicted, 1)
+        row["agreement"] = t.agree / max(t.predicted, 1)
+        row["kl_to_baseline"] = t.kl / max(t.predicted, 1)
+        for key, value in t.routing.items():
+            row[key] = value / max(t.routing_weight[key], 1e-12)
+        row["changed_fraction"] = t.changed / max(t.routed_tokens, 1)
+        row["eval_tokens"] = t.predicted
+        rows.append(row)
+    base = rows[0]
+    for row in rows:
+        for key in ROW_CHANGES:
+            if key in row and key in base and base[key]:
+                row[f"{key}_change"] = row[key] / base[key] - 1.0
+    return rows
+
+
+def best_within(rows: Sequence[dict[str, Any]], max_perplexity_change: float = 0.01,
+                metric: str = "gpus_per_token") -> dict[str, Any] | None:
+    """The row with the lowest ``metric`` among those within ``max_perplexity_change`` of the baseline."""
+    ok = [r for r in rows if r["policy"] != "none" and r.get("perplexity_change", math.inf) <= max_perplexity_change
+          and metric in r]
+    return min(ok, key=lambda r: r[metric]) if ok else None

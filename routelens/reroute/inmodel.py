@@ -1,0 +1,94 @@
+"""Apply a re-routing policy inside a loaded Hugging Face model, without touching its files.
+
+:class:`RerouteHooks` puts one forward hook on every router site (``routelens.capture.adapters``).
+The hook reads the router's logits from its output (``site.unpack``), lets the policy choose, and
+returns ``site.repack(...)``: the router's native output with the new ids and weights, which the
+experts module then uses. With the ``none`` policy the hook returns nothing, so the model's own
+output passes through untouched (bit-identical).
+
+Slots a capacity policy dropped (``-1``) reach the experts module as a valid expert id with weight
+exactly 0, which every experts implementation handles (they contribute ``0 * y = 0``); the recorded
+choice keeps the ``-1``.
+
+Example:
+    >>> routing = find_router_sites(model)                                 # doctest: +SKIP
+    >>> with RerouteHooks(routing.sites, policy) as hooks:                 # doctest: +SKIP
+    ...     logits = model(input_ids).logits
+    ...     chosen = hooks.take()           # one [N, K] ids tensor per MoE layer, -1 = dropped
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import RoutelensError
+from .policy import Policy
+
+
+def model_safe_ids(ids: torch.Tensor) -> torch.Tensor:
+    """``ids [N, K]`` with dropped ``-1`` slots replaced by a valid expert of the same token (or 0)."""
+    fill = ids.max(dim=1, keepdim=True).values.clamp_min(0)
+    return torch.where(ids < 0, fill, ids)
+
+
+class RerouteHooks:
+    """Context manager that routes every MoE layer of a model with ``policy`` and records the choice.
+
+    Args:
+        sites: ``find_router_sites(model).sites``.
+        policy: the policy to apply; may be swapped between forwards (``hooks.policy = other``).
+        record: keep each layer's chosen ids (``take()``), on the router's device.
+    """
+
+    def __init__(self, sites: Sequence[Any], policy: Policy, record: bool = True):
+        self.sites = list(sites)
+        self.policy = policy
+        self.record = record
+        self._chosen: list[list[torch.Tensor]] = [[] for _ in self.sites]
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "RerouteHooks":
+        for j, site in enumerate(self.sites):
+            self._handles.append(site.module.register_forward_hook(self._make_hook(j), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.clear()
+
+    def _make_hook(self, j: int):
+        site = self.sites[j]
+        chosen = self._chosen[j]
+
+        def hook(module, args, kwargs, output):
+            decision = site.unpack(args, kwargs, output)
+            if self.policy.is_identity:
+                if self.record:
+                    chosen.append(decision.topk_ids)
+                return None  # keep the model's own output
+            if decision.logits is None:
+                raise RoutelensError(f"router {site.name} exposes no logits; policy {self.policy.label()} cannot re-route it")
+            ids, weights = self.policy.choose(site.name, decision.logits, site.rule)
+            if self.record:
+                chosen.append(ids)
+            return site.repack(args, kwargs, output, model_safe_ids(ids), weights)
+
+        return hook
+
+    def clear(self) -> None:
+        for calls in self._chosen:
+            calls.clear()
+
+    def take(self) -> list[torch.Tensor]:
+        """Per layer, the ``[N, K]`` ids chosen since the last ``take`` (``-1`` = dropped)."""
+        taken = []
+        for site, calls in zip(self.sites, self._chosen):
+            if not calls:
+                raise RoutelensError(f"router {site.name} was not called during the forward pass")
+            taken.append(calls[0] if len(calls) == 1 else torch.cat(calls))
+        self.clear()
+        return taken
