@@ -40,13 +40,13 @@ class RunInfo:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
-    def label(self) -> str:
-        """What the picker shows: ``demo · demo-moe · 12,288 tokens`` (or the problem)."""
+    def detail(self) -> str:
+        """One line under the picker: ``demo-moe · 12,288 tokens`` (or ``unreadable manifest``)."""
         if self.problem:
-            return f"{self.name} · unreadable"
-        model = Path(self.model).name if self.model else "?"
+            return "unreadable manifest"
+        model = Path(self.model).name if self.model else "unknown model"
         status = "" if self.complete else " · incomplete"
-        return f"{self.name} · {model} · {self.num_tokens:,} tokens{status}"
+        return f"{model} · {self.num_tokens:,} tokens{status}"
 
 
 def find_runs(runs_dir: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[RunInfo]:

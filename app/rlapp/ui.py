@@ -26,11 +26,12 @@ def run_picker(runs_dir: Path) -> RunInfo | None:
     by_name = {r.name: r for r in runs}
     readable = [r.name for r in runs if not r.problem]
     default = (readable or names)[0]
-    # Bound to ?run= so a link opens the same run; kept for the session across page switches.
-    name = st.sidebar.selectbox("Run", names, index=names.index(default), key=RUN_KEY, format_func=lambda n: by_name[n].label,
+    # Bound to ?run=NAME so a link opens the same run; kept for the session across page switches.
+    name = st.sidebar.selectbox("Run", names, index=names.index(default), key=RUN_KEY,
                                 bind="query-params", persist_state="session")
     if name not in by_name:  # a run deleted since the last rerun
         name = default
+    st.sidebar.caption(by_name[name].detail)
     st.session_state["run_info"] = by_name[name]
     st.session_state["runs_dir"] = str(runs_dir)
     return by_name[name]

@@ -28,8 +28,8 @@ cols[3].metric("Tokens", ui.fmt_int(summary["num_tokens"]),
 cols[4].metric("Capture speed", ui.fmt_float(summary["tokens_per_s"], 0, " tok/s") if summary["tokens_per_s"] else "–",
                help=(f"{summary['wall_s']:.1f} s on {summary['device'] or 'unknown device'}" if summary.get("wall_s") else None))
 imbalance = summary["load_max_over_mean"]
-cols[5].metric("Load max/mean (median)", ui.fmt_float(imbalance["median"]),
-               help="Busiest expert's tokens over the mean, median over layers (1.00 = balanced)")
+cols[5].metric("Load imbalance", ui.fmt_float(imbalance["median"]),
+               help="Busiest expert's tokens over the mean expert's, median over layers (1.00 = balanced)")
 
 left, right = st.columns([2, 3])
 with left:

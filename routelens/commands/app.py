@@ -62,6 +62,8 @@ def streamlit_command(runs_dir: str | os.PathLike, host: str = "127.0.0.1", port
         "--browser.gatherUsageStats", "false",
         # Nothing to reload on a served dashboard; the watcher only costs CPU.
         "--server.fileWatcherType", "none",
+        # A dashboard for users, not an app under development: no "Deploy" button or developer menu.
+        "--client.toolbarMode", "viewer",
         "--", str(Path(runs_dir).resolve()),
     ]
 

@@ -8,6 +8,7 @@ broken install is visible.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -63,8 +64,20 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 90) ->
     raise AssertionError(f"the dashboard did not answer on {url} within {timeout_s:.0f} s")
 
 
-@pytest.fixture
-def server(runs_dir):
+def _screenshot(page, path: Path, width: int = 1440, min_height: int = 900) -> None:
+    """The whole page: Streamlit scrolls inside its main section, so grow the window to fit it first."""
+    height = page.evaluate(
+        "() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+        " return Math.max(m ? m.scrollHeight : 0, document.body.scrollHeight); }"
+    )
+    page.set_viewport_size({"width": width, "height": int(min(max(height + 40, min_height), 8000))})
+    page.wait_for_timeout(500)  # plotly re-lays out its charts after the resize
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": width, "height": min_height})
+
+
+@contextlib.contextmanager
+def serve(runs_dir: Path):
     """``routelens app RUNS_DIR --port N`` as a user starts it; yields its URL, stops it afterwards."""
     port = _free_port()
     process = subprocess.Popen(
@@ -92,33 +105,28 @@ def test_chromium_clicks_through_every_page_and_sees_headings_and_charts(runs_di
     except ImportError:
         _need(False, "the playwright Python package is missing (pip install playwright; no browser download needed)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    server_cm = server.__wrapped__(runs_dir)  # start the server only once chromium is known to be there
-    url = next(server_cm)
-    try:
-        with sync_playwright() as pw:
-            context = pw.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-                viewport={"width": 1440, "height": 900}, device_scale_factor=1,
-            )
-            page = context.pages[0] if context.pages else context.new_page()
-            page.set_default_timeout(30_000)
-            page.goto(url)
-            for link, heading, has_chart in PAGES:
-                page.locator('[data-testid="stSidebarNav"]').get_by_text(link, exact=True).click()
-                expect(page.locator("h1").first).to_have_text(heading, timeout=30_000)
-                # Streamlit shows a "running" indicator while the script runs; wait until it settles.
-                page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
-                if has_chart:
-                    expect(page.locator(".js-plotly-plot").first).to_be_visible()
-                assert page.locator('[data-testid="stException"]').count() == 0, f"{heading}: the page shows a traceback"
-                page.wait_for_timeout(400)  # let plotly finish drawing before the screenshot
-                slug = heading.lower().replace(" ", "-")
-                page.screenshot(path=str(ARTIFACTS / f"{slug}.png"), full_page=True)
-            context.close()
-    finally:
-        try:
-            next(server_cm)
-        except StopIteration:
-            pass
+    with serve(runs_dir) as url, sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1440, "height": 900}, device_scale_factor=1,
+        )
+        page = context.pages[0] if context.pages else context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(url)
+        for link, heading, has_chart in PAGES:
+            page.locator('[data-testid="stSidebarNav"]').get_by_text(link, exact=True).click()
+            expect(page.locator("h1").first).to_have_text(heading, timeout=30_000)
+            # Streamlit shows a "running" indicator while the script runs; wait until it settles.
+            page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
+            if has_chart:
+                expect(page.locator(".js-plotly-plot").first).to_be_visible()
+            assert page.locator('[data-testid="stException"]').count() == 0, f"{heading}: the page shows a traceback"
+            _screenshot(page, ARTIFACTS / f"{heading.lower().replace(' ', '-')}.png")
+        # A link to a half-written run shows the reason, not a traceback.
+        page.goto(f"{url}/?run=broken")
+        expect(page.get_by_text("is not valid JSON")).to_be_visible()
+        assert page.locator('[data-testid="stException"]').count() == 0
+        _screenshot(page, ARTIFACTS / "broken-run.png")
+        context.close()
     for _, heading, _ in PAGES:
         assert (ARTIFACTS / f"{heading.lower().replace(' ', '-')}.png").stat().st_size > 10_000
