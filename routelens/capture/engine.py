@@ -21,7 +21,7 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from ..io import read_json
 from ..trace import MANIFEST, Trace, TraceWriter, merge_rank_parts
 from .distributed import DistContext, init_distributed, rank_windows
 from .header import build_header, config_summary
-from .hooks import HostCopy, RouterRecorder
+from .hooks import BatchRouting, HostCopy, RouterRecorder
 from .text import Windows
 
 DEFAULT_SHARD_TOKENS = 65536
@@ -98,8 +98,6 @@ def capture(
         TraceError: ``out`` holds another run, or one with different settings.
         RoutelensError: NaN/inf routing weights, a router that did not run.
     """
-    import torch
-
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     if routing is None:
@@ -123,15 +121,13 @@ def capture(
         raise TraceError(f"cannot resume {out}: it holds {done} windows for rank {ctx.rank}, more than the {mine.size} it should")
     todo = mine[done:]
     seq_len = windows.seq_len
-    forward = _forward_fn(model)
-    input_device = _input_device(model)
     batches_per_shard = max(1, -(-shard_tokens // (batch_size * seq_len)))
 
     bar = _progress_bar(progress and ctx.rank == 0, total=mine.size * seq_len, initial=done * seq_len)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="routelens-shard")
     pending_write: Future | None = None
     shards_written = 0
-    group: list[tuple[np.ndarray, tuple]] = []
+    group: list[tuple[np.ndarray, BatchRouting]] = []
     start = time.perf_counter()
 
     def finish_write() -> None:
@@ -145,49 +141,33 @@ def capture(
 
     def flush() -> None:
         nonlocal pending_write, group
-        if not group:
-            return
-        finish_write()  # at most one shard in flight: bounded memory, errors surface in order
-        pending_write = pool.submit(_write_group, writer, windows, group)
-        group = []
+        if group:
+            finish_write()  # at most one shard in flight: bounded memory, errors surface in order
+            pending_write = pool.submit(_write_group, writer, windows, group)
+            group = []
 
-    def consume(index: np.ndarray, copy: HostCopy) -> None:
-        result = copy.result()
-        _check_finite(result[1], header["layers"], index)
-        group.append((index, result))
-        if bar is not None:
-            bar.update(index.size * seq_len)
-        if len(group) >= batches_per_shard:
-            flush()
-
-    in_flight: tuple[np.ndarray, HostCopy] | None = None
     try:
-        with torch.inference_mode(), RouterRecorder(routing.sites, keep_logits=save_logits) as recorder:
-            for first in range(0, todo.size, batch_size):
-                index = todo[first:first + batch_size]
-                input_ids = torch.from_numpy(windows.token_ids[index].astype(np.int64)).to(input_device)
-                forward(input_ids)
-                copy = HostCopy(recorder.take(expected_tokens=input_ids.numel()))
-                if in_flight is not None:
-                    consume(*in_flight)  # batch i-1's copies finished while batch i was launched
-                in_flight = (index, copy)
-            if in_flight is not None:
-                consume(*in_flight)
-                in_flight = None
-            flush()
-            finish_write()
+        for index, routed in iter_batch_routing(model, routing, windows, todo, batch_size, save_logits):
+            _check_finite(routed.topk_weights, header["layers"], index)
+            if save_logits and routed.logits is None:
+                raise RoutelensError(f"--save-logits: the {routing.family} routers of this model expose no logits")
+            group.append((index, routed))
+            if bar is not None:
+                bar.update(index.size * seq_len)
+            if len(group) >= batches_per_shard:
+                flush()
+        flush()
+        finish_write()
     except BaseException:
         pool.shutdown(wait=True)  # a shard already being written completes (atomically) or not at all
-        if pending_write is not None and pending_write.done() and pending_write.exception() is None:
-            shards_written += 1
-        _record_stats(writer, prior_stats, time.perf_counter() - start, ctx, batch_size, input_device, final=False)
+        _record_stats(writer, prior_stats, time.perf_counter() - start, ctx, batch_size, model, final=False)
         if bar is not None:
             bar.close()
         raise
     pool.shutdown(wait=True)
     if bar is not None:
         bar.close()
-    _record_stats(writer, prior_stats, time.perf_counter() - start, ctx, batch_size, input_device, final=True)
+    _record_stats(writer, prior_stats, time.perf_counter() - start, ctx, batch_size, model, final=True)
     writer.close(complete=True)
     if ctx.world_size > 1:
         ctx.barrier()
@@ -197,22 +177,52 @@ def capture(
     return Trace.open(out)
 
 
-def _write_group(writer: TraceWriter, windows: Windows, group: list[tuple[np.ndarray, tuple]]) -> None:
+def iter_batch_routing(
+    model, routing, windows: Windows, indices: np.ndarray, batch_size: int, save_logits: bool = False
+) -> Iterator[tuple[np.ndarray, BatchRouting]]:
+    """Run ``windows.token_ids[indices]`` through ``model`` in batches; yield each batch's routing on the host.
+
+    Yields:
+        ``(index, routing)``: ``index`` ``[B]`` the windows of the batch, ``routing`` their
+        :class:`BatchRouting` (per layer ``[B * L, k]`` ids and weights, token ``b * L + l`` is
+        position ``l`` of window ``index[b]``).
+
+    The host copies of batch ``i`` are waited for after batch ``i + 1`` has been launched, so the
+    GPU never idles on them; the router hooks are removed when the iteration ends or is abandoned.
+    """
+    import torch
+
+    forward = model_forward(model)
+    input_device = model_input_device(model)
+    with torch.inference_mode(), RouterRecorder(routing.sites, keep_logits=save_logits) as recorder:
+        in_flight: tuple[np.ndarray, HostCopy] | None = None
+        for first in range(0, len(indices), batch_size):
+            index = indices[first:first + batch_size]
+            input_ids = torch.from_numpy(windows.token_ids[index].astype(np.int64)).to(input_device)
+            forward(input_ids)
+            copy = HostCopy(recorder.take(expected_tokens=input_ids.numel()))
+            if in_flight is not None:
+                yield in_flight[0], in_flight[1].result()
+            in_flight = (index, copy)
+        if in_flight is not None:
+            yield in_flight[0], in_flight[1].result()
+
+
+def _write_group(writer: TraceWriter, windows: Windows, group: list[tuple[np.ndarray, BatchRouting]]) -> None:
     """Write the batches of ``group`` as one shard (runs on the writer thread)."""
     seq_len = windows.seq_len
     index = np.concatenate([g[0] for g in group])
-    num_layers = len(group[0][1][0])
-    topk_ids = [np.concatenate([g[1][0][j] for g in group]) for j in range(num_layers)]
-    topk_weights = [np.concatenate([g[1][1][j] for g in group]) for j in range(num_layers)]
+    batches = [g[1] for g in group]
+    num_layers = len(batches[0].topk_ids)
     logits = None
-    if group[0][1][2] is not None:
-        logits = [np.concatenate([g[1][2][j] for g in group]) for j in range(num_layers)]
+    if batches[0].logits is not None:
+        logits = [np.concatenate([b.logits[j] for b in batches]) for j in range(num_layers)]
     writer.write_shard(
         token_ids=windows.token_ids[index].reshape(-1),
         seq_ids=np.repeat(index.astype(np.int32), seq_len),
         positions=np.tile(np.arange(seq_len, dtype=np.int32), index.size),
-        topk_ids=topk_ids,
-        topk_weights=topk_weights,
+        topk_ids=[np.concatenate([b.topk_ids[j] for b in batches]) for j in range(num_layers)],
+        topk_weights=[np.concatenate([b.topk_weights[j] for b in batches]) for j in range(num_layers)],
         router_logits=logits,
         num_seqs=int(index.size),
     )
@@ -227,7 +237,7 @@ def _check_finite(topk_weights: list[np.ndarray], layers: list[str], index: np.n
             )
 
 
-def _forward_fn(model) -> Callable[[Any], Any]:
+def model_forward(model) -> Callable[[Any], Any]:
     """One forward pass over ``input_ids`` ``[B, L]``, computing no more LM-head logits than needed."""
     params = inspect.signature(model.forward).parameters
     if getattr(model.config, "is_encoder_decoder", False):
@@ -242,7 +252,7 @@ def _forward_fn(model) -> Callable[[Any], Any]:
     return lambda ids: model(input_ids=ids, **kwargs)
 
 
-def _input_device(model):
+def model_input_device(model):
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embeddings is not None and getattr(embeddings, "weight", None) is not None:
         device = embeddings.weight.device
@@ -292,7 +302,7 @@ def _prior_stats(out: Path, ctx: DistContext) -> dict[str, Any]:
 
 
 def _record_stats(writer: TraceWriter, prior: dict[str, Any], session_s: float, ctx: DistContext,
-                  batch_size: int, device, final: bool) -> None:
+                  batch_size: int, model, final: bool) -> None:
     """Cumulative wall time over sessions (resume adds up), tokens/s over the whole run."""
     wall_s = float(prior.get("wall_s", 0.0)) + session_s
     tokens = writer.resume_state.num_tokens
@@ -301,7 +311,7 @@ def _record_stats(writer: TraceWriter, prior: dict[str, Any], session_s: float, 
         tokens_per_s=round(tokens / wall_s, 1) if wall_s > 0 else None,
         sessions=int(prior.get("sessions", 0)) + 1,
         batch_size=batch_size,
-        device=str(device),
+        device=str(model_input_device(model)),
     )
     if not final and writer.shards:
         try:

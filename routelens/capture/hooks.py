@@ -33,6 +33,21 @@ class LayerRouting:
     logits: Any | None
 
 
+@dataclass
+class BatchRouting:
+    """One batch's routing on the host, one array per MoE layer (site order).
+
+    Attributes:
+        topk_ids: per layer ``[N, k]`` int16.
+        topk_weights: per layer ``[N, k]`` float32.
+        logits: per layer ``[N, E]`` float16, or None.
+    """
+
+    topk_ids: list[np.ndarray]
+    topk_weights: list[np.ndarray]
+    logits: list[np.ndarray] | None
+
+
 class RouterRecorder:
     """Context manager that hooks ``sites`` and collects their outputs forward by forward.
 
@@ -140,7 +155,7 @@ class HostCopy:
         self._on_device.append(converted)
         return host
 
-    def result(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
+    def result(self) -> "BatchRouting":
         for event in self._events:
             event.synchronize()
         self._on_device = []
@@ -150,7 +165,8 @@ class HostCopy:
             # copy out of pinned memory so its blocks return to the caching host allocator
             return np.array(t.numpy()) if pinned else t.numpy()
 
-        ids = [numpy(t) for t in self.topk_ids]
-        weights = [numpy(t) for t in self.topk_weights]
-        logits = None if self.logits is None else [numpy(t) for t in self.logits]
-        return ids, weights, logits
+        return BatchRouting(
+            topk_ids=[numpy(t) for t in self.topk_ids],
+            topk_weights=[numpy(t) for t in self.topk_weights],
+            logits=None if self.logits is None else [numpy(t) for t in self.logits],
+        )

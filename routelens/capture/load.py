@@ -126,7 +126,7 @@ def load_model(
     config = _load_config(name, trust_remote_code)
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
     target = resolve_device(device) if device_map is None else None
-    torch_dtype = resolve_dtype(dtype, target if target is not None else "cuda")
+    torch_dtype = resolve_dtype(dtype, target if target is not None else resolve_device(None))
     model = _load_weights(name, config, torch_dtype, device_map, trust_remote_code)
     if target is not None:
         model.to(target)

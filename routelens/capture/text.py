@@ -124,16 +124,17 @@ def dataset_source(spec: str) -> TextSource:
     config = parts[1] if len(parts) > 1 and parts[1] else None
     split = parts[2] if len(parts) > 2 and parts[2] else "train"
     try:
-        import datasets  # noqa: F401
+        from datasets import load_dataset
     except ImportError as exc:
         raise InputError("--dataset needs the 'datasets' package: pip install 'routelens[data]'") from exc
+    try:  # open the stream now, so a wrong name fails before a big model is loaded
+        stream = load_dataset(name, config, split=split, streaming=True)
+    except Exception as exc:  # network errors, unknown dataset/config/split
+        raise InputError(f"cannot read dataset {spec}: {_first_line(exc)}") from exc
 
     def documents() -> Iterator[str]:
-        from datasets import load_dataset
-
+        column = None
         try:
-            stream = load_dataset(name, config, split=split, streaming=True)
-            column = None
             for row in stream:
                 if column is None:
                     column = "text" if isinstance(row.get("text"), str) else next(
@@ -144,11 +145,15 @@ def dataset_source(spec: str) -> TextSource:
                 yield row[column]
         except RoutelensError:
             raise
-        except Exception as exc:  # network errors, unknown dataset/config/split
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"cannot read dataset {spec}: {message}") from exc
+        except Exception as exc:  # a shard that fails to download or parse mid-way
+            raise InputError(f"cannot read dataset {spec}: {_first_line(exc)}") from exc
 
     return TextSource(kind="dataset", name=spec, documents=documents)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _plain_documents(path: Path) -> Iterator[str]:

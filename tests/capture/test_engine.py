@@ -197,3 +197,16 @@ def test_torchrun_two_processes_merge_into_the_one_process_trace(tiny, tmp_path)
     for j in range(len(single.layers)):
         assert np.array_equal(merged.topk_ids(j), single.topk_ids(j))
         np.testing.assert_allclose(merged.topk_weights(j), single.topk_weights(j), atol=1e-3)
+
+
+def test_device_map_auto_capture_equals_the_plain_capture(tiny, tmp_path):
+    """``--device-map auto`` goes through accelerate (here onto the CPU) and records the same routing."""
+    from routelens.capture.engine import capture_from_path
+
+    path, model, tokenizer, text = tiny
+    mapped = capture_from_path(path, tmp_path / "mapped", text=text, seq_len=SEQ_LEN, max_tokens=3 * SEQ_LEN,
+                               batch_size=BATCH, device_map="auto", progress=False)
+    plain = capture(model, tokenizer, windows_of(tiny, 3), tmp_path / "plain", batch_size=BATCH, progress=False)
+    assert mapped.manifest["settings"]["tokens_sha256"] == plain.manifest["settings"]["tokens_sha256"]
+    for j in range(len(plain.layers)):
+        assert np.array_equal(mapped.topk_ids(j), plain.topk_ids(j))

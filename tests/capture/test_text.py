@@ -89,3 +89,19 @@ def test_text_and_dataset_together_or_bad_dataset_spec_are_refused():
 def test_dataset_without_the_datasets_package_says_how_to_install_it():
     with pytest.raises(InputError, match=r"pip install 'routelens\[data\]'"):
         dataset_source("wikitext:wikitext-2-raw-v1:test")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="needs the optional 'datasets' package")
+def test_dataset_from_a_local_folder_joins_rows_with_eos(tokenizer, tmp_path):
+    folder = tmp_path / "mydata"
+    folder.mkdir()
+    rows = [f"row {i} routes tokens to experts. " * 3 for i in range(20)]
+    (folder / "train.jsonl").write_text("".join(json.dumps({"id": i, "text": r}) + "\n" for i, r in enumerate(rows)))
+    source = dataset_source(str(folder))
+    windows = pack_windows(source, tokenizer, seq_len=16, max_tokens=160)
+    expected = tokenizer(rows[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert windows.token_ids.shape == (10, 16)
+    assert windows.token_ids.reshape(-1)[: len(expected)].tolist() == expected
+    assert source.describe() == f"dataset:{folder}" and len(source.sha256) == 64
+    with pytest.raises(InputError, match="cannot read dataset"):
+        dataset_source(str(folder) + "::nosuchsplit")
