@@ -1,0 +1,35 @@
+"""Distributed runner: replay a trace with a plan over torch.distributed and measure the All-to-All.
+
+Expert-parallel MoE layers driven by a :class:`~routelens.trace.Trace` (routing) and a
+:class:`~routelens.plan.Plan` (which GPU serves which expert), on NCCL/GPU or gloo/CPU with the
+same code. Nothing here imports the dashboard (streamlit, plotly).
+
+Modules:
+    routing   host-side token layout, replica choice, predicted traffic (numpy)
+    experts   expert weights (random or from a checkpoint) and grouped-GEMM SwiGLU experts
+    exchange  the All-to-All exchanges (counts, uneven rows)
+    layer     one EP MoE layer: layout, dispatch, experts, combine (+ overlap measurement)
+    timing    CUDA-event / wall-clock phase timers
+    report    raw per-rank measurements -> report and table
+    bench     ``python -m routelens.dist.bench`` (torchrun entry point)
+"""
+
+from .routing import (
+    LayerRoute,
+    contiguous_plan,
+    dispatch_matrix_from_destinations,
+    plan_routes,
+    rank_token_range,
+    tiled_token_index,
+    token_source_gpu,
+)
+
+__all__ = [
+    "LayerRoute",
+    "contiguous_plan",
+    "dispatch_matrix_from_destinations",
+    "plan_routes",
+    "rank_token_range",
+    "tiled_token_index",
+    "token_source_gpu",
+]
