@@ -85,7 +85,7 @@ def _site_for(block_name: str, block: torch.nn.Module, family: str, config):
         if not isinstance(experts, torch.nn.Module):
             return None
         site_class = RouterSite
-    rule = rule_for(family, router, config)
+    rule = rule_for(family, router, config, block)
     return site_class(name, router, _layer_index(name, config), rule.num_experts, rule.top_k, rule), experts
 
 

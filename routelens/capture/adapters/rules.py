@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .base import RoutingRule
 
 
@@ -53,6 +55,22 @@ def _sigmoid_bias_rule(router, config) -> RoutingRule:
     )
 
 
+def _block_bias(block):
+    for name in ("e_score_correction_bias", "expert_bias"):
+        bias = getattr(block, name, None) if block is not None else None
+        if isinstance(bias, torch.Tensor):
+            return bias
+    return None
+
+
+def _sigmoid_block_bias_rule(router, config, block=None) -> RoutingRule:
+    """MiniMax-M2, HunYuan-V3, AFMoE: sigmoid, a selection bias the block passes in, renorm, scaling."""
+    num_experts, top_k = _experts_and_k(router, config)
+    scale = _attr(router, "routed_scaling_factor", "router_scaling_factor", "route_scale", default=1.0)
+    return RoutingRule("sigmoid", num_experts, top_k, norm_topk_prob=True, routed_scaling_factor=float(scale),
+                       bias=_block_bias(block))
+
+
 def _ernie_rule(router, config) -> RoutingRule:
     num_experts, top_k = _experts_and_k(router, config)
     bias = router.moe_statics.e_score_correction_bias  # [1, E]
@@ -86,6 +104,8 @@ def _nllb_rule(router, config) -> RoutingRule:
     return RoutingRule("softmax", int(router.num_experts), 2, True)
 
 
+_BLOCK_BIAS_FAMILIES = {"minimax_m2", "hy_v3", "afmoe"}
+
 _RULES = {
     # model_type: rule builder(router, config)
     "mixtral": lambda r, c: _softmax_rule(r, c, norm=True),
@@ -104,6 +124,9 @@ _RULES = {
     "granitemoe": _topk_softmax_rule,
     "granitemoeshared": _topk_softmax_rule,
     "phimoe": _phimoe_rule,
+    "granitemoe_swa": _topk_softmax_rule,
+    "qwen3_5_moe": lambda r, c: _softmax_rule(r, c, norm=True),
+    "qwen3_5_moe_text": lambda r, c: _softmax_rule(r, c, norm=True),
     "llama4_text": _llama4_rule,
     "llama4": _llama4_rule,
     "jetmoe": _topk_softmax_rule,
@@ -113,13 +136,18 @@ _RULES = {
 }
 
 
-def rule_for(family: str, router, config) -> RoutingRule:
-    """The routing rule of ``router`` in a model of type ``family`` (a softmax top-k guess for unknown families)."""
+def rule_for(family: str, router, config, block=None) -> RoutingRule:
+    """The routing rule of ``router`` (inside ``block``) in a model of type ``family``.
+
+    Unknown families get a structural guess: a DeepSeek-V3-like router (its own correction bias and
+    groups), a sigmoid router fed a bias by its block, else softmax top-k. The recorded choice is exact
+    either way; only :meth:`RoutingRule.choose` depends on the guess.
+    """
+    if family in _BLOCK_BIAS_FAMILIES or (family not in _RULES and _block_bias(block) is not None):
+        return _sigmoid_block_bias_rule(router, config, block)
     builder = _RULES.get(family)
     if builder is not None:
         return builder(router, config)
     if getattr(router, "e_score_correction_bias", None) is not None and hasattr(router, "num_group"):
-        return _sigmoid_bias_rule(router, config)  # an unknown DeepSeek-V3 derivative
+        return _sigmoid_bias_rule(router, config)
     return _softmax_rule(router, config)
-
-
