@@ -92,6 +92,8 @@ def run(args) -> int:
     started = time.perf_counter()
     model, tokenizer = load_model(model_name, dtype=args.dtype, device=args.device,
                                   trust_remote_code=args.trust_remote_code)
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise InputError(f"reroute-eval scores causal language models; {model_name} is an encoder-decoder model")
     routing = find_router_sites(model)
     sites = routing.sites
     num_experts = max(site.num_experts for site in sites)

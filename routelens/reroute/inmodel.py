@@ -6,9 +6,9 @@ returns ``site.repack(...)``: the router's native output with the new ids and we
 experts module then uses. With the ``none`` policy the hook returns nothing, so the model's own
 output passes through untouched (bit-identical).
 
-Slots a capacity policy dropped (``-1``) reach the experts module as a valid expert id with weight
-exactly 0, which every experts implementation handles (they contribute ``0 * y = 0``); the recorded
-choice keeps the ``-1``.
+Slots a capacity policy dropped (``-1``) are handed to ``repack`` as they are; each site turns them
+into what its experts module takes (a valid expert id with weight exactly 0, or no dispatch at all),
+so they add nothing to the token's output. The recorded choice keeps the ``-1``.
 
 Example:
     >>> routing = find_router_sites(model)                                 # doctest: +SKIP
@@ -25,12 +25,6 @@ import torch
 
 from ..errors import RoutelensError
 from .policy import Policy
-
-
-def model_safe_ids(ids: torch.Tensor) -> torch.Tensor:
-    """``ids [N, K]`` with dropped ``-1`` slots replaced by a valid expert of the same token (or 0)."""
-    fill = ids.max(dim=1, keepdim=True).values.clamp_min(0)
-    return torch.where(ids < 0, fill, ids)
 
 
 class RerouteHooks:
@@ -75,7 +69,7 @@ class RerouteHooks:
             ids, weights = self.policy.choose(site.name, decision.logits, site.rule)
             if self.record:
                 chosen.append(ids)
-            return site.repack(args, kwargs, output, model_safe_ids(ids), weights)
+            return site.repack(args, kwargs, output, ids, weights)
 
         return hook
 

@@ -1,8 +1,8 @@
 """Re-route a saved trace: new choices from its router logits, written as a trace of the same format.
 
-``reroute_trace`` reads the input trace shard by shard (all layers of one shard in memory at a
-time), applies a :class:`~routelens.reroute.policy.Policy` to each batch of ``batch_tokens``
-tokens, and writes the new ``topk_ids`` / ``topk_weights`` (router logits copied unchanged) with
+``reroute_trace`` streams the input trace shard by shard (all layers of about one shard in memory
+at a time), applies a :class:`~routelens.reroute.policy.Policy` to consecutive batches of
+``batch_tokens`` tokens (batches run across shard boundaries; the last one may be shorter), and writes the new ``topk_ids`` / ``topk_weights`` (router logits copied unchanged) with
 :class:`~routelens.trace.TraceWriter`. Graphs, placement and the runner read the result like any
 capture. The manifest records the policy under ``reroute`` and the input trace under ``parent``.
 
@@ -181,27 +181,43 @@ def reroute_trace(
     writer = TraceWriter(out, header)
     comparison = RoutingComparison(trace.layers, trace.num_experts, plan)
     num_layers = len(trace.layers)
-    streams = [zip(trace.iter_chunks(j, "router_logits"), trace.iter_chunks(j, "topk_ids")) for j in range(num_layers)]
-    token_streams = {name: iter(_token_chunks(trace, name)) for name in ("token_ids", "seq_ids", "positions")}
     bar = _bar(progress, trace.num_tokens * num_layers, f"reroute {policy.label()}")
-    for shard, per_layer in zip(trace.shards, zip(*streams)):
-        new_ids, new_weights, logits_out = [], [], []
-        for j, ((_, logits), (_, old_ids)) in enumerate(per_layer):
-            layer = trace.layers[j]
-            ids_parts, weight_parts = [], []
-            for start in range(0, logits.shape[0], batch_tokens):
-                chunk = torch.from_numpy(np.asarray(logits[start:start + batch_tokens], dtype=np.float32))
-                ids, weights = policy.choose(layer, chunk, rules[j])
-                ids_parts.append(ids.numpy())
-                weight_parts.append(weights.numpy())
-                comparison.add(layer, old_ids[start:start + batch_tokens], ids)
-                bar.update(chunk.shape[0])
-            new_ids.append(np.concatenate(ids_parts) if ids_parts else np.zeros((0, trace.top_k), np.int64))
-            new_weights.append(np.concatenate(weight_parts) if weight_parts else np.zeros((0, trace.top_k), np.float32))
-            logits_out.append(logits)
-        tokens = {name: next(stream) for name, stream in token_streams.items()}
-        writer.write_shard(tokens["token_ids"], tokens["seq_ids"], tokens["positions"], new_ids, new_weights,
-                           logits_out, num_seqs=shard.get("num_seqs"))
+    pending: list[list[np.ndarray]] | None = None  # per field, arrays not yet re-routed (batches cross shards)
+    done: list[list[Any]] = []  # re-routed batches not yet written
+    done_tokens = 0
+    shard_tokens = max(batch_tokens, max((int(s["num_tokens"]) for s in trace.shards), default=batch_tokens))
+
+    def route(batch: list[np.ndarray]) -> list[Any]:
+        logits, old_ids = batch[3:3 + num_layers], batch[3 + num_layers:]
+        new_ids, new_weights = [], []
+        for j, layer in enumerate(trace.layers):
+            ids, weights = policy.choose(layer, torch.from_numpy(np.asarray(logits[j], dtype=np.float32)), rules[j])
+            comparison.add(layer, old_ids[j], ids)
+            new_ids.append(ids.numpy())
+            new_weights.append(weights.numpy())
+            bar.update(ids.shape[0])
+        return [batch[0], batch[1], batch[2], new_ids, new_weights, logits]
+
+    def flush() -> None:
+        nonlocal done, done_tokens
+        if not done:
+            return
+        cat = lambda i: np.concatenate([b[i] for b in done])  # noqa: E731
+        per_layer = lambda i: [np.concatenate([b[i][j] for b in done]) for j in range(num_layers)]  # noqa: E731
+        writer.write_shard(cat(0), cat(1), cat(2), per_layer(3), per_layer(4), per_layer(5))
+        done, done_tokens = [], 0
+
+    for fields in _shard_fields(trace):
+        pending = fields if pending is None else [np.concatenate([a, b]) for a, b in zip(pending, fields)]
+        while pending[0].shape[0] >= batch_tokens:
+            done.append(route([a[:batch_tokens] for a in pending]))
+            done_tokens += batch_tokens
+            pending = [a[batch_tokens:] for a in pending]
+            if done_tokens >= shard_tokens:
+                flush()
+    if pending is not None and pending[0].shape[0]:
+        done.append(route(pending))
+    flush()
     bar.close()
     summary = comparison.summary()
     writer.update_stats(reroute=summary["overall"])
@@ -209,12 +225,15 @@ def reroute_trace(
     return Trace.open(out), summary
 
 
-def _token_chunks(trace: Trace, name: str):
+def _shard_fields(trace: Trace):
+    """Per input shard: ``[token_ids, seq_ids, positions, logits per layer..., topk_ids per layer...]``."""
+    tokens = [trace.token_ids, trace.seq_ids, trace.positions]
+    layers = range(len(trace.layers))
+    streams = [trace.iter_chunks(j, "router_logits") for j in layers] + [trace.iter_chunks(j, "topk_ids") for j in layers]
     start = 0
-    values = getattr(trace, name)
-    for shard in trace.shards:
+    for shard, chunks in zip(trace.shards, zip(*streams)):
         n = int(shard["num_tokens"])
-        yield values[start:start + n]
+        yield [t[start:start + n] for t in tokens] + [chunk for _, chunk in chunks]
         start += n
 
 

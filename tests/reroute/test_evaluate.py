@@ -1,0 +1,97 @@
+"""In-model evaluation: perplexity matches the model's own loss, rows carry what the sweep promises."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from routelens.capture.adapters import find_router_sites
+from routelens.errors import InputError
+from routelens.reroute import capacity_policy
+from routelens.reroute.evaluate import (
+    best_within, build_policies, calibration_routing, default_settings, evaluate_policies, split_windows,
+)
+from routelens.reroute.fitting import fit_plan
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import AutoModelForCausalLM
+
+    from routelens.capture.tiny import tiny_qwen3_moe_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_qwen3_moe_config(num_experts=8, top_k=2, num_layers=2)).eval()
+    with torch.no_grad():
+        for site in find_router_sites(model).sites:
+            site.module.weight.normal_(0.0, 0.5)
+    windows = np.random.default_rng(0).integers(0, 300, size=(12, 24)).astype(np.int64)
+    return model, find_router_sites(model).sites, windows
+
+
+def test_baseline_perplexity_is_the_models_own_loss(tiny):
+    model, sites, windows = tiny
+    rows = evaluate_policies(model, sites, windows, [], batch_size=5, progress=False)
+    with torch.no_grad():
+        ids = torch.as_tensor(windows)
+        loss = model(input_ids=ids, labels=ids).loss  # mean next-token NLL over all windows
+    assert rows[0]["policy"] == "none"
+    assert rows[0]["perplexity"] == pytest.approx(math.exp(float(loss)), rel=1e-4)
+    assert rows[0]["agreement"] == 1.0 and rows[0]["kl_to_baseline"] == 0.0
+    assert rows[0]["eval_tokens"] == windows.shape[0] * (windows.shape[1] - 1)
+
+
+def test_sweep_rows_compare_each_policy_with_the_baseline(tiny):
+    model, sites, windows = tiny
+    calib, heldout = split_windows(windows, 0.25)
+    calibration = calibration_routing(model, sites, calib, batch_size=4)
+    assert all(ids.shape == (calib.shape[0] * calib.shape[1], 2) for ids in calibration.values())
+    plan = fit_plan(calibration, 8, 4)
+    settings = default_settings(8, 2, plan.num_gpus, plan.slots_per_gpu)
+    assert [e["max_gpus"] for e in settings["gpu-limited"] if e["gpu_score"] == "max"] == [1, 2, 3]
+    policies = build_policies({"gpu-limited": [{"max_gpus": 1}], "capacity-reroute": [{"capacity_factor": 1.0}],
+                               "c2r": [{"top_t": 1}]}, calibration, 8, plan)
+    rows = evaluate_policies(model, sites, heldout, policies, plan=plan, batch_size=3, progress=False)
+    assert [r["policy"] for r in rows] == ["none", "gpu-limited", "capacity-reroute", "c2r"]
+    base, limited, reroute, c2r = rows
+    assert limited["gpus_per_token"] == pytest.approx(1.0)
+    assert limited["gpus_per_token_change"] == pytest.approx(1.0 / base["gpus_per_token"] - 1.0)
+    assert reroute["load_max_over_mean"] <= 1.0 + 1e-9 + 2 * 4 / (3 * 24 * 2)  # capacity rounding
+    for row in rows[1:]:
+        assert row["perplexity"] > 0 and 0 <= row["agreement"] <= 1 and row["kl_to_baseline"] >= -1e-6
+        assert "perplexity_change" in row and 0 <= row["changed_fraction"] <= 1
+    assert c2r["top_t"] == 1 and limited["max_gpus"] == 1 and reroute["capacity_factor"] == 1.0
+
+
+def test_capacity_is_shared_over_one_forward_pass(tiny):
+    model, sites, windows = tiny
+    rows_small = evaluate_policies(model, sites, windows, [capacity_policy("capacity-drop", 1.0)], batch_size=1,
+                                   progress=False)
+    rows_large = evaluate_policies(model, sites, windows, [capacity_policy("capacity-drop", 1.0)], batch_size=12,
+                                   progress=False)
+    # a larger batch averages load over more tokens, so fewer assignments overflow
+    assert rows_large[1]["dropped_fraction"] < rows_small[1]["dropped_fraction"]
+
+
+def test_best_within_picks_the_fewest_gpus_inside_the_perplexity_budget():
+    rows = [
+        {"policy": "none", "perplexity_change": 0.0, "gpus_per_token": 4.0},
+        {"policy": "a", "perplexity_change": 0.005, "gpus_per_token": 3.0},
+        {"policy": "b", "perplexity_change": 0.02, "gpus_per_token": 1.0},
+        {"policy": "c", "perplexity_change": 0.009, "gpus_per_token": 2.5},
+    ]
+    assert best_within(rows, 0.01)["policy"] == "c"
+    assert best_within(rows, 0.001) is None
+
+
+def test_split_windows_rejects_fractions_that_leave_a_part_empty():
+    windows = np.zeros((4, 8), dtype=np.int64)
+    calib, heldout = split_windows(windows, 0.25)
+    assert calib.shape[0] == 1 and heldout.shape[0] == 3
+    with pytest.raises(InputError):
+        split_windows(windows, 1.0)
+    with pytest.raises(InputError):
+        split_windows(windows[:1], 0.5)
