@@ -56,7 +56,7 @@ def run(args) -> int:
                                   "per_layer": analysis.layer_summaries}), indent=2))
         return 0
     print(format_layer_table(analysis))
-    how = f"computed in {analysis.meta.get('wall_s', 0):.1f} s" if computed else "up to date, reused (use --force to recompute)"
+    how = f"computed in {analysis.meta.get('wall_s', 0):.1f} s" if computed else "up to date: reused; --force recomputes"
     print(f"results   {analysis.path}  ({how})")
     if exports:
         print(f"graphs    {analysis.path / 'graphs'}/layerNNN.{{{','.join(exports)}}}")

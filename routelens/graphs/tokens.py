@@ -1,0 +1,179 @@
+"""Token specialization: which tokens and token classes each expert serves, relative to base frequency.
+
+An expert *specializes* in a token (or class) when it serves it more often than the token's share
+of the text: ``lift = P(token | expert) / P(token)``, both counted over routing slots (a token
+routed to ``k`` experts counts once for each). Token strings come from the trace's tokenizer when
+the model folder named in the manifest (``manifest["model"]["id"]``, e.g. ``data/demo-moe``) holds
+one; nothing is ever downloaded, and without a tokenizer tokens are reported by id and classes are
+skipped.
+
+Classes (a heuristic on the decoded string, leading/trailing spaces stripped):
+``whitespace`` (only spaces, tabs, newlines), ``digits``, ``punctuation`` (no letter, digit or
+underscore), ``identifier`` (a code name: contains ``_``, mixes letters and digits, is camelCase,
+or is a Python keyword or ``self``/``cls``), ``word`` (letters only: natural-language words and word
+pieces) and ``other`` (anything else, e.g. partial UTF-8 bytes).
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+TOKEN_CLASSES = ("identifier", "punctuation", "whitespace", "digits", "word", "other")
+_CODE_WORDS = frozenset(keyword.kwlist) | {"self", "cls", "args", "kwargs", "init", "elif", "def", "str", "int", "dict"}
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_CAMEL = re.compile(r"[a-z][A-Z]")
+
+
+def token_class(text: str) -> str:
+    """The class of one decoded token string (see the module docstring).
+
+    Example:
+        >>> [token_class(t) for t in (" foo_bar", "):", "\\n    ", " 42", " the", "getValue")]
+        ['identifier', 'punctuation', 'whitespace', 'digits', 'word', 'identifier']
+    """
+    if text == "" or "\ufffd" in text:
+        return "other"
+    stripped = text.strip()
+    if stripped == "":
+        return "whitespace"
+    if stripped.isascii() and stripped.isdigit():
+        return "digits"
+    if all(not (c.isalnum() or c == "_") for c in stripped):
+        return "punctuation"
+    if _IDENT.match(stripped) and (
+        "_" in stripped or any(c.isdigit() for c in stripped) or _CAMEL.search(stripped) or stripped in _CODE_WORDS
+    ):
+        return "identifier"
+    if stripped.isalpha():
+        return "word"
+    return "other"
+
+
+def find_tokenizer_folder(model_id: str, trace_path: str | os.PathLike | None = None) -> Path | None:
+    """The local folder of a trace's model, if it exists here (absolute, or relative to the cwd or trace).
+
+    Hub ids that are not local folders give None: analysis never downloads.
+    """
+    if not model_id:
+        return None
+    candidates = [Path(model_id).expanduser()]
+    if trace_path is not None and not Path(model_id).is_absolute():
+        candidates.append(Path(trace_path) / model_id)
+    for folder in candidates:
+        if folder.is_dir():
+            return folder
+    return None
+
+
+def load_token_texts(token_ids: Sequence[int], model_id: str, trace_path=None, tokenizer_path=None) -> dict[int, str] | None:
+    """Decode each distinct token id to its string with the model's local tokenizer.
+
+    Args:
+        token_ids: the ids to decode (distinct).
+        model_id: ``manifest["model"]["id"]`` (a local folder or a hub id).
+        tokenizer_path: a folder or ``tokenizer.json`` to use instead.
+
+    Returns:
+        ``{id: text}``, or None when no tokenizer is loadable without a download.
+    """
+    decode = _local_decoder(tokenizer_path, model_id, trace_path)
+    if decode is None:
+        return None
+    texts = {}
+    for tid in token_ids:
+        try:
+            texts[int(tid)] = decode(int(tid))
+        except Exception:  # an id outside the tokenizer's vocabulary (e.g. padding rows)
+            texts[int(tid)] = ""
+    return texts
+
+
+def _local_decoder(tokenizer_path, model_id: str, trace_path):
+    folder = Path(tokenizer_path) if tokenizer_path else find_tokenizer_folder(model_id, trace_path)
+    if folder is None:
+        return None
+    file = folder if folder.is_file() else folder / "tokenizer.json"
+    if file.is_file():
+        try:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(file))
+            return lambda tid: tok.decode([tid], skip_special_tokens=False)
+        except Exception:
+            pass
+    if folder.is_dir():  # e.g. a sentencepiece-only folder: transformers, strictly offline
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+            return lambda tid: tok.decode([tid], skip_special_tokens=False)
+        except Exception:
+            return None
+    return None
+
+
+def class_lookup(texts: dict[int, str] | None, vocab_ids: np.ndarray) -> np.ndarray | None:
+    """``[len(vocab_ids)]`` int8 class index (into :data:`TOKEN_CLASSES`) of each id, or None."""
+    if texts is None:
+        return None
+    index = {name: i for i, name in enumerate(TOKEN_CLASSES)}
+    return np.array([index[token_class(texts.get(int(t), ""))] for t in vocab_ids], dtype=np.int8)
+
+
+def top_tokens(expert_counts: np.ndarray, base_counts: np.ndarray, vocab_ids: np.ndarray, texts: dict[int, str] | None,
+               limit: int = 10, min_count: int = 5) -> list[list[dict[str, Any]]]:
+    """Each expert's most over-represented tokens.
+
+    Args:
+        expert_counts: ``[E, V']`` slots of each token column each expert served; the first ``V``
+            columns are the frequent tokens of ``vocab_ids``, any further column (rare tokens)
+            counts in the totals but is never listed.
+        base_counts: ``[V']`` slots of each column over all experts.
+        vocab_ids: ``[V]`` vocabulary id of each frequent column.
+        limit: tokens kept per expert; min_count: least times the expert must serve a token.
+
+    Returns:
+        Per expert, up to ``limit`` ``{"id", "text", "count", "share", "lift"}`` sorted by lift
+        (then count); ``share`` = ``P(token | expert)``, ``lift`` = share / ``P(token)``.
+    """
+    counts = np.asarray(expert_counts, dtype=np.float64)
+    base = np.asarray(base_counts, dtype=np.float64)
+    total = base.sum()
+    out: list[list[dict[str, Any]]] = []
+    for row in counts:
+        served = row.sum()
+        if served <= 0 or total <= 0:
+            out.append([])
+            continue
+        share = row / served
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lifts = np.where(base > 0, share / (base / total), 0.0)
+        eligible = np.flatnonzero(row[: len(vocab_ids)] >= min_count)
+        order = eligible[np.lexsort((-row[eligible], -lifts[eligible]))][:limit]
+        out.append([
+            {"id": int(vocab_ids[c]), "text": None if texts is None else texts.get(int(vocab_ids[c]), ""),
+             "count": int(row[c]), "share": round(float(share[c]), 6), "lift": round(float(lifts[c]), 4)}
+            for c in order
+        ])
+    return out
+
+
+def class_lift(class_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(share [E, C], lift [E, C])`` of token classes per expert from ``[E, C]`` slot counts.
+
+    ``lift[e, c]`` = ``P(class c | expert e) / P(class c)``; rows of unused experts are 0.
+    """
+    counts = np.asarray(class_counts, dtype=np.float64)
+    per_expert = counts.sum(axis=1, keepdims=True)
+    base = counts.sum(axis=0)
+    total = base.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(per_expert > 0, counts / per_expert, 0.0)
+        lifts = np.where((base > 0) & (total > 0), share / (base / max(total, 1.0)), 0.0)
+    return share, lifts
