@@ -64,6 +64,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no peer barrier before each All-to-All (phases then include the skew of the phase before)")
     parser.add_argument("--calibrate", action="store_true",
                         help="sweep plain all_to_all_single sizes, fit the cost model's latency and bandwidth, store them")
+    parser.add_argument("--calibrate-max-mib", type=float, default=64.0,
+                        help="largest message per peer of the calibration sweep, MiB (default 64)")
     parser.add_argument("--check", action="store_true",
                         help="also gather the outputs and compare them with a single-process reference (small runs)")
     parser.add_argument("--out-dir", default=None, help="folder for the report (default: RUN/bench)")
@@ -321,9 +323,9 @@ def _progress(rank: int, total: int):
 
 
 # --------------------------------------------------------------------------- calibration
-def load_calibration(run: str | os.PathLike, backend: str, world: int) -> dict[str, Any]:
-    """The stored fit for this back-end and world size, else the documented defaults."""
-    path = Path(run) / "bench" / f"calibration-{backend}-g{world}.json"
+def load_calibration(folder: str | os.PathLike, backend: str, world: int) -> dict[str, Any]:
+    """The fit stored in ``folder`` (the bench output folder) for this back-end and world size, else defaults."""
+    path = Path(folder) / f"calibration-{backend}-g{world}.json"
     if path.is_file():
         fit = read_json(path, what="calibration")
         return {"latency_us": float(fit["latency_us"]), "bandwidth_GBps": float(fit["bandwidth_GBps"]),
@@ -332,7 +334,8 @@ def load_calibration(run: str | os.PathLike, backend: str, world: int) -> dict[s
 
 
 def calibrate(args, rank: int, world: int, device, group=None) -> dict[str, Any] | None:
-    """Time even ``all_to_all_single`` calls from 4 KiB to 64 MiB per peer; fit ``t = α + bytes / β``.
+    """Time even ``all_to_all_single`` calls from 4 KiB to ``--calibrate-max-mib`` per peer (×4 steps);
+    fit ``t = α + bytes / β``.
 
     ``bytes`` is what one rank sends to the others; the fit is the alpha-beta cost model's latency
     and bandwidth terms (:func:`routelens.dist.report.alpha_beta_ms`). Rank 0 returns the fit.
@@ -346,7 +349,11 @@ def calibrate(args, rank: int, world: int, device, group=None) -> dict[str, Any]
         raise InputError("--calibrate needs at least 2 ranks")
     timer = PhaseTimer(device)
     points = []
-    for per_peer in [4096 * 4 ** i for i in range(8)]:
+    max_bytes = args.calibrate_max_mib * 2**20
+    sizes = [4096 * 4 ** i for i in range(16) if 4096 * 4 ** i <= max_bytes]
+    if len(sizes) < 2:
+        raise InputError("--calibrate-max-mib must allow at least two sizes (>= 0.016 MiB)")
+    for per_peer in sizes:
         elems = per_peer // 4
         splits = [0 if p == rank else elems for p in range(world)]
         buf = torch.empty(sum(splits), dtype=torch.float32, device=device)
@@ -461,7 +468,7 @@ def run_in_group(args, rank: int, world: int, device, group=None) -> int:
     dist.gather_object(record, records, dst=0, group=group)
     if rank != 0:
         return 0
-    calibration = load_calibration(args.run, args.backend_resolved, world)
+    calibration = load_calibration(out_dir, args.backend_resolved, world)
     report = build_report(setup, args, records, routes, world, device, calibration)
     if check is not None:
         report["check"] = check
