@@ -31,13 +31,17 @@ def short_layer(name: str, index: int | None = None) -> str:
 
 def style(fig: go.Figure, height: int = 360, title: str | None = None) -> go.Figure:
     """The dashboard's common look: white template, tight margins, readable fonts."""
+    has_legend = sum(1 for trace in fig.data if trace.showlegend is not False) > 1
+    top = (34 if title else 8) + (30 if has_legend else 0)
     fig.update_layout(
         template="plotly_white",
         height=height,
-        margin=dict(l=10, r=10, t=48 if title else 16, b=10),
+        margin=dict(l=10, r=10, t=top, b=10),
         font=dict(size=13),
-        title=dict(text=title, x=0, xanchor="left", font=dict(size=15)) if title else None,
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
+        title=dict(text=title, x=0, xanchor="left", y=1, yanchor="top", yref="container", pad=dict(t=8, l=4),
+                   font=dict(size=15)) if title else None,
+        # The legend sits between the title and the plot, left-aligned, so neither covers the other.
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0),
         hoverlabel=dict(font_size=12),
     )
     return fig
@@ -81,4 +85,100 @@ def expert_load_bars(load: np.ndarray, highlight: Sequence[int] = (), color: Seq
     fig.add_hline(y=mean, line_dash="dot", line_color=MUTED, annotation_text="mean", annotation_position="top left")
     fig.update_xaxes(title="expert")
     fig.update_yaxes(title="tokens routed")
+    return style(fig, title=title)
+
+
+def _setting_tag(row: dict) -> str:
+    """The knob of a re-routing setting, short: ``T=16``, ``M=2``, ``×1.25``."""
+    if row.get("top_t") is not None:
+        return f"T={row['top_t']}"
+    if row.get("max_gpus") is not None:
+        return f"M={row['max_gpus']}"
+    if row.get("capacity_factor") is not None:
+        return f"×{row['capacity_factor']:g}"
+    return ""
+
+
+def _policy_family(row: dict) -> str:
+    if row["policy"] == "gpu-limited" and row.get("gpu_score"):
+        return f"gpu-limited ({row['gpu_score']})"
+    return row["policy"]
+
+
+def tradeoff_curves(rows: Sequence[dict], x: str, y: str, x_title: str, y_title: str,
+                    y_as_change: bool = True) -> go.Figure:
+    """One line per re-routing policy through its settings: ``x`` (what it saves) vs ``y`` (what it costs).
+
+    ``rows`` are ``routelens reroute-eval`` result rows; the unmodified model (``policy == "none"``)
+    is the black star every curve starts from. With ``y_as_change`` the y axis is the change of
+    ``y`` relative to the unmodified model, in percent.
+    """
+    def y_value(row):
+        if y_as_change:
+            change = row.get(f"{y}_change")
+            return 100.0 * change if change is not None else np.nan
+        return row.get(y, np.nan)
+
+    fig = go.Figure()
+    families: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["policy"] != "none":
+            families.setdefault(_policy_family(row), []).append(row)
+    for i, (family, members) in enumerate(families.items()):
+        members = sorted(members, key=lambda r: r.get(x, np.nan))
+        fig.add_trace(go.Scatter(
+            x=[r.get(x, np.nan) for r in members], y=[y_value(r) for r in members],
+            mode="lines+markers+text", name=family, line=dict(color=QUALITATIVE[i % len(QUALITATIVE)], width=2),
+            marker=dict(size=9), text=[_setting_tag(r) for r in members], textposition="top center",
+            textfont=dict(size=11, color=QUALITATIVE[i % len(QUALITATIVE)]), customdata=[r["label"] for r in members],
+            hovertemplate="%{customdata}<br>" + x_title + ": %{x:.3g}<br>" + y_title + ": %{y:.3g}<extra></extra>",
+        ))
+    for row in rows:
+        if row["policy"] == "none":
+            fig.add_trace(go.Scatter(
+                x=[row.get(x, np.nan)], y=[y_value(row)], mode="markers", name="unmodified model",
+                marker=dict(symbol="star", size=16, color="black"),
+                hovertemplate="unmodified model<br>" + x_title + ": %{x:.3g}<br>" + y_title + ": %{y:.3g}<extra></extra>",
+            ))
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(title=y_title + (" (% change)" if y_as_change else ""), zeroline=True, zerolinecolor=MUTED)
+    return style(fig, height=440)
+
+
+def short_path(label: str, parts: int = 2) -> str:
+    """``/runs/demo/plans/eplb-g8.json`` → ``plans/eplb-g8.json`` (labels that are not paths stay)."""
+    if "/" not in label:
+        return label
+    return "/".join(label.rstrip("/").split("/")[-parts:])
+
+
+def measured_vs_predicted(labels: Sequence[str], measured: Sequence[float], predicted: Sequence[float],
+                          unit: str, title: str) -> go.Figure:
+    """Grouped bars per plan: measured next to predicted (same unit)."""
+    fig = go.Figure([
+        go.Bar(name="measured", x=list(labels), y=list(measured), marker_color=ACCENT,
+               hovertemplate="%{x}<br>measured: %{y:.3g} " + unit + "<extra></extra>"),
+        go.Bar(name="predicted (cost model)", x=list(labels), y=list(predicted), marker_color=MUTED,
+               hovertemplate="%{x}<br>predicted: %{y:.3g} " + unit + "<extra></extra>"),
+    ])
+    fig.update_layout(barmode="group", bargap=0.3)
+    fig.update_yaxes(title=unit)
+    return style(fig, title=title)
+
+
+def per_rank_bars(labels: Sequence[str], per_rank: Sequence[Sequence[float]], predicted: Sequence[Sequence[float]] | None,
+                  unit: str, title: str) -> go.Figure:
+    """Bars per GPU (rank), one colour per plan; predicted values as black ticks on the bars."""
+    fig = go.Figure()
+    for i, (label, values) in enumerate(zip(labels, per_rank)):
+        fig.add_trace(go.Bar(name=label, x=[f"GPU {g}" for g in range(len(values))], y=list(values),
+                             marker_color=QUALITATIVE[i % len(QUALITATIVE)], offsetgroup=str(i),
+                             hovertemplate=label + "<br>%{x}: %{y:,.0f} " + unit + "<extra></extra>"))
+        if predicted is not None:
+            fig.add_trace(go.Scatter(x=[f"GPU {g}" for g in range(len(values))], y=list(predicted[i]), mode="markers",
+                                     marker=dict(symbol="line-ew-open", size=18, color="black", line=dict(width=2)),
+                                     showlegend=i == 0, name="predicted", offsetgroup=str(i),
+                                     hovertemplate=label + "<br>%{x} predicted: %{y:,.0f} " + unit + "<extra></extra>"))
+    fig.update_layout(barmode="group", scattermode="group", bargap=0.25)
+    fig.update_yaxes(title=unit)
     return style(fig, title=title)

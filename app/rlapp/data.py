@@ -63,3 +63,51 @@ def expert_loads(run_path: str, key: tuple) -> np.ndarray:
 
     trace = open_trace(run_path)
     return np.stack([expert_load(trace, j) for j in range(len(trace.layers))]) if trace.layers else np.zeros((0, trace.num_experts), np.int64)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def reroute_tradeoffs(runs_dir: str) -> list[dict[str, Any]]:
+    """Every ``tradeoff.json`` written by ``routelens reroute-eval`` below ``runs_dir``.
+
+    Each item: ``path``, and either the file's content (``format: routelens-reroute-eval``, ``rows``...)
+    or ``problem`` (a one-line reason the file cannot be shown).
+    """
+    from .runs import find_files
+
+    return [item for item in _read_results(find_files(runs_dir, "tradeoff.json"), "routelens-reroute-eval",
+                                           "re-routing trade-off")
+            if item.get("problem") or item.get("rows")]
+
+
+def best_setting(rows: list[dict[str, Any]], max_perplexity_change: float = 0.01) -> dict[str, Any] | None:
+    """The re-routing setting with the fewest GPUs per token within ``max_perplexity_change`` (library rule)."""
+    from routelens.reroute.evaluate import best_within
+
+    return best_within(rows, max_perplexity_change)
+
+
+def _read_results(paths: list[Path], fmt: str, what: str) -> list[dict[str, Any]]:
+    """Read JSON result files of format ``fmt``: each item is ``path`` plus the content, or ``problem``."""
+    from routelens.io import read_json
+
+    found = []
+    for path in paths:
+        try:
+            content = read_json(path, what=what)
+        except Exception as exc:  # RoutelensError: unreadable or half-written
+            found.append({"path": str(path), "problem": str(exc)})
+            continue
+        if not isinstance(content, dict) or content.get("format") != fmt:
+            found.append({"path": str(path), "problem": f"{path.name} is not a {fmt} file"})
+            continue
+        found.append({"path": str(path), **content})
+    return found
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def bench_reports(run_path: str, key: tuple) -> list[dict[str, Any]]:
+    """``routelens bench`` reports in ``RUN/bench/`` (newest first); ``key`` is the folder's stamp."""
+    folder = Path(run_path) / "bench"
+    paths = sorted((p for p in folder.glob("*.json") if not p.name.startswith("calibration-")),
+                   key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+    return _read_results(paths, "routelens-bench", "bench report")

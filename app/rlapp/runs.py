@@ -98,3 +98,30 @@ def runs_dir_from_argv(main_script: str | os.PathLike, argv: list[str] | None = 
     if len(argv) >= 2 and argv[0] and Path(argv[0]).resolve() == Path(main_script).resolve():
         return Path(argv[1])
     return Path(os.environ.get("ROUTELENS_RUNS_DIR", "runs"))
+
+
+def find_files(runs_dir: str | os.PathLike, filename: str, max_depth: int = MAX_DEPTH) -> list[Path]:
+    """Every file called ``filename`` at or below ``runs_dir`` (hidden and data folders skipped), sorted."""
+    root = Path(runs_dir).resolve()
+    found = []
+    for folder, subdirs, files in os.walk(root):
+        depth = len(Path(folder).relative_to(root).parts)
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d not in _SKIP_DIRS and depth < max_depth)
+        if filename in files:
+            found.append(Path(folder) / filename)
+    return sorted(found)
+
+
+def rank_by_closeness(paths: list[Path], run_path: str | os.PathLike, model: str = "",
+                      models: list[str] | None = None) -> list[Path]:
+    """Order result files for a run: those inside the run folder first, then those of the same model, then the rest."""
+    run = Path(run_path).resolve()
+    models = models or [""] * len(paths)
+
+    def rank(item):
+        path, file_model = item
+        inside = run == path.parent or run in path.parents
+        same_model = bool(model) and file_model == model
+        return (not inside, not same_model, str(path))
+
+    return [p for p, _ in sorted(zip(paths, models), key=rank)]

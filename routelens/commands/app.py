@@ -64,6 +64,8 @@ def streamlit_command(runs_dir: str | os.PathLike, host: str = "127.0.0.1", port
         "--server.fileWatcherType", "none",
         # A dashboard for users, not an app under development: no "Deploy" button or developer menu.
         "--client.toolbarMode", "viewer",
+        "--theme.base", "light",
+        "--theme.primaryColor", "#3b5bdb",  # the charts' accent colour
         "--", str(Path(runs_dir).resolve()),
     ]
 
@@ -80,10 +82,13 @@ def run(args) -> int:
     command = streamlit_command(runs_dir, args.host, args.port)
     print(f"routelens dashboard: http://{args.host}:{args.port}  (runs below {runs_dir.resolve()}; Ctrl-C stops it)",
           flush=True)
+    if os.name == "posix":
+        # Become the Streamlit server: Ctrl-C and SIGTERM reach it directly and no orphan is left behind.
+        os.execv(sys.executable, command)
     process = subprocess.Popen(command)
     try:
         return process.wait()
-    except KeyboardInterrupt:  # the terminal sent SIGINT to Streamlit too; let it shut down cleanly
+    except KeyboardInterrupt:  # the console sent Ctrl-C to Streamlit too; let it shut down cleanly
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -50,11 +50,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 90) -> None:
+def _wait_healthy(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"routelens app exited with code {process.returncode}: {process.stdout.read()}")
+            raise AssertionError(f"routelens app exited with code {process.returncode}: {log_path.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
                 if response.read().strip() == b"ok":
@@ -77,19 +77,18 @@ def _screenshot(page, path: Path, width: int = 1440, min_height: int = 900) -> N
 
 
 @contextlib.contextmanager
-def serve(runs_dir: Path):
+def serve(runs_dir: Path, log_path: Path):
     """``routelens app RUNS_DIR --port N`` as a user starts it; yields its URL, stops it afterwards."""
     port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "routelens.cli", "app", str(runs_dir), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "routelens.cli", "app", str(runs_dir), "--port", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, process)
+        _wait_healthy(url, process, log_path)
         yield url
     finally:
-        process.terminate()
+        process.terminate()  # `routelens app` has become the Streamlit server (exec), so this stops it
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -105,7 +104,7 @@ def test_chromium_clicks_through_every_page_and_sees_headings_and_charts(runs_di
     except ImportError:
         _need(False, "the playwright Python package is missing (pip install playwright; no browser download needed)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with serve(runs_dir) as url, sync_playwright() as pw:
+    with serve(runs_dir, tmp_path / "server.log") as url, sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 1440, "height": 900}, device_scale_factor=1,

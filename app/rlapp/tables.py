@@ -1,0 +1,55 @@
+"""Tables the pages show: library results renamed and ordered for reading (no computation)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pandas as pd
+
+TRADEOFF_COLUMNS = {
+    "label": "setting",
+    "perplexity": "perplexity",
+    "perplexity_change": "Δ perplexity",
+    "kl_to_baseline": "KL to baseline",
+    "agreement": "top-1 agreement",
+    "next_token_accuracy": "next-token accuracy",
+    "gpus_per_token": "GPUs / token",
+    "gpus_per_token_change": "Δ GPUs / token",
+    "busiest_gpu_recv": "busiest GPU recv",
+    "busiest_gpu_recv_change": "Δ busiest recv",
+    "load_max_over_mean": "max/mean load",
+    "dropped_fraction": "dropped",
+    "changed_fraction": "changed choices",
+}
+PERCENT_COLUMNS = ("Δ perplexity", "Δ GPUs / token", "Δ busiest recv", "dropped", "changed choices")
+
+
+def tradeoff_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """``routelens reroute-eval`` rows as a table; changes and fractions in percent."""
+    frame = pd.DataFrame([{name: row.get(key) for key, name in TRADEOFF_COLUMNS.items()} for row in rows])
+    for column in PERCENT_COLUMNS:
+        frame[column] = (frame[column].astype(float) * 100).round(2)
+    return frame.rename(columns={c: f"{c} %" for c in PERCENT_COLUMNS})
+
+
+def bench_table(plans: Sequence[dict[str, Any]], labels: Sequence[str]) -> pd.DataFrame:
+    """One row per plan of a ``routelens bench`` report: bytes, times, ratios, match with the cost model."""
+    rows = []
+    for label, plan in zip(labels, plans):
+        ratio = plan.get("ratio_vs_baseline", {})
+        time_ms = plan["time_ms"]
+        rows.append({
+            "plan": label,
+            "method": plan.get("method"),
+            "replicas": plan.get("replicas"),
+            "MB sent (busiest GPU)": max(plan["dispatch_bytes_sent"]) / 1e6,
+            "MB sent (all GPUs)": sum(plan["dispatch_bytes_sent"]) / 1e6,
+            "dispatch ms": time_ms.get("dispatch"),
+            "combine ms": time_ms.get("combine"),
+            "All-to-All ms": time_ms.get("all_to_all"),
+            "predicted ms": plan["predicted"].get("all_to_all_ms"),
+            "measured ×": ratio.get("measured_all_to_all"),
+            "predicted ×": ratio.get("predicted_all_to_all"),
+            "bytes = predicted": plan.get("bytes_match_prediction"),
+        })
+    return pd.DataFrame(rows).round(3)
