@@ -34,6 +34,9 @@ from .hooks import BatchRouting, HostCopy, RouterRecorder
 from .text import Windows
 
 DEFAULT_SHARD_TOKENS = 65536
+# Without --text/--dataset/--max-tokens, capture this much of the bundled corpus (its 817k tokens
+# would take minutes on a laptop CPU; 65k tokens give every demo expert thousands of tokens).
+BUNDLED_MAX_TOKENS = 65536
 
 
 def check_output_folder(out: str | os.PathLike, resume: bool, world_size: int = 1) -> None:
@@ -342,6 +345,9 @@ def capture_from_path(
 ) -> Trace:
     """Load ``model`` (hub id, folder, or None for the bundled demo), pack the text, capture.
 
+    Without ``text`` or ``dataset`` the bundled corpus is used, its first ``BUNDLED_MAX_TOKENS``
+    tokens unless ``max_tokens`` says otherwise.
+
     The output folder is checked before the model is loaded, so a wrong ``--out`` fails fast.
     See :func:`capture` for the other arguments and what is raised.
     """
@@ -360,6 +366,8 @@ def capture_from_path(
             device = f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu"
         name = str(model) if model is not None else str(demo_model_path())
         source = resolve_source(text=text, dataset=dataset)
+        if source.kind == "bundled" and max_tokens is None:
+            max_tokens = BUNDLED_MAX_TOKENS
         with _hf_progress_bars(progress and ctx.rank == 0):
             loaded, tokenizer = load_model(name, dtype=dtype, device=device, device_map=device_map,
                                            trust_remote_code=trust_remote_code)

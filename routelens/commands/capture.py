@@ -23,7 +23,8 @@ def add_parser(subparsers) -> None:
     source.add_argument("--dataset", metavar="NAME[:CONFIG[:SPLIT]]",
                         help="a Hugging Face dataset, e.g. wikitext:wikitext-2-raw-v1:test (needs 'datasets')")
     parser.add_argument("--max-tokens", type=_positive_int, default=None,
-                        help="stop after this many tokens (whole windows; default: all the text)")
+                        help="stop after this many tokens (whole windows; default: all the text, or 65536 tokens "
+                        "of the bundled corpus)")
     parser.add_argument("--seq-len", type=_positive_int, default=256, help="tokens per packed window (default 256)")
     parser.add_argument("--batch-size", type=_positive_int, default=8, help="windows per forward pass (default 8)")
     parser.add_argument("--save-logits", action="store_true", help="also record the [tokens, experts] router logits")

@@ -210,3 +210,28 @@ def test_device_map_auto_capture_equals_the_plain_capture(tiny, tmp_path):
     assert mapped.manifest["settings"]["tokens_sha256"] == plain.manifest["settings"]["tokens_sha256"]
     for j in range(len(plain.layers)):
         assert np.array_equal(mapped.topk_ids(j), plain.topk_ids(j))
+
+
+def test_encoder_decoder_moe_records_encoder_and_decoder_routers(tmp_path):
+    """Switch Transformers loads as a seq2seq LM; each window feeds the encoder and the (teacher-forced) decoder."""
+    from transformers import SwitchTransformersConfig, SwitchTransformersForConditionalGeneration
+
+    from routelens.capture.engine import capture_from_path
+    from routelens.capture.tiny import build_byte_tokenizer
+
+    config = SwitchTransformersConfig(
+        vocab_size=320, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+        num_experts=4, expert_capacity=SEQ_LEN, encoder_sparse_step=1, decoder_sparse_step=1,
+        decoder_start_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    SwitchTransformersForConditionalGeneration(config).save_pretrained(tmp_path / "switch")
+    build_byte_tokenizer().save_pretrained(tmp_path / "switch")
+    text = write_text(tmp_path / "corpus.txt", num_words=600)
+    trace = capture_from_path(tmp_path / "switch", tmp_path / "run", text=text, seq_len=SEQ_LEN,
+                              max_tokens=4 * SEQ_LEN, batch_size=BATCH, progress=False)
+    assert trace.top_k == 1 and trace.num_experts == 4 and trace.num_tokens == 4 * SEQ_LEN
+    assert [name.split(".")[0] for name in trace.layers] == ["encoder", "encoder", "decoder", "decoder"]
+    assert trace.manifest["model"]["architecture"] == "SwitchTransformersForConditionalGeneration"
+    for j in range(len(trace.layers)):
+        ids = trace.topk_ids(j)
+        assert ids.min() >= 0 and ids.max() < 4  # capacity of one window: no token dropped
