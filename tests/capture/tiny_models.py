@@ -118,10 +118,47 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 }
 
 
+# Families beyond the brief's list, shrunk from their default config: the generic discovery and
+# structural rules cover them. Values: fields that set their dense / sparse layer pattern.
+SHRUNK: dict[str, dict] = {
+    "afmoe": dict(num_dense_layers=1),
+    "cohere2_moe": dict(mlp_layer_types=["dense", "sparse"]),
+    "exaone_moe": dict(mlp_layer_types=["dense", "sparse"]),
+    "granitemoe_swa": {},
+    "hy_v3": dict(mlp_layer_types=["dense", "sparse"]),
+    "mimo_v2_flash": dict(mlp_layer_types=["dense", "sparse"]),
+    "minimax_m2": {},
+    "solar_open": {},
+}
+_SHRINK = dict(
+    hidden_size=HIDDEN, intermediate_size=32, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+    num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=VOCAB, num_hidden_layers=2,
+    max_position_embeddings=128, num_experts=8, num_local_experts=8, n_routed_experts=8, num_experts_per_tok=2,
+    n_group=2, topk_group=1, initializer_range=0.2, tie_word_embeddings=False,
+)
+
+
+def _shrunk_config(family: str):
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    default = CONFIG_MAPPING[family]()
+    fields = default.to_dict()
+    fields.update({key: value for key, value in _SHRINK.items() if getattr(default, key, None) is not None})
+    for key in ("layer_types", "no_rope_layers"):  # per-layer lists follow num_hidden_layers
+        if isinstance(fields.get(key), list):
+            fields[key] = fields[key][: _SHRINK["num_hidden_layers"]]
+    fields.update(SHRUNK[family])
+    for key in ("model_type", "transformers_version", "architectures"):
+        fields.pop(key, None)
+    return type(default)(**fields)
+
+
 def tiny_config(family: str):
     """The tiny transformers config of ``family`` (a ``model_type``)."""
     import transformers
 
+    if family in SHRUNK:
+        return _shrunk_config(family)
     class_name, fields = FAMILIES[family]
     shared = dict(vocab_size=VOCAB, hidden_size=HIDDEN, tie_word_embeddings=False, initializer_range=0.2)
     shared.update(fields)
@@ -140,9 +177,9 @@ def randomize_routers(model: torch.nn.Module, seed: int = 0) -> None:
             for name, param in site.module.named_parameters(recurse=True):
                 if param.dim() == 2:
                     param.copy_(0.3 * torch.randn(param.shape, generator=generator))
-            for name, buffer in list(site.module.named_buffers()) + list(site.module.named_parameters()):
-                if "bias" in name and "correction" in name:
-                    buffer.copy_(0.1 * torch.randn(buffer.shape, generator=generator))
+        for name, buffer in list(model.named_buffers()) + list(model.named_parameters()):
+            if name.endswith(("e_score_correction_bias", "expert_bias")):  # in the router or its block
+                buffer.copy_(0.1 * torch.randn(buffer.shape, generator=generator))
 
 
 def build_tiny(family: str, seed: int = 0) -> torch.nn.Module:
@@ -178,6 +215,10 @@ def expected_moe_layers(family: str) -> list[int]:
         return list(config.moe_layers)
     if family == "dbrx":
         return list(range(config.n_layers))
+    if family == "afmoe":
+        return [i for i in layers if i >= config.num_dense_layers]
+    if getattr(config, "mlp_layer_types", None):
+        return [i for i in layers if config.mlp_layer_types[i] == "sparse"]
     return list(layers)
 
 
