@@ -82,7 +82,8 @@ def expert_load_bars(load: np.ndarray, highlight: Sequence[int] = (), color: Seq
     fig = go.Figure(go.Bar(x=np.arange(load.size), y=load, marker_color=colors,
                            hovertemplate="expert %{x}: %{y:,} tokens<extra></extra>"))
     mean = float(load.mean()) if load.size else 0.0
-    fig.add_hline(y=mean, line_dash="dot", line_color=MUTED, annotation_text="mean", annotation_position="top left")
+    fig.add_hline(y=mean, line_dash="dot", line_color="#495057", annotation_text="mean", annotation_position="top right",
+                  annotation_bgcolor="rgba(255,255,255,0.85)")
     fig.update_xaxes(title="expert")
     fig.update_yaxes(title="tokens routed")
     return style(fig, title=title)
@@ -182,3 +183,123 @@ def per_rank_bars(labels: Sequence[str], per_rank: Sequence[Sequence[float]], pr
     fig.update_layout(barmode="group", scattermode="group", bargap=0.25)
     fig.update_yaxes(title=unit)
     return style(fig, title=title)
+
+
+# ---------------------------------------------------------------------------- co-activation (one layer)
+ROLE_SYMBOLS = {"specialized": "diamond", "collaborative": "circle", "unused": "x"}
+
+
+def community_colors(community: np.ndarray) -> list[str]:
+    """One colour per expert: its community's (grey for unused experts, label -1)."""
+    return [MUTED if c < 0 else QUALITATIVE[int(c) % len(QUALITATIVE)] for c in np.asarray(community)]
+
+
+def community_order(community: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """Experts ordered by community (largest first), busiest first inside each; unused last."""
+    community = np.asarray(community)
+    sizes = {c: int((community == c).sum()) for c in set(community.tolist())}
+    rank = np.array([(-sizes[c] if c >= 0 else 1) for c in community])
+    return np.lexsort((-np.asarray(load), community, rank))
+
+
+def coactivation_heatmap(matrix: np.ndarray, order: np.ndarray, community: np.ndarray, kind: str) -> go.Figure:
+    """``[E, E]`` matrix reordered by community, with each community's block outlined.
+
+    ``kind``: ``counts`` (tokens sent to both), ``conditional`` (row i: P(j | i)) or ``lift``
+    (drawn as log2, so 0 = chance, red = together more often than chance, blue = less).
+    """
+    m = np.asarray(matrix, dtype=np.float64)[np.ix_(order, order)].copy()
+    np.fill_diagonal(m, np.nan)  # the diagonal is the load (counts) or 1 (conditional): not a pair
+    labels = [str(e) for e in order]
+    if kind == "lift":
+        with np.errstate(divide="ignore"):
+            z = np.log2(np.where(m > 0, m, np.nan))
+        # Rare pairs have extreme lifts; clip the colours to the bulk so the structure shows.
+        bound = float(np.nanpercentile(np.abs(z[np.isfinite(z)]), 98)) if np.isfinite(z).any() else 1.0
+        z = np.where(np.isnan(m), np.nan, np.where(np.isfinite(z), z, -bound))  # never together: darkest blue
+        trace = go.Heatmap(z=z, x=labels, y=labels, colorscale=DIVERGING, zmid=0, zmin=-bound, zmax=bound,
+                           customdata=m, colorbar=dict(title="log2 lift", thickness=12),
+                           hovertemplate="experts %{y} & %{x}<br>lift %{customdata:.2f}<extra></extra>")
+    elif kind == "conditional":
+        trace = go.Heatmap(z=m, x=labels, y=labels, colorscale=SEQUENTIAL, zmin=0, zmax=float(np.nanpercentile(m, 99)),
+                           colorbar=dict(title="P(col | row)", thickness=12),
+                           hovertemplate="P(expert %{x} | expert %{y}) = %{z:.3f}<extra></extra>")
+    else:
+        trace = go.Heatmap(z=m, x=labels, y=labels, colorscale=SEQUENTIAL, zmin=0, zmax=float(np.nanpercentile(m, 99)),
+                           colorbar=dict(title="tokens", thickness=12),
+                           hovertemplate="experts %{y} & %{x}: %{z:,.0f} tokens together<extra></extra>")
+    fig = go.Figure(trace)
+    sorted_comm = np.asarray(community)[order]
+    start = 0
+    for end in list(np.flatnonzero(np.diff(sorted_comm)) + 1) + [len(order)]:
+        if sorted_comm[start] >= 0:
+            color = QUALITATIVE[int(sorted_comm[start]) % len(QUALITATIVE)]
+            fig.add_shape(type="rect", x0=start - 0.5, x1=end - 0.5, y0=start - 0.5, y1=end - 0.5,
+                          line=dict(color=color, width=2.5))
+        start = end
+    fig.update_xaxes(type="category", showticklabels=len(order) <= 64, tickfont=dict(size=9), title="expert")
+    fig.update_yaxes(type="category", showticklabels=len(order) <= 64, tickfont=dict(size=9), autorange="reversed",
+                     title="expert")
+    return style(fig, height=560)
+
+
+def coactivation_network(xy: np.ndarray, edges: Sequence[tuple[int, int, float]], load: np.ndarray,
+                         community: np.ndarray, roles: Sequence[str]) -> go.Figure:
+    """The co-activation graph: experts sized by load, coloured by community, shaped by role."""
+    xy = np.asarray(xy)
+    load = np.asarray(load, dtype=np.float64)
+    ex, ey = [], []
+    for i, j, _ in edges:
+        ex += [xy[i, 0], xy[j, 0], None]
+        ey += [xy[i, 1], xy[j, 1], None]
+    fig = go.Figure(go.Scatter(x=ex, y=ey, mode="lines", line=dict(color="rgba(120,130,150,0.25)", width=1),
+                               hoverinfo="skip", showlegend=False))
+    size = 8 + 22 * np.sqrt(load / load.max()) if load.max() > 0 else np.full(load.shape, 10.0)
+    degree = np.zeros(len(load), dtype=int)
+    for i, j, _ in edges:
+        degree[i] += 1
+        degree[j] += 1
+    fig.add_trace(go.Scatter(
+        x=xy[:, 0], y=xy[:, 1], mode="markers+text", text=[str(i) for i in range(len(load))],
+        textposition="middle center", textfont=dict(size=9, color="white"),
+        marker=dict(size=size, color=community_colors(community), symbol=[ROLE_SYMBOLS.get(r, "circle") for r in roles],
+                    line=dict(color="white", width=1)),
+        customdata=np.stack([load, np.asarray(community), degree], axis=1),
+        hovertext=list(roles),
+        hovertemplate="expert %{text}<br>%{customdata[0]:,.0f} tokens · community %{customdata[1]}<br>"
+                      "%{hovertext} · %{customdata[2]} strong partners<extra></extra>",
+        showlegend=False,
+    ))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, scaleanchor="x")
+    return style(fig, height=560)
+
+
+def collaboration_specialization(collaboration: np.ndarray, specialization: np.ndarray, load: np.ndarray,
+                                 roles: Sequence[str], community: np.ndarray, chance: float | None,
+                                 threshold: float | None, top_t: int | None) -> go.Figure:
+    """Each expert: how broadly it collaborates (x) vs how concentrated its partners are (y), sized by load."""
+    load = np.asarray(load, dtype=np.float64)
+    size = 7 + 20 * np.sqrt(load / load.max()) if load.max() > 0 else np.full(load.shape, 10.0)
+    fig = go.Figure()
+    for role in ("collaborative", "specialized"):
+        keep = np.array([r == role for r in roles])
+        if not keep.any():
+            continue
+        idx = np.flatnonzero(keep)
+        fig.add_trace(go.Scatter(
+            x=np.asarray(collaboration)[idx], y=np.asarray(specialization)[idx], mode="markers", name=role,
+            marker=dict(size=size[idx], symbol=ROLE_SYMBOLS[role], color=np.array(community_colors(community))[idx],
+                        line=dict(color="white", width=1), opacity=0.9),
+            text=[str(i) for i in idx], customdata=load[idx],
+            hovertemplate="expert %{text} (" + role + ")<br>collaboration %{x:.2f} · specialization %{y:.2f}"
+                          "<br>%{customdata:,.0f} tokens<extra></extra>",
+        ))
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dash", line_color=WARN, annotation_text="specialized above",
+                      annotation_position="top right")
+    if chance is not None:
+        fig.add_hline(y=chance, line_dash="dot", line_color=MUTED, annotation_text="chance", annotation_position="bottom right")
+    fig.update_xaxes(title="collaboration (effective partners / (E − 1))", range=[0, 1.02])
+    fig.update_yaxes(title=f"specialization (share of co-activations with its Top-{top_t or 'T'})", range=[0, 1.02])
+    return style(fig, height=460)

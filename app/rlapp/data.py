@@ -111,3 +111,64 @@ def bench_reports(run_path: str, key: tuple) -> list[dict[str, Any]]:
     paths = sorted((p for p in folder.glob("*.json") if not p.name.startswith("calibration-")),
                    key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
     return _read_results(paths, "routelens-bench", "bench report")
+
+
+# ---------------------------------------------------------------------------- analysis (routelens analyze)
+def analysis_stamp(run_path: str) -> tuple:
+    """Cache key part of ``RUN/analysis/`` (its summary file and the trace manifest)."""
+    return stamp(Path(run_path) / "analysis" / "analysis.json", Path(run_path) / MANIFEST)
+
+
+def has_analysis(run_path: str) -> bool:
+    return (Path(run_path) / "analysis" / "analysis.json").is_file()
+
+
+@st.cache_data(max_entries=8, show_spinner="Loading the analysis…")
+def analysis(run_path: str, key: tuple):
+    """The run's :class:`routelens.graphs.Analysis`, read from ``RUN/analysis/`` (never recomputed here)."""
+    from routelens.graphs import load_analysis
+
+    return load_analysis(run_path)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def layer_matrix(run_path: str, key: tuple, layer: int, kind: str) -> np.ndarray:
+    """``[E, E]`` of one layer: ``counts`` (co-activations), ``conditional`` (P(j | i)) or ``lift``."""
+    result = analysis(run_path, key)
+    if kind == "counts":
+        return result.counts(layer)
+    if kind == "conditional":
+        return result.conditional(layer)
+    if kind == "lift":
+        return result.lift(layer)
+    raise ValueError(f"unknown matrix kind {kind!r}")
+
+
+@st.cache_data(max_entries=64, show_spinner="Laying out the graph…")
+def graph_layout(run_path: str, key: tuple, layer: int, min_lift: float, seed: int = 0) -> dict[str, Any]:
+    """Node positions and the drawn edges of a layer's co-activation graph.
+
+    Edges are the pairs with ``lift >= min_lift`` (co-activated more often than chance), from the
+    library's :meth:`Analysis.graph`; positions come from networkx's spring layout over those edges
+    (weighted by lift), started from one circle per community so communities stay together.
+    """
+    import networkx as nx
+
+    result = analysis(run_path, key)
+    graph = result.graph(layer)
+    community = result.score(layer, "community")
+    strong = nx.Graph()
+    strong.add_nodes_from(graph.nodes)
+    strong.add_edges_from((i, j, {"weight": d["lift"]}) for i, j, d in graph.edges(data=True) if d["lift"] >= min_lift)
+    start = {}
+    groups = sorted(set(community.tolist()))
+    for g_index, g in enumerate(groups):
+        members = [int(i) for i in np.flatnonzero(community == g)]
+        cx, cy = np.cos(2 * np.pi * g_index / max(len(groups), 1)), np.sin(2 * np.pi * g_index / max(len(groups), 1))
+        for m_index, m in enumerate(members):
+            angle = 2 * np.pi * m_index / max(len(members), 1)
+            start[m] = (2 * cx + 0.5 * np.cos(angle), 2 * cy + 0.5 * np.sin(angle))
+    positions = nx.spring_layout(strong, pos=start, weight="weight", seed=seed, iterations=60)
+    xy = np.array([positions[i] for i in range(len(positions))])
+    edges = [(i, j, d["weight"]) for i, j, d in strong.edges(data=True)]
+    return {"xy": xy, "edges": edges}

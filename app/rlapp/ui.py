@@ -94,3 +94,25 @@ def fmt_int(value) -> str:
 
 def fmt_float(value, digits: int = 2, suffix: str = "") -> str:
     return "–" if value is None else f"{float(value):,.{digits}f}{suffix}"
+
+
+def require_analysis(info: RunInfo):
+    """The run's co-activation analysis; without one, say which command makes it and stop the page."""
+    if not data.has_analysis(info.path):
+        missing("co-activation analysis", f"routelens analyze {info.path}")
+        st.stop()
+    try:
+        return data.analysis(info.path, data.analysis_stamp(info.path))
+    except RoutelensError as exc:
+        st.warning(f"The analysis cannot be used: {exc}")
+        st.code(f"routelens analyze {info.path}", language="bash")
+        st.stop()
+
+
+def layer_slider(analysis, key: str = "layer", label: str = "MoE layer") -> int:
+    """A slider over the analysed layers (trace indices), bound to ``?layer=``; returns the trace index."""
+    layers = list(analysis.layers)
+    if len(layers) == 1:
+        st.caption(f"Layer {layers[0]} (the only analysed layer)")
+        return layers[0]
+    return st.select_slider(label, options=layers, key=key, bind="query-params", persist_state="session")
