@@ -31,7 +31,7 @@ def short_layer(name: str, index: int | None = None) -> str:
 
 def style(fig: go.Figure, height: int = 360, title: str | None = None) -> go.Figure:
     """The dashboard's common look: white template, tight margins, readable fonts."""
-    has_legend = sum(1 for trace in fig.data if trace.showlegend is not False) > 1
+    has_legend = sum(1 for trace in fig.data if getattr(trace, "showlegend", False) is not False) > 1
     top = (34 if title else 8) + (30 if has_legend else 0)
     fig.update_layout(
         template="plotly_white",
@@ -303,3 +303,119 @@ def collaboration_specialization(collaboration: np.ndarray, specialization: np.n
     fig.update_xaxes(title="collaboration (effective partners / (E − 1))", range=[0, 1.02])
     fig.update_yaxes(title=f"specialization (share of co-activations with its Top-{top_t or 'T'})", range=[0, 1.02])
     return style(fig, height=460)
+
+
+# ---------------------------------------------------------------------------- one expert
+def ranked_bars(names: Sequence[str], values: Sequence[float], title: str, x_title: str,
+                colors: Sequence[str] | str = ACCENT, hover: Sequence[str] | None = None, value_format: str = ".1%",
+                reference: float | None = None, reference_label: str = "") -> go.Figure:
+    """Horizontal bars, largest on top (``names`` in the order given, first = top)."""
+    fig = go.Figure(go.Bar(
+        y=list(names), x=list(values), orientation="h", marker_color=colors,
+        text=[format(v, value_format) for v in values], textposition="outside", cliponaxis=False,
+        customdata=list(hover) if hover is not None else list(names),
+        hovertemplate="%{customdata}<br>%{x:" + value_format + "}<extra></extra>",
+    ))
+    if reference is not None:
+        fig.add_vline(x=reference, line_dash="dot", line_color="#495057", annotation_text=reference_label,
+                      annotation_position="top", annotation_bgcolor="rgba(255,255,255,0.85)")
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(title=x_title, tickformat=value_format.replace(".1", ".0") if "%" in value_format else None)
+    return style(fig, height=max(240, 70 + 24 * len(names)), title=title)
+
+
+def layer_bars(layer_labels: Sequence[str], values: Sequence[float], title: str, y_title: str,
+               highlight: int | None = None, reference: float | None = None, reference_label: str = "",
+               value_format: str = ".2f") -> go.Figure:
+    """One bar per MoE layer (``highlight`` = position drawn in orange)."""
+    colors = [WARN if i == highlight else ACCENT for i in range(len(values))]
+    fig = go.Figure(go.Bar(x=list(layer_labels), y=list(values), marker_color=colors,
+                           hovertemplate="%{x}: %{y:" + value_format + "}<extra></extra>"))
+    if reference is not None:
+        fig.add_hline(y=reference, line_dash="dot", line_color="#495057", annotation_text=reference_label,
+                      annotation_position="top right", annotation_bgcolor="rgba(255,255,255,0.85)")
+    fig.update_yaxes(title=y_title, rangemode="tozero")
+    return style(fig, height=300, title=title)
+
+
+def visible_token(text: str) -> str:
+    """A token string with its whitespace made visible: ``' foo\\n'`` → ``'·foo⏎'``."""
+    return text.replace(" ", "·").replace("\n", "⏎").replace("\t", "⇥") if text else "∅"
+
+
+# ---------------------------------------------------------------------------- cross-layer flow
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{alpha})"
+
+
+def flow_sankey(layers: Sequence[int], transitions: Sequence[np.ndarray], groups: Sequence[np.ndarray],
+                group_names: Sequence[Sequence[str]], group_colors: Sequence[Sequence[str]],
+                max_links: int | None = None, title: str | None = None) -> go.Figure:
+    """Sankey of token flow between consecutive layers, experts pooled into groups.
+
+    Args:
+        layers: ``[n + 1]`` trace layer indices, in order.
+        transitions: ``n`` count matrices ``[E_l, E_l+1]`` (layer ``l`` → ``l + 1``).
+        groups: ``n + 1`` arrays ``[E_l]``: the group (community, or the expert itself) of each
+            expert, ``-1`` = left out.
+        group_names, group_colors: per layer, the name and colour of each group id.
+        max_links: draw only the strongest links of each layer pair (None = all); groups left
+            without a link are not drawn.
+    """
+    node_index: dict[tuple[int, int], int] = {}
+    labels, colors, xs = [], [], []
+
+    def node(p: int, g: int) -> int:
+        if (p, g) not in node_index:
+            node_index[(p, g)] = len(labels)
+            labels.append(group_names[p][g])
+            colors.append(group_colors[p][g])
+            xs.append(0.001 + 0.998 * p / max(len(layers) - 1, 1))
+        return node_index[(p, g)]
+
+    sources, targets, values, link_colors, hovers = [], [], [], [], []
+    for p, counts in enumerate(transitions):
+        a, b = np.asarray(groups[p]), np.asarray(groups[p + 1])
+        pooled = np.zeros((len(group_names[p]), len(group_names[p + 1])))
+        ia, ib = np.flatnonzero(a >= 0), np.flatnonzero(b >= 0)
+        np.add.at(pooled, (a[ia][:, None], b[ib][None, :]), np.asarray(counts, dtype=np.float64)[np.ix_(ia, ib)])
+        total = pooled.sum()
+        flat = np.argsort(-pooled, axis=None)
+        flat = flat[pooled.ravel()[flat] > 0]
+        if max_links is not None:
+            flat = flat[:max_links]
+        for g, h in zip(*np.unravel_index(np.sort(flat), pooled.shape)):
+            sources.append(node(p, int(g)))
+            targets.append(node(p + 1, int(h)))
+            values.append(float(pooled[g, h]))
+            link_colors.append(_rgba(group_colors[p][g], 0.35))
+            hovers.append(f"{pooled[g, h] / total:.1%} of layer {layers[p]}→{layers[p + 1]} flow" if total else "")
+    # Plotly honours node x only with y too: stack each layer's nodes in group order, sized by flow.
+    flow = np.zeros(len(labels))
+    np.add.at(flow, sources, values)
+    inflow = np.zeros(len(labels))
+    np.add.at(inflow, targets, values)
+    flow = np.maximum(flow, inflow)
+    ys = np.zeros(len(labels))
+    for p in range(len(layers)):
+        members = sorted((g, i) for (q, g), i in node_index.items() if q == p)
+        total = sum(flow[i] for _, i in members) or 1.0
+        position = 0.0
+        for _, i in members:
+            ys[i] = 0.001 + 0.998 * (position + flow[i] / 2) / total
+            position += flow[i]
+    fig = go.Figure(go.Sankey(
+        arrangement="snap",
+        node=dict(label=labels, color=colors, pad=6, thickness=14, line=dict(width=0), x=xs, y=ys.tolist(),
+                  hovertemplate="%{label}<br>%{value:,.0f} token slots<extra></extra>"),
+        link=dict(source=sources, target=targets, value=values, color=link_colors, customdata=hovers,
+                  hovertemplate="%{source.label} → %{target.label}<br>%{value:,.0f} token slot pairs · "
+                                "%{customdata}<extra></extra>"),
+    ))
+    fig = style(fig, height=640, title=title)
+    for p, layer in enumerate(layers):
+        fig.add_annotation(x=p / max(len(layers) - 1, 1), y=1.0, xref="paper", yref="paper", yanchor="bottom",
+                           text=f"<b>layer {layer}</b>", showarrow=False, font=dict(size=13))
+    fig.update_layout(margin=dict(t=fig.layout.margin.t + 24))
+    return fig
