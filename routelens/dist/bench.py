@@ -27,8 +27,17 @@ from ..errors import InputError, PlanError, RoutelensError
 from ..io import atomic_write_json, read_json
 from ..plan import Plan
 from ..trace import Trace
-from .report import DEFAULT_CALIBRATION, add_ratios, format_table, summarize_plan
-from .routing import CONTIGUOUS, contiguous_plan, plan_routes, rank_token_range, tiled_token_index
+from .report import add_ratios, format_table, summarize_plan
+from .routing import (
+    CONTIGUOUS,
+    contiguous_plan,
+    plan_routes,
+    predicted_all_to_all_ms,
+    prediction_topology,
+    rank_token_range,
+    tiled_token_index,
+    token_source_gpu,
+)
 
 BENCH_FORMAT = "routelens-bench"
 BENCH_VERSION = 1
@@ -156,8 +165,13 @@ def _layer_key(spec: str):
 
 
 # --------------------------------------------------------------------------- process group
-def init_from_env(backend: str | None):
-    """Join the process group torchrun set up (or make a world of one); returns ``(rank, world, device)``."""
+def init_from_env(backend: str | None, timeout_s: float | None = None):
+    """Join the process group torchrun set up (or make a world of one); returns ``(rank, world, device)``.
+
+    ``timeout_s`` bounds how long a collective waits for a peer that died (default: torch's).
+    """
+    import datetime
+
     import torch
     import torch.distributed as dist
 
@@ -177,7 +191,8 @@ def init_from_env(backend: str | None):
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        kwargs = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
+        dist.init_process_group(backend, **kwargs)
     return dist.get_rank(), dist.get_world_size(), device
 
 
@@ -324,21 +339,38 @@ def _progress(rank: int, total: int):
 
 # --------------------------------------------------------------------------- calibration
 def load_calibration(folder: str | os.PathLike, backend: str, world: int) -> dict[str, Any]:
-    """The fit stored in ``folder`` (the bench output folder) for this back-end and world size, else defaults."""
+    """The link numbers fitted by ``--calibrate`` for this back-end and world size, stored in ``folder``.
+
+    Returns ``{"source": path, "topology": {...link overrides...}, ...}``, or ``{"source": "plan
+    topology", "topology": {}}`` when there is none (the plans' nominal link numbers are used).
+    """
     path = Path(folder) / f"calibration-{backend}-g{world}.json"
-    if path.is_file():
-        fit = read_json(path, what="calibration")
-        return {"latency_us": float(fit["latency_us"]), "bandwidth_GBps": float(fit["bandwidth_GBps"]),
-                "source": str(path)}
-    return {**DEFAULT_CALIBRATION[backend], "source": "default"}
+    if not path.is_file():
+        return {"source": "plan topology", "topology": {}}
+    fit = read_json(path, what="calibration")
+    try:
+        overrides = fit.get("topology") or calibration_topology(float(fit["latency_us"]), float(fit["bandwidth_GBps"]),
+                                                                int(fit.get("num_nodes", 1)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"calibration {path} is malformed: {exc}") from exc
+    return {"source": str(path), "topology": overrides,
+            **{k: fit[k] for k in ("latency_us", "bandwidth_GBps") if k in fit}}
+
+
+def calibration_topology(latency_us: float, bandwidth_GBps: float, num_nodes: int = 1) -> dict[str, float]:
+    """Topology fields a fit replaces: the intra-node link on one node, the inter-node link across nodes
+    (an even All-to-All over several nodes is bound by the slower inter-node links)."""
+    prefix = "inter" if num_nodes > 1 else "intra"
+    return {f"{prefix}_gbps": float(bandwidth_GBps), f"{prefix}_latency_us": float(latency_us)}
 
 
 def calibrate(args, rank: int, world: int, device, group=None) -> dict[str, Any] | None:
     """Time even ``all_to_all_single`` calls from 4 KiB to ``--calibrate-max-mib`` per peer (×4 steps);
     fit ``t = α + bytes / β``.
 
-    ``bytes`` is what one rank sends to the others; the fit is the alpha-beta cost model's latency
-    and bandwidth terms (:func:`routelens.dist.report.alpha_beta_ms`). Rank 0 returns the fit.
+    ``bytes`` is what one rank sends to the others; the fit gives the cost model's link latency and
+    bandwidth (``routelens.placement.cost.estimate_time``: ``latency + max(sent, received) · bytes /
+    bandwidth`` per GPU). Rank 0 returns the fit.
     """
     import torch
 
@@ -378,8 +410,11 @@ def calibrate(args, rank: int, world: int, device, group=None) -> dict[str, Any]
     # weight by 1/t so the small sizes (latency) count as much as the large ones (bandwidth)
     coef, *_ = np.linalg.lstsq(A / ms[:, None], np.ones_like(ms), rcond=None)
     latency_ms, ms_per_byte = max(coef[0], 0.0), max(coef[1], 1e-15)
+    num_nodes = max(1, world // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    latency_us, bandwidth = latency_ms * 1e3, 1.0 / ms_per_byte / 1e6
     return {"format": "routelens-calibration", "version": 1, "backend": args.backend_resolved, "num_gpus": world,
-            "latency_us": latency_ms * 1e3, "bandwidth_GBps": 1.0 / ms_per_byte / 1e6, "points": points,
+            "num_nodes": num_nodes, "latency_us": latency_us, "bandwidth_GBps": bandwidth,
+            "topology": calibration_topology(latency_us, bandwidth, num_nodes), "points": points,
             "device": _device_name(device), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -397,12 +432,17 @@ def build_report(setup: BenchSetup, args, records: list[dict], routes, world: in
     dtype = _dtype(args, device)
     bytes_per_token = setup.hidden_size * torch.empty(0, dtype=dtype).element_size()
     plans = []
+    source = token_source_gpu(setup.num_tokens, world)
     for label, plan in setup.plans.items():
         predicted = np.stack([r.predicted for r in routes[label]])
+        topology = prediction_topology(plan, calibration["topology"])
+        predicted_ms = [predicted_all_to_all_ms(source, r.dest_gpu, world, topology, bytes_per_token)
+                        for r in routes[label]]
         info = {"method": plan.method, "file": None if label == CONTIGUOUS else str(Path(label).resolve()),
-                "replicas": int(sum(t.size for t in plan.gpu_experts.values()) - plan.num_experts * len(plan.layers))}
-        plans.append(summarize_plan(label, [rec[label] for rec in records], predicted, bytes_per_token,
-                                    setup.layers, calibration, info))
+                "replicas": int(sum(t.size for t in plan.gpu_experts.values()) - plan.num_experts * len(plan.layers)),
+                "replica_policy": plan.replica_policy, "prediction_topology": topology}
+        plans.append(summarize_plan(label, [rec[label] for rec in records], predicted, predicted_ms,
+                                    bytes_per_token, setup.layers, info))
     baseline = next(iter(setup.plans))
     add_ratios(plans, baseline)
     trace = setup.trace

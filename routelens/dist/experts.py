@@ -220,10 +220,13 @@ def reference_moe(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.T
     """Single-process MoE: ``out[t] = Σ_j w[t, j] · expert_{ids[t, j]}(x[t])`` (the thing EP must equal).
 
     Args:
-        x: ``[T, H]``; topk_ids, topk_weights: ``[T, k]``; bank must hold every expert used.
+        x: ``[T, H]``; topk_ids, topk_weights: ``[T, k]`` (id -1 = dropped slot); bank must hold
+            every expert used.
     """
     out = torch.zeros(x.shape[0], bank.hidden_size, dtype=torch.float32, device=x.device)
     for expert in torch.unique(topk_ids).tolist():
+        if expert < 0:  # a dropped slot contributes nothing
+            continue
         row = int(bank.row_of_expert[expert])
         if row < 0:
             raise ValueError(f"reference needs expert {expert}, which the bank does not hold")

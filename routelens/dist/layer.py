@@ -67,13 +67,16 @@ def build_layout(route: LocalRoute, num_gpus: int):
     """Copies of the local tokens, one per distinct destination GPU, grouped by GPU.
 
     Returns:
-        ``copy_token [C]`` (local token of each copy, GPU-major then token order),
+        ``copy_token [C]`` (local token of each copy, GPU-major then token order; a token whose
+        slots were all dropped has no copy and gets a zero output),
         ``send_counts [G]`` long, and ``meta [C, 2k]`` float32: per copy the expert ids wanted on
         that GPU (-1 elsewhere; ids < 2^24 are exact in float32) then their routing weights (0 elsewhere).
     """
     n, k = route.dest_gpu.shape
-    hit = torch.zeros(n, num_gpus, dtype=torch.bool, device=route.dest_gpu.device)
-    hit.scatter_(1, route.dest_gpu, True)
+    # column G collects dropped slots (dest -1), then is cut off
+    hit = torch.zeros(n, num_gpus + 1, dtype=torch.bool, device=route.dest_gpu.device)
+    hit.scatter_(1, torch.where(route.dest_gpu >= 0, route.dest_gpu, num_gpus), True)
+    hit = hit[:, :num_gpus]
     copy_gpu, copy_token = hit.t().nonzero(as_tuple=True)
     send_counts = hit.sum(0)
     on_gpu = route.dest_gpu[copy_token] == copy_gpu[:, None]

@@ -20,30 +20,6 @@ from typing import Any
 import numpy as np
 
 PHASES = ("layout", "dispatch", "experts", "combine")
-DEFAULT_CALIBRATION = {
-    # Leads only (alpha-beta per All-to-All); `routelens bench --calibrate` measures them.
-    "nccl": {"latency_us": 30.0, "bandwidth_GBps": 150.0},
-    "gloo": {"latency_us": 300.0, "bandwidth_GBps": 2.0},
-}
-
-
-def alpha_beta_ms(predicted: np.ndarray, bytes_per_token: int, latency_us: float, bandwidth_GBps: float) -> np.ndarray:
-    """``[L]`` predicted dispatch + combine time per layer under an alpha-beta model.
-
-    Each All-to-All takes ``latency + busiest rank's max(bytes sent, bytes received) / bandwidth``
-    (the busiest link end sets the finish); the combine moves the same copies back.
-
-    Args:
-        predicted: ``[L, G, G]`` copies from rank i to rank j (diagonal 0).
-    """
-    predicted = np.asarray(predicted, dtype=np.float64)
-    sent = predicted.sum(2)
-    recv = predicted.sum(1)
-    busiest = np.maximum(sent, recv).max(1) * bytes_per_token
-    one_way = latency_us * 1e-3 + busiest / (bandwidth_GBps * 1e9) * 1e3
-    return 2 * one_way
-
-
 def _times(records: list[dict], phase: str) -> np.ndarray | None:
     """``[G, R, L]`` ms of ``phase`` for every rank, repeat and layer (None if not measured)."""
     if any(phase not in rec["times"] for rec in records):
@@ -61,14 +37,15 @@ def _summary(times: np.ndarray) -> dict[str, Any]:
     }
 
 
-def summarize_plan(label: str, records: list[dict], predicted: np.ndarray, bytes_per_token: int,
-                   layers: list[str], calibration: dict[str, float], plan_info: dict[str, Any]) -> dict[str, Any]:
+def summarize_plan(label: str, records: list[dict], predicted: np.ndarray, predicted_ms: np.ndarray,
+                   bytes_per_token: int, layers: list[str], plan_info: dict[str, Any]) -> dict[str, Any]:
     """One plan's entry of the report.
 
     Args:
         records: one dict per rank: ``send_counts``/``recv_counts`` ``[L][G]`` and ``times``
             ``{phase: [R][L]}`` in ms.
         predicted: ``[L, G, G]`` cost-model copies.
+        predicted_ms: ``[L]`` cost-model dispatch + combine time per layer.
     """
     world = len(records)
     send = np.asarray([rec["send_counts"] for rec in records], dtype=np.int64)  # [G, L, G]
@@ -119,7 +96,7 @@ def summarize_plan(label: str, records: list[dict], predicted: np.ndarray, bytes
     entry["algbw_GBps"] = algbw
     if "plain" in algbw and algbw["plain"] > 0:
         entry["dispatch_bw_vs_plain"] = algbw["dispatch"] / algbw["plain"]
-    predicted_ms = alpha_beta_ms(pred, bytes_per_token, calibration["latency_us"], calibration["bandwidth_GBps"])
+    predicted_ms = np.asarray(predicted_ms, dtype=np.float64)
     entry["predicted"]["all_to_all_ms"] = float(predicted_ms.sum())
     if "shortcut" in summaries:
         comm, comp, both = (summaries[p]["median_ms"] for p in ("dispatch", "shortcut", "overlap"))

@@ -25,7 +25,10 @@ CONTIGUOUS = "contiguous"
 
 
 def token_source_gpu(num_tokens: int, num_gpus: int) -> np.ndarray:
-    """``[T]`` GPU each token starts on: ``t·G // T`` (contiguous blocks, sizes differ by at most 1)."""
+    """``[T]`` GPU each token starts on: ``t·G // T`` (contiguous blocks, sizes differ by at most 1).
+
+    The cost model's ``routelens.placement.cost.token_source_gpu`` follows the same rule (tested).
+    """
     return (np.arange(num_tokens, dtype=np.int64) * num_gpus) // max(num_tokens, 1)
 
 
@@ -93,10 +96,10 @@ def slot_of_expert(table: np.ndarray, num_experts: int) -> np.ndarray:
 
 
 def assign_destinations(topk_ids: np.ndarray, source_gpu: np.ndarray, plan: Plan, layer: str) -> np.ndarray:
-    """``[T, k]`` GPU each expert choice is served on, replicas chosen by the plan's replica policy.
+    """``[T, k]`` GPU each expert choice is served on (-1 for a dropped slot), replicas chosen by the plan's policy.
 
     Args:
-        topk_ids: ``[T, k]`` expert ids of the tokens (a trace layer, possibly tiled).
+        topk_ids: ``[T, k]`` expert ids of the tokens (a trace layer, possibly tiled; -1 = dropped).
         source_gpu: ``[T]`` GPU each token starts on (:func:`token_source_gpu`).
         plan: the placement; ``plan.gpu_experts[layer]`` is ``[G, S]``.
 
@@ -106,33 +109,25 @@ def assign_destinations(topk_ids: np.ndarray, source_gpu: np.ndarray, plan: Plan
     topk_ids = np.asarray(topk_ids, dtype=np.int64)
     table = plan.gpu_experts[layer]
     cost = _placement_cost()
-    if cost is not None and hasattr(cost, "assign_replicas"):
-        dest = cost.assign_replicas(topk_ids, np.asarray(source_gpu), table, plan.replica_policy,
-                                    _plan_topology(plan))
+    if cost is not None:
+        dest = cost.assign_replicas(topk_ids, np.asarray(source_gpu), table, plan.replica_policy, _plan_topology(plan))
         return np.asarray(dest, dtype=np.int64)
     if table.size != plan.num_experts:
         raise PlanError(f"layer {layer} has replicas: replaying it needs routelens.placement (replica policy "
                         f"'{plan.replica_policy}'), which this build lacks")
-    return plan.expert_to_gpu(layer)[topk_ids]
+    return np.where(topk_ids >= 0, plan.expert_to_gpu(layer)[np.maximum(topk_ids, 0)], -1)
 
 
-def predicted_dispatch_matrix(topk_ids: np.ndarray, source_gpu: np.ndarray, dest_gpu: np.ndarray,
-                              plan: Plan, layer: str) -> np.ndarray:
-    """``[G, G]`` token copies GPU ``i`` sends GPU ``j`` in the dispatch, as the cost model predicts it.
+def predicted_dispatch_matrix(source_gpu: np.ndarray, dest_gpu: np.ndarray, num_gpus: int) -> np.ndarray:
+    """``[G, G]`` token copies GPU ``i`` sends GPU ``j`` in the dispatch, as the cost model counts them.
 
     A token counts once per distinct destination GPU other than its own (the C2R paper's
-    "one copy per device" dispatch); the diagonal is 0. Uses ``routelens.placement.cost.dispatch_matrix``
-    when installed, else counts the same definition here.
+    "one copy per device" dispatch); the diagonal is 0. The cost model's own
+    ``routelens.placement.cost.dispatch_matrix_from_dest`` when installed, else the same definition here.
     """
     cost = _placement_cost()
-    num_gpus = plan.num_gpus
-    if cost is not None and hasattr(cost, "dispatch_matrix"):
-        try:
-            matrix = cost.dispatch_matrix(np.asarray(topk_ids), np.asarray(source_gpu), plan.gpu_experts[layer],
-                                          plan.replica_policy, _plan_topology(plan))
-            return np.asarray(matrix, dtype=np.int64)
-        except TypeError:
-            pass  # other signature: the definition below is the documented one
+    if cost is not None:
+        return np.asarray(cost.dispatch_matrix_from_dest(source_gpu, dest_gpu, num_gpus), dtype=np.int64)
     return dispatch_matrix_from_destinations(source_gpu, dest_gpu, num_gpus)
 
 
@@ -140,17 +135,57 @@ def dispatch_matrix_from_destinations(source_gpu: np.ndarray, dest_gpu: np.ndarr
     """``[G, G]`` copies from source to destination GPU: one per token and distinct other destination.
 
     Args:
-        source_gpu: ``[T]``; dest_gpu: ``[T, k]``.
+        source_gpu: ``[T]``; dest_gpu: ``[T, k]`` (-1 = dropped slot, ignored).
     """
     source_gpu = np.asarray(source_gpu, dtype=np.int64)
     dest_gpu = np.asarray(dest_gpu, dtype=np.int64)
-    hit = np.zeros((source_gpu.size, num_gpus), dtype=bool)
-    hit[np.arange(source_gpu.size)[:, None], dest_gpu] = True
+    hit = np.zeros((source_gpu.size, num_gpus + 1), dtype=bool)  # column G collects dropped slots
+    hit[np.arange(source_gpu.size)[:, None], np.where(dest_gpu >= 0, dest_gpu, num_gpus)] = True
     hit[np.arange(source_gpu.size), source_gpu] = False
     matrix = np.zeros((num_gpus, num_gpus), dtype=np.int64)
     for src in range(num_gpus):
-        matrix[src] = hit[source_gpu == src].sum(0)
+        matrix[src] = hit[source_gpu == src, :num_gpus].sum(0)
     return matrix
+
+
+# Nominal link numbers when neither a calibration nor routelens.placement is at hand (NVLink 4).
+_NOMINAL_LINK = {"intra_gbps": 450.0, "intra_latency_us": 2.0, "inter_gbps": 50.0, "inter_latency_us": 5.0}
+
+
+def prediction_topology(plan: Plan, overrides: dict | None = None) -> dict:
+    """The cluster the cost model predicts time for: the plan's stored topology, with measured overrides.
+
+    Args:
+        overrides: link numbers from ``routelens bench --calibrate`` (``intra_gbps``,
+            ``intra_latency_us``, ...), which replace the plan's nominal ones.
+    """
+    topology = dict(plan.meta.get("topology") or {"num_nodes": plan.num_nodes, "gpus_per_node": plan.gpus_per_node})
+    topology.update(overrides or {})
+    return topology
+
+
+def predicted_all_to_all_ms(source_gpu: np.ndarray, dest_gpu: np.ndarray, num_gpus: int, topology: dict,
+                            bytes_per_token: int) -> float:
+    """Cost-model time (ms) of one layer's dispatch + combine.
+
+    ``routelens.placement.cost.estimate_time`` when installed: each GPU's link class is busy
+    ``latency + max(sent, received) · bytes / bandwidth`` and the busiest one ends the All-to-All;
+    the combine takes as long. Without it, the same formula on one node.
+    """
+    cost = _placement_cost()
+    if cost is not None:
+        from routelens.placement.topology import as_topology
+
+        topo = as_topology(topology, num_gpus)
+        traffic = cost.layer_traffic(source_gpu, dest_gpu, topo, num_gpus)
+        return float(cost.estimate_time(traffic, cost.CostModel(topology=topo, token_bytes=float(bytes_per_token)))["a2a_s"]) * 1e3
+    links = {**_NOMINAL_LINK, **{k: v for k, v in topology.items() if k in _NOMINAL_LINK}}
+    matrix = dispatch_matrix_from_destinations(source_gpu, dest_gpu, num_gpus)
+    busiest = float(np.maximum(matrix.sum(0), matrix.sum(1)).max())
+    if busiest == 0:
+        return 0.0
+    one_way = links["intra_latency_us"] * 1e-3 + busiest * bytes_per_token / (links["intra_gbps"] * 1e9) * 1e3
+    return 2 * one_way
 
 
 def _plan_topology(plan: Plan):
@@ -163,9 +198,9 @@ class LayerRoute:
     """One MoE layer's replay input for every token (all ranks compute the same arrays).
 
     Attributes:
-        topk_ids: ``[T, k]`` expert ids.
+        topk_ids: ``[T, k]`` expert ids (-1 = slot dropped, e.g. by capacity-aware re-routing).
         topk_weights: ``[T, k]`` float32 routing weights.
-        dest_gpu: ``[T, k]`` GPU serving each choice.
+        dest_gpu: ``[T, k]`` GPU serving each choice (-1 where dropped).
         predicted: ``[G, G]`` predicted dispatch copies (diagonal 0).
     """
 
@@ -185,10 +220,13 @@ def plan_routes(trace, plan: Plan, layers: list[str], token_index: np.ndarray) -
         ids = np.asarray(trace.topk_ids(layer), dtype=np.int64)[token_index]
         weights = np.asarray(trace.topk_weights(layer), dtype=np.float32)[token_index]
         dest = assign_destinations(ids, source, plan, layer)
-        if dest.shape != ids.shape or dest.min() < 0 or dest.max() >= plan.num_gpus:
+        if dest.shape != ids.shape:
+            raise PlanError(f"layer {layer}: replica assignment returned shape {dest.shape}, expected {ids.shape}")
+        if np.any((dest < 0) != (ids < 0)) or dest.max(initial=0) >= plan.num_gpus:
             raise PlanError(f"layer {layer}: replica assignment returned GPUs outside [0, {plan.num_gpus})")
         slots = slot_of_expert(plan.gpu_experts[layer], plan.num_experts)
-        if np.any(slots[dest, ids] < 0):
+        kept = ids >= 0
+        if np.any(slots[dest[kept], ids[kept]] < 0):
             raise PlanError(f"layer {layer}: a token was sent to a GPU that holds none of its expert")
-        routes.append(LayerRoute(layer, ids, weights, dest, predicted_dispatch_matrix(ids, source, dest, plan, layer)))
+        routes.append(LayerRoute(layer, ids, weights, dest, predicted_dispatch_matrix(source, dest, plan.num_gpus)))
     return routes

@@ -87,3 +87,21 @@ def test_grouped_gemm_bf16_on_gpu_matches_loop():
     slow = run_experts_loop(x, counts, bank)
     err = (fast.float() - slow.float()).norm() / slow.float().norm()
     assert err < 1e-2
+
+
+def test_dropped_slots_contribute_nothing_and_fully_dropped_tokens_get_zero():
+    torch.manual_seed(2)
+    bank = random_expert_bank(8, 16, 12, dtype=torch.float32)
+    x = torch.randn(30, 16)
+    ids = torch.stack([torch.randperm(8)[:3] for _ in range(30)])
+    ids[::4, 1] = -1
+    ids[5] = -1
+    weights = torch.rand(30, 3)
+    route = LocalRoute(ids, weights, torch.where(ids >= 0, 0, -1))
+    copy_token, counts, meta = build_layout(route, num_gpus=1)
+    assert 5 not in copy_token.tolist() and counts.tolist() == [29]
+    partial = expert_partials(x[copy_token], meta, bank)
+    out = torch.zeros(30, 16).index_add_(0, copy_token, partial)
+    ref = reference_moe(x, ids, weights, bank)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert torch.all(ref[5] == 0)

@@ -112,14 +112,29 @@ def test_two_ranks_replay_equals_reference_and_traffic_equals_cost_model(trace_d
         assert entry["predicted"]["all_to_all_ms"] == pytest.approx(expected_ms, rel=1e-9)
 
 
-def test_cli_launches_four_ranks_with_tiling_and_overlap(trace_dir, tmp_path):
+def _replicated_plan(trace, path):
+    """4 GPUs × 5 slots for 16 experts: experts 0-3 get a second replica on another GPU."""
+    rng = np.random.default_rng(7)
+    tables = {}
+    for layer in trace.layers:
+        base = rng.permutation(16).reshape(4, 4)
+        extra = np.array([[base[(g + 1) % 4, 0]] for g in range(4)])  # each GPU also holds a neighbour's expert
+        tables[layer] = np.concatenate([base, extra], axis=1)
+    plan = Plan(tables, 16, method="replicated", replica_policy="nearest-then-least-loaded")
+    plan.save(path)
+    return plan
+
+
+def test_cli_launches_four_ranks_with_tiling_overlap_and_replicas(trace_dir, tmp_path):
+    cost = pytest.importorskip("routelens.placement.cost")
     trace = Trace.open(trace_dir)
     plan = _permuted_plan(trace, 4, tmp_path / "perm4.json", seed=2)
+    replicated = _replicated_plan(trace, tmp_path / "rep4.json")
     out = tmp_path / "report4.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "routelens.cli", "bench", str(trace_dir), "--plans", "contiguous", str(tmp_path / "perm4.json"),
-         "--gpus", "4", "--backend", "gloo", "--hidden-size", str(HIDDEN), "--intermediate-size", str(INTER),
+         str(tmp_path / "rep4.json"), "--gpus", "4", "--backend", "gloo", "--hidden-size", str(HIDDEN), "--intermediate-size", str(INTER),
          "--tokens-per-rank", "500", "--repeats", "1", "--warmup", "0", "--overlap", "--check", "--json", str(out)],
         capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -128,6 +143,12 @@ def test_cli_launches_four_ranks_with_tiling_and_overlap(trace_dir, tmp_path):
     assert report["check"]["passed"]
     index = np.arange(2000) % trace.num_tokens
     _assert_traffic_matches(report["plans"][1], _expected(trace, plan, index, 4), HIDDEN * 4)
+    # replicas: the runner's choice is the cost model's replica policy, so the bytes are its prediction
+    source = cost.token_source_gpu(2000, 4)
+    expected = np.stack([cost.dispatch_matrix(trace.topk_ids(layer)[index], source, replicated.gpu_experts[layer],
+                                              replicated.replica_policy) for layer in trace.layers])
+    assert report["plans"][2]["replicas"] == 4 * len(trace.layers)
+    _assert_traffic_matches(report["plans"][2], expected, HIDDEN * 4)
     overlap = report["plans"][0]["overlap"]
     assert overlap["shortcut_ms"] > 0 and overlap["overlapped_ms"] > 0
     assert 0.0 <= overlap["comm_hidden_share"] <= 1.0
@@ -147,3 +168,20 @@ def test_calibration_sweep_fits_latency_and_bandwidth(trace_dir, tmp_path):
     largest = fit["points"][-1]
     model_ms = fit["latency_us"] * 1e-3 + largest["bytes_per_rank"] / (fit["bandwidth_GBps"] * 1e9) * 1e3
     assert 0.5 < model_ms / largest["ms"] < 2.0
+
+
+@pytest.mark.multigpu
+def test_nccl_bf16_replay_equals_reference_and_cost_model(trace_dir, tmp_path):
+    trace = Trace.open(trace_dir)
+    plan = _permuted_plan(trace, 2, tmp_path / "perm.json", seed=3)
+    out = tmp_path / "nccl.json"
+    proc = _torchrun(2, trace_dir, "--plans", "contiguous", tmp_path / "perm.json", "--backend", "nccl",
+                     "--hidden-size", 256, "--intermediate-size", 128, "--tokens-per-rank", 4096, "--repeats", 3,
+                     "--warmup", 1, "--overlap", "--check", "--json", out, "--out-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["dtype"] == "bfloat16" and report["backend"] == "nccl"
+    assert report["check"]["passed"], report["check"]
+    index = np.arange(8192) % trace.num_tokens
+    _assert_traffic_matches(report["plans"][1], _expected(trace, plan, index, 2), 256 * 2)
+    assert all(p["time_ms"]["dispatch"] > 0 and "overlap" in p for p in report["plans"])

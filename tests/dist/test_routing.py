@@ -90,3 +90,15 @@ def test_plan_routes_predict_brute_force_counts(synthetic_trace):
         assert np.array_equal(route.topk_ids, ids)
         assert np.array_equal(route.dest_gpu, owner[ids])
         assert np.array_equal(route.predicted, brute_force_dispatch(ids, owner, 4))
+
+
+def test_token_layout_agrees_with_the_cost_model():
+    cost = pytest.importorskip("routelens.placement.cost")
+    for T, G in [(10, 3), (4096, 4), (1001, 8)]:
+        assert np.array_equal(token_source_gpu(T, G), cost.token_source_gpu(T, G))
+
+
+def test_dropped_slots_are_not_sent():
+    dest = np.array([[-1, -1], [1, -1], [0, 1]])
+    matrix = dispatch_matrix_from_destinations(np.array([0, 0, 1]), dest, 2)
+    assert matrix.tolist() == [[0, 1], [1, 0]]

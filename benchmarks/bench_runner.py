@@ -1,0 +1,162 @@
+"""Sweep the distributed runner over traces, plans, hidden sizes and tokens per rank, in one process group.
+
+Launch with torchrun (one process per GPU), NVLink multicast off::
+
+    NCCL_NVLS_ENABLE=0 torchrun --standalone --nproc-per-node 2 benchmarks/bench_runner.py \\
+        --case "runs/demo-heldout|contiguous,plans/demo-g2-routelens.json" \\
+        --hidden 2048 4096 --tokens-per-rank 8192 32768 65536 --out out/bench
+
+For every case × hidden size × tokens per rank it replays every MoE layer under every plan
+(interleaved, median of ``--repeats``), with a plain even ``all_to_all_single`` of the same total
+bytes measured alongside, and prints one table row per plan: the cost model's predicted All-to-All
+ratio against the first plan, the measured ratio, bytes of the busiest rank, the dispatch's
+algorithm bandwidth and that of the plain All-to-All. Everything goes to ``OUT/summary.json``.
+On CPU (``--backend gloo``) the same script runs at tiny sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", action="append", required=True,
+                        help="TRACE|PLAN,PLAN,... (first plan is the baseline); repeat for several traces")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[2048, 4096])
+    parser.add_argument("--tokens-per-rank", type=int, nargs="+", default=[8192, 32768, 65536])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--overlap-at", nargs="*", default=[], metavar="H:TOKENS",
+                        help="sizes at which to also measure dispatch/shortcut overlap")
+    parser.add_argument("--check-at", nargs="*", default=[], metavar="H:TOKENS",
+                        help="sizes at which to also check outputs against the single-process reference")
+    parser.add_argument("--backend", default=None)
+    parser.add_argument("--budget-s", type=float, default=300.0, help="skip the remaining configs after this long")
+    parser.add_argument("--out", required=True)
+    return parser.parse_args(argv)
+
+
+def bench_namespace(trace: str, plans: list[str], hidden: int, tokens: int, args, overlap: bool, check: bool):
+    from routelens.dist.bench import add_bench_arguments
+
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    argv = [trace, "--plans", *plans, "--hidden-size", str(hidden), "--tokens-per-rank", str(tokens),
+            "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    argv += ["--overlap"] * overlap + ["--check"] * check
+    return parser.parse_args(argv)
+
+
+def run_config(ns, rank, world, device):
+    """One bench configuration; rank 0 returns its report."""
+    import torch
+    import torch.distributed as dist
+
+    from routelens.dist.bench import build_report, load_calibration, prepare, replay
+    from routelens.dist.check import check_outputs
+
+    setup = prepare(ns, world)
+    record, outputs, routes = replay(setup, ns, rank, world, device, keep_outputs=ns.check)
+    check = check_outputs(setup, ns, outputs, routes, rank, device) if ns.check else None
+    del outputs
+    records = [None] * world if rank == 0 else None
+    dist.gather_object(record, records, dst=0)
+    report = None
+    if rank == 0:
+        report = build_report(setup, ns, records, routes, world, device,
+                              load_calibration(Path(ns.run) / "bench", ns.backend_resolved, world))
+        if check is not None:
+            report["check"] = check
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return report
+
+
+def row(case: str, report: dict) -> list[str]:
+    rows = []
+    for plan in report["plans"]:
+        r = plan.get("ratio_vs_baseline", {})
+        bw = plan.get("algbw_GBps", {})
+        rows.append(
+            f"{Path(case).name:<16} {report['hidden_size']:>5} {report['tokens_per_rank']:>6} {plan['label'][-30:]:<30} "
+            f"{r.get('predicted_all_to_all', float('nan')):>6.3f} {r.get('measured_all_to_all', float('nan')):>6.3f} "
+            f"{r.get('measured_dispatch', float('nan')):>6.3f} {max(plan['dispatch_bytes_sent']) / 2**20:>9.1f} "
+            f"{plan['time_ms']['all_to_all']:>8.3f} {bw.get('dispatch', float('nan')):>7.1f} {bw.get('plain', float('nan')):>7.1f} "
+            f"{plan.get('dispatch_bw_vs_plain', float('nan')):>5.2f} {str(plan['bytes_match_prediction']):>5}"
+            + (f"  hidden {100 * plan['overlap']['comm_hidden_share']:.0f}%" if "overlap" in plan else ""))
+    return rows
+
+
+HEADER = (f"{'trace':<16} {'H':>5} {'tok/rk':>6} {'plan':<30} {'pred x':>6} {'a2a x':>6} {'disp x':>6} "
+          f"{'MiB max rk':>9} {'a2a ms':>8} {'GB/s':>7} {'plain':>7} {'vs pl':>5} {'bytes':>5}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch.distributed as dist
+
+    from routelens.dist.bench import init_from_env
+
+    start = time.time()
+    rank, world, device = init_from_env(args.backend, timeout_s=180)
+    backend = dist.get_backend()
+    out = Path(args.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    overlap_at = {tuple(map(int, s.split(":"))) for s in args.overlap_at}
+    check_at = {tuple(map(int, s.split(":"))) for s in args.check_at}
+    results, table, failures = [], [], []
+    for case in args.case:
+        trace, plans = case.split("|")
+        for hidden in args.hidden:
+            for tokens in args.tokens_per_rank:
+                go = [time.time() - start < args.budget_s]
+                dist.broadcast_object_list(go, src=0)
+                if not go[0]:
+                    failures.append({"case": case, "hidden": hidden, "tokens": tokens, "error": "skipped: budget"})
+                    continue
+                ns = bench_namespace(trace, plans.split(","), hidden, tokens, args,
+                                     (hidden, tokens) in overlap_at, (hidden, tokens) in check_at)
+                ns.backend_resolved = backend
+                t0 = time.time()
+                try:
+                    report = run_config(ns, rank, world, device)
+                except Exception as exc:  # keep sweeping: one bad size must not lose the others
+                    if rank == 0:
+                        traceback.print_exc()
+                    failures.append({"case": case, "hidden": hidden, "tokens": tokens, "error": repr(exc)[:300]})
+                    continue
+                if rank == 0:
+                    report["case"] = case
+                    report["wall_s"] = time.time() - t0
+                    results.append(report)
+                    table += row(trace, report)
+                    print(f"[{time.time() - start:6.1f}s] {Path(trace).name} H={hidden} tokens/rank={tokens}: "
+                          f"{report['wall_s']:.1f}s", flush=True)
+                    with open(out / "summary.json", "w") as fh:
+                        json.dump({"world": world, "backend": backend, "results": results, "failures": failures}, fh)
+    if rank == 0:
+        print("\n" + HEADER)
+        print("\n".join(table))
+        for fail in failures:
+            print("FAILED/SKIPPED:", fail)
+        checks = [(r["case"], r["hidden_size"], r["check"]) for r in results if "check" in r]
+        for case, hidden, check in checks:
+            print(f"check {Path(case.split('|')[0]).name} H={hidden}: max rel err "
+                  f"{max(p['max_relative_error'] for p in check['plans'].values()):.2e} passed={check['passed']}")
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    sys.exit(main())
