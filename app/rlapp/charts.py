@@ -51,10 +51,11 @@ def layer_imbalance_bars(layer_labels: Sequence[str], load_max_over_mean: Sequen
     """Bar per MoE layer of the busiest expert's load over the mean (1.0 = balanced)."""
     values = [np.nan if v is None else float(v) for v in load_max_over_mean]
     fig = go.Figure(go.Bar(
-        x=list(layer_labels), y=values, marker_color=ACCENT,
-        hovertemplate="%{x}<br>busiest expert: %{y:.2f}× the mean load<extra></extra>",
+        x=list(layer_labels), y=values, marker_color=ACCENT, text=[f"{v:.2f}×" for v in values], textposition="outside",
+        cliponaxis=False, hovertemplate="%{x}<br>busiest expert: %{y:.2f}× the mean load<extra></extra>",
     ))
-    fig.add_hline(y=1.0, line_dash="dot", line_color=MUTED, annotation_text="balanced", annotation_position="top left")
+    fig.add_hline(y=1.0, line_dash="dot", line_color="#495057", annotation_text="balanced", annotation_position="top left",
+                  annotation_bgcolor="rgba(255,255,255,0.85)")
     fig.update_yaxes(title="max / mean expert load", rangemode="tozero")
     return style(fig, title="Load imbalance per layer")
 
@@ -326,11 +327,12 @@ def ranked_bars(names: Sequence[str], values: Sequence[float], title: str, x_tit
 
 def layer_bars(layer_labels: Sequence[str], values: Sequence[float], title: str, y_title: str,
                highlight: int | None = None, reference: float | None = None, reference_label: str = "",
-               value_format: str = ".2f") -> go.Figure:
+               value_format: str = ".2f", text_suffix: str = "") -> go.Figure:
     """One bar per MoE layer (``highlight`` = position drawn in orange)."""
     colors = [WARN if i == highlight else ACCENT for i in range(len(values))]
     fig = go.Figure(go.Bar(x=list(layer_labels), y=list(values), marker_color=colors,
-                           hovertemplate="%{x}: %{y:" + value_format + "}<extra></extra>"))
+                           text=[format(v, value_format) + text_suffix for v in values], textposition="outside",
+                           cliponaxis=False, hovertemplate="%{x}: %{y:" + value_format + "}<extra></extra>"))
     if reference is not None:
         fig.add_hline(y=reference, line_dash="dot", line_color="#495057", annotation_text=reference_label,
                       annotation_position="top right", annotation_bgcolor="rgba(255,255,255,0.85)")
@@ -419,3 +421,17 @@ def flow_sankey(layers: Sequence[int], transitions: Sequence[np.ndarray], groups
                            text=f"<b>layer {layer}</b>", showarrow=False, font=dict(size=13))
     fig.update_layout(margin=dict(t=fig.layout.margin.t + 24))
     return fig
+
+
+def grouped_layer_bars(layer_labels: Sequence[str], series: dict[str, Sequence[float | None]], title: str,
+                       y_title: str, y_range: tuple[float, float] | None = None) -> go.Figure:
+    """One group of bars per layer, one bar per named series."""
+    fig = go.Figure([
+        go.Bar(name=name, x=list(layer_labels), y=[np.nan if v is None else v for v in values],
+               marker_color=QUALITATIVE[i % len(QUALITATIVE)],
+               hovertemplate="%{x} · " + name + ": %{y:.3f}<extra></extra>")
+        for i, (name, values) in enumerate(series.items())
+    ])
+    fig.update_layout(barmode="group", bargap=0.25)
+    fig.update_yaxes(title=y_title, range=list(y_range) if y_range else None)
+    return style(fig, title=title)

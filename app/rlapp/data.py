@@ -172,3 +172,44 @@ def graph_layout(run_path: str, key: tuple, layer: int, min_lift: float, seed: i
     xy = np.array([positions[i] for i in range(len(positions))])
     edges = [(i, j, d["weight"]) for i, j, d in strong.edges(data=True)]
     return {"xy": xy, "edges": edges}
+
+
+@st.cache_data(max_entries=16, show_spinner="Comparing the runs…")
+def comparison(run_a: str, key_a: tuple, run_b: str, key_b: tuple, top_experts: int = 15) -> dict[str, Any]:
+    """:func:`routelens.graphs.compare_analyses` of two runs' stored analyses."""
+    from routelens.graphs import compare_analyses
+
+    return compare_analyses(analysis(run_a, key_a), analysis(run_b, key_b), top_experts=top_experts)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def runs_table(runs_dir: str) -> list[dict[str, Any]]:
+    """One row per run below ``runs_dir``: manifest facts plus its analysis summary when there is one."""
+    from routelens.errors import RoutelensError
+
+    rows = []
+    for info in find_runs(runs_dir):
+        row: dict[str, Any] = {"run": info.name, "path": info.path, "problem": info.problem}
+        if not info.problem:
+            try:
+                trace = open_trace(info.path)
+            except RoutelensError as exc:
+                row["problem"] = str(exc)
+                rows.append(row)
+                continue
+            stats = trace.manifest.get("stats", {}) or {}
+            row.update(model=trace.model_id, family=trace.family, layers=len(trace.layers), experts=trace.num_experts,
+                       top_k=trace.top_k, tokens=trace.num_tokens, complete=bool(trace.manifest.get("complete")),
+                       tokens_per_s=stats.get("tokens_per_s"), analysed=has_analysis(info.path))
+            if row["analysed"]:
+                try:
+                    result = analysis(info.path, analysis_stamp(info.path))
+                    summaries = result.layer_summaries
+                    row["load_max_over_mean"] = float(np.median([s["load_max_over_mean"] for s in summaries]))
+                    row["share_specialized"] = float(np.mean([s["share_specialized"] or 0 for s in summaries]))
+                    row["modularity"] = float(np.median([s["modularity"] or 0 for s in summaries]))
+                except RoutelensError as exc:
+                    row["analysed"] = False
+                    row["problem"] = str(exc)
+        rows.append(row)
+    return rows

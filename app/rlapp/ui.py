@@ -109,6 +109,17 @@ def require_analysis(info: RunInfo):
         st.stop()
 
 
+def optional_analysis(info: RunInfo):
+    """The run's analysis, or None (absent: silently; unusable: with a warning saying how to remake it)."""
+    if not data.has_analysis(info.path):
+        return None
+    try:
+        return data.analysis(info.path, data.analysis_stamp(info.path))
+    except RoutelensError as exc:
+        st.warning(f"The analysis cannot be used, showing what the trace alone tells: {exc}")
+        return None
+
+
 def layer_slider(analysis, key: str = "layer", label: str = "MoE layer") -> int:
     """A slider over the analysed layers (trace indices), bound to ``?layer=``; returns the trace index."""
     layers = list(analysis.layers)
