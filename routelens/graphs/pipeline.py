@@ -8,6 +8,7 @@ array is ``token_ids`` (4 bytes per token) for token specialization.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -65,6 +66,25 @@ def layer_num_experts(trace: Trace, j: int) -> int:
     return trace.num_experts
 
 
+def trace_identity(trace: Trace) -> str:
+    """``Trace.fingerprint()`` strengthened with what a re-capture changes even at equal sizes.
+
+    The fingerprint hashes layers, shard names and token counts, so a new capture of other text
+    with the same sizes keeps it; this adds the manifest's capture settings (text hash, model) and
+    each shard file's size and modification time, like ``make`` does.
+    """
+    import hashlib
+    import json
+
+    shards = []
+    for shard in trace.shards:
+        stat = (trace.path / shard["file"]).stat()
+        shards.append([shard["file"], stat.st_size, stat.st_mtime_ns])
+    key = json.dumps({"fingerprint": trace.fingerprint(), "settings": trace.manifest.get("settings"),
+                      "source": trace.manifest.get("source"), "shards": shards}, sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def analysis_params(trace: Trace, layers: list[int], top_t: int | None, threshold: float, seed: int,
                     resolution: float, max_vocab: int, tokenizer_path: str | None) -> dict[str, Any]:
     """The parameters that, with the trace fingerprint, decide whether a stored analysis is current."""
@@ -113,6 +133,9 @@ def analyze_trace(
         raise TraceError(f"trace {trace.path} holds no tokens")
     chosen = parse_layers(layers, len(trace.layers))
     e_max, k = trace.num_experts, trace.top_k
+    e_min = min(layer_num_experts(trace, j) for j in chosen)
+    if top_t is not None and not 1 <= top_t <= max(e_min - 1, 1):
+        raise InputError(f"--top-t {top_t} must lie in [1, {e_min - 1}] for layers of {e_min} experts")
     num_tokens = trace.num_tokens
     token_ids = trace.token_ids
     vocab, freq = np.unique(token_ids, return_counts=True)
@@ -124,40 +147,44 @@ def analyze_trace(
     cls_of_vocab = class_lookup(texts, vocab)
     half = num_tokens // 2
 
-    results: list[L.LayerResult] = []
+    finisher = LayerFinisher(top_k=k, top_t=top_t, threshold=threshold, seed=seed, resolution=resolution,
+                             vocab_ids=frequent_ids, token_texts=texts, top_tokens_limit=top_tokens,
+                             min_token_count=min_token_count)
     bar = _bar(progress, len(chosen))
-    for j in chosen:
-        e = layer_num_experts(trace, j)
-        nxt = j + 1 if j + 1 < len(trace.layers) else None
-        totals = L.LayerCounts(e)
-        streams = [trace.iter_chunks(j, "topk_ids"), trace.iter_chunks(j, "topk_weights")]
-        streams.append(trace.iter_chunks(nxt, "topk_ids") if nxt is not None else _nones())
-        streams.append(trace.iter_chunks(j, "router_logits") if trace.has_logits else _nones())
-        for (start, ids), (_, weights), nxt_chunk, logit_chunk in zip(*streams):
-            where = np.searchsorted(vocab, token_ids[start:start + ids.shape[0]])
-            try:
-                totals += L.count_chunk(
-                    ids, e, topk_weights=weights,
-                    next_ids=None if nxt_chunk is None else nxt_chunk[1],
-                    num_experts_next=None if nxt is None else layer_num_experts(trace, nxt),
-                    router_logits=None if logit_chunk is None else logit_chunk[1],
-                    token_classes=None if cls_of_vocab is None else cls_of_vocab[where],
-                    token_cols=col_of_vocab[where], num_token_cols=keep.size + 1,
-                    start=start, half=half,
-                )
-            except InputError as exc:
-                raise TraceError(f"layer {j} ({trace.layers[j]}): {exc}") from None
-        results.append(L.finish_layer(totals, k, top_t=top_t, threshold=threshold, seed=seed, resolution=resolution,
-                                      vocab_ids=frequent_ids, token_texts=texts, top_tokens_limit=top_tokens,
-                                      min_token_count=min_token_count))
-        bar.update(1)
-    bar.close()
+    try:
+        for j in chosen:
+            e = layer_num_experts(trace, j)
+            nxt = j + 1 if j + 1 < len(trace.layers) else None
+            totals = L.LayerCounts(e)
+            streams = [trace.iter_chunks(j, "topk_ids"), trace.iter_chunks(j, "topk_weights")]
+            streams.append(trace.iter_chunks(nxt, "topk_ids") if nxt is not None else _nones())
+            streams.append(trace.iter_chunks(j, "router_logits") if trace.has_logits else _nones())
+            for (start, ids), (_, weights), nxt_chunk, logit_chunk in zip(*streams):
+                where = np.searchsorted(vocab, token_ids[start:start + ids.shape[0]])
+                try:
+                    totals += L.count_chunk(
+                        ids, e, topk_weights=weights,
+                        next_ids=None if nxt_chunk is None else nxt_chunk[1],
+                        num_experts_next=None if nxt is None else layer_num_experts(trace, nxt),
+                        router_logits=None if logit_chunk is None else logit_chunk[1],
+                        token_classes=None if cls_of_vocab is None else cls_of_vocab[where],
+                        token_cols=col_of_vocab[where], num_token_cols=keep.size + 1,
+                        start=start, half=half,
+                    )
+                except InputError as exc:
+                    raise TraceError(f"layer {j} ({trace.layers[j]}): {exc}") from None
+            finisher.submit(totals, on_done=lambda _: bar.update(1))
+        results = finisher.results()
+    finally:
+        finisher.close()
+        bar.close()
     analysis = assemble(results, chosen, [trace.layers[j] for j in chosen], e_max, k, num_tokens,
                         has_classes=cls_of_vocab is not None)
     analysis.meta = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
-        "trace": {"path": str(trace.path), "fingerprint": trace.fingerprint(), "model": trace.model_id,
+        "trace": {"path": str(trace.path), "fingerprint": trace.fingerprint(), "identity": trace_identity(trace),
+                  "model": trace.model_id,
                   "family": trace.family, "num_layers": len(trace.layers), "num_experts": e_max, "top_k": k,
                   "num_tokens": num_tokens, "has_logits": trace.has_logits},
         "params": analysis_params(trace, chosen, top_t, threshold, seed, resolution, max_vocab, tokenizer_path),
@@ -209,6 +236,34 @@ def assemble(results: list[L.LayerResult], layers: list[int], names: list[str], 
         coactivation=coact, transitions=trans, scores=scores, layer_summaries=summaries,
         token_class_counts=classes, tokens=token_info,
     )
+
+
+class LayerFinisher:
+    """Runs :func:`~routelens.graphs.layer.finish_layer` in one background thread, in order.
+
+    Finishing a layer is mostly Python (Louvain in networkx) while counting the next one is mostly
+    numpy histograms that release the GIL, so overlapping the two keeps both CPU cores busy.
+    """
+
+    def __init__(self, **finish_kwargs: Any):
+        self._kwargs = finish_kwargs
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="routelens-finish")
+        self._futures: list[Future] = []
+
+    def submit(self, totals: L.LayerCounts, on_done=None) -> None:
+        future = self._pool.submit(L.finish_layer, totals, **self._kwargs)
+        if on_done is not None:
+            future.add_done_callback(on_done)
+        self._futures.append(future)
+
+    def results(self) -> list[L.LayerResult]:
+        """The finished layers, in submission order (re-raises a layer's error)."""
+        return [f.result() for f in self._futures]
+
+    def close(self) -> None:
+        for f in self._futures:
+            f.cancel()
+        self._pool.shutdown(wait=True)
 
 
 def _nones():

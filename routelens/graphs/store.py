@@ -20,7 +20,8 @@ Layout (all arrays ``.npy``, never pickled; ``L`` analysed layers, ``E`` experts
 
 The folder is written next to the old one and swapped in at the end, so an interrupted or failed
 analysis leaves the previous results untouched. :func:`ensure_analysis` recomputes only when the
-trace's fingerprint (``Trace.fingerprint()``) or the parameters changed.
+trace changed (``Trace.fingerprint()``, plus the shard files' sizes and modification times and
+the capture settings: see :func:`routelens.graphs.pipeline.trace_identity`) or the parameters did.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from ..io import atomic_save_npy, atomic_write_json, read_json
 from ..trace import Trace
 from .analysis import SCORE_NAMES, Analysis
 from .communities import export_graph
-from .pipeline import FORMAT_NAME, FORMAT_VERSION, analysis_params, analyze_trace, parse_layers
+from .pipeline import FORMAT_NAME, FORMAT_VERSION, analysis_params, analyze_trace, parse_layers, trace_identity
 
 ANALYSIS_DIR = "analysis"
 SUMMARY_FILE = "analysis.json"
@@ -142,7 +143,7 @@ def load_analysis(run_path: str | os.PathLike, allow_stale: bool = False) -> Ana
 
     Raises:
         RoutelensError: no analysis, a corrupt or foreign file, an unknown format version, or a
-            stale analysis (the trace's fingerprint changed) unless ``allow_stale``.
+            stale analysis (the trace changed since) unless ``allow_stale``.
     """
     run_path = Path(run_path)
     folder = run_path if (run_path / SUMMARY_FILE).is_file() else analysis_dir(run_path)
@@ -156,8 +157,8 @@ def load_analysis(run_path: str | os.PathLike, allow_stale: bool = False) -> Ana
         raise RoutelensError(f"analysis in {folder} has format version {meta.get('version')}; this routelens reads "
                              f"version {FORMAT_VERSION} (re-run routelens analyze {trace_dir})")
     if not allow_stale and (trace_dir / "manifest.json").is_file():
-        current = Trace.open(trace_dir, allow_incomplete=True).fingerprint()
-        if current != meta.get("trace", {}).get("fingerprint"):
+        current = trace_identity(Trace.open(trace_dir, allow_incomplete=True))
+        if current != meta.get("trace", {}).get("identity"):
             raise RoutelensError(f"analysis in {folder} is stale: the trace changed since; re-run routelens analyze {trace_dir}")
     layers = [int(j) for j in meta["layers"]]
     e = int(meta["num_experts"])
@@ -211,7 +212,7 @@ def ensure_analysis(
 ) -> tuple[Analysis, bool]:
     """The analysis of ``RUN``: loaded when current, else computed and saved.
 
-    "Current" means: same trace fingerprint, same parameters (``top_t``, threshold, Louvain seed
+    "Current" means: same trace (:func:`~routelens.graphs.pipeline.trace_identity`), same parameters (``top_t``, threshold, Louvain seed
     and resolution, ``max_vocab``, tokenizer) and the requested layers among those stored (a
     stored analysis of all layers serves ``--layers 0-11`` through :meth:`Analysis.select`).
     Requested ``exports`` missing from a current analysis are written without recomputing.

@@ -145,20 +145,19 @@ def top_tokens(expert_counts: np.ndarray, base_counts: np.ndarray, vocab_ids: np
     counts = np.asarray(expert_counts, dtype=np.float64)
     base = np.asarray(base_counts, dtype=np.float64)
     total = base.sum()
+    served = counts.sum(axis=1, keepdims=True)
+    v = len(vocab_ids)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(served > 0, counts / served, 0.0)[:, :v]
+        # count * total / (served * base): exact integers in float64, so equal ratios tie exactly
+        lifts = np.where(base[None, :v] > 0, counts[:, :v] * total / (served * base[None, :v]), 0.0)
     out: list[list[dict[str, Any]]] = []
-    for row in counts:
-        served = row.sum()
-        if served <= 0 or total <= 0:
-            out.append([])
-            continue
-        share = row / served
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lifts = np.where(base > 0, share / (base / total), 0.0)
-        eligible = np.flatnonzero(row[: len(vocab_ids)] >= min_count)
-        order = eligible[np.lexsort((-row[eligible], -lifts[eligible]))][:limit]
+    for e in range(counts.shape[0]):
+        cand = np.flatnonzero(counts[e, :v] >= min_count)
+        order = cand[np.lexsort((-counts[e, cand], -lifts[e, cand]))][:limit]
         out.append([
             {"id": int(vocab_ids[c]), "text": None if texts is None else texts.get(int(vocab_ids[c]), ""),
-             "count": int(row[c]), "share": round(float(share[c]), 6), "lift": round(float(lifts[c]), 4)}
+             "count": int(counts[e, c]), "share": round(float(share[e, c]), 6), "lift": round(float(lifts[e, c]), 4)}
             for c in order
         ])
     return out
