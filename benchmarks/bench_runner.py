@@ -40,6 +40,9 @@ def parse_args(argv=None):
     parser.add_argument("--check-at", nargs="*", default=[], metavar="H:TOKENS",
                         help="sizes at which to also check outputs against the single-process reference")
     parser.add_argument("--backend", default=None)
+    parser.add_argument("--calibrate", action="store_true",
+                        help="first fit the cost model's link latency/bandwidth from a plain all_to_all sweep, "
+                             "and predict every config's time with it")
     parser.add_argument("--budget-s", type=float, default=300.0, help="skip the remaining configs after this long")
     parser.add_argument("--out", required=True)
     return parser.parse_args(argv)
@@ -56,7 +59,7 @@ def bench_namespace(trace: str, plans: list[str], hidden: int, tokens: int, args
     return parser.parse_args(argv)
 
 
-def run_config(ns, rank, world, device):
+def run_config(ns, rank, world, device, calibration=None):
     """One bench configuration; rank 0 returns its report."""
     import torch
     import torch.distributed as dist
@@ -73,7 +76,7 @@ def run_config(ns, rank, world, device):
     report = None
     if rank == 0:
         report = build_report(setup, ns, records, routes, world, device,
-                              load_calibration(Path(ns.run) / "bench", ns.backend_resolved, world))
+                              calibration or load_calibration(Path(ns.run) / "bench", ns.backend_resolved, world))
         if check is not None:
             report["check"] = check
     if device.type == "cuda":
@@ -115,6 +118,19 @@ def main(argv=None) -> int:
     overlap_at = {tuple(map(int, s.split(":"))) for s in args.overlap_at}
     check_at = {tuple(map(int, s.split(":"))) for s in args.check_at}
     results, table, failures = [], [], []
+    calibration = None
+    if args.calibrate:
+        from routelens.dist.bench import calibrate
+
+        cal_args = argparse.Namespace(calibrate_max_mib=256.0, repeats=10, warmup=3, backend_resolved=backend)
+        fit = [calibrate(cal_args, rank, world, device)]
+        dist.broadcast_object_list(fit, src=0)
+        fit = fit[0]
+        calibration = {"source": "bench_runner calibration sweep", "topology": fit["topology"]}
+        if rank == 0:
+            print(f"calibration: latency {fit['latency_us']:.1f} us, bandwidth {fit['bandwidth_GBps']:.1f} GB/s per rank; "
+                  "points (bytes/rank: ms) " + ", ".join(f"{p['bytes_per_rank'] >> 10}K: {p['ms']:.3f}" for p in fit["points"]),
+                  flush=True)
     for case in args.case:
         trace, plans = case.split("|")
         for hidden in args.hidden:
@@ -129,7 +145,7 @@ def main(argv=None) -> int:
                 ns.backend_resolved = backend
                 t0 = time.time()
                 try:
-                    report = run_config(ns, rank, world, device)
+                    report = run_config(ns, rank, world, device, calibration)
                 except Exception as exc:  # keep sweeping: one bad size must not lose the others
                     if rank == 0:
                         traceback.print_exc()
@@ -143,7 +159,8 @@ def main(argv=None) -> int:
                     print(f"[{time.time() - start:6.1f}s] {Path(trace).name} H={hidden} tokens/rank={tokens}: "
                           f"{report['wall_s']:.1f}s", flush=True)
                     with open(out / "summary.json", "w") as fh:
-                        json.dump({"world": world, "backend": backend, "results": results, "failures": failures}, fh)
+                        json.dump({"world": world, "backend": backend, "calibration": calibration and fit,
+                                   "results": results, "failures": failures}, fh)
     if rank == 0:
         print("\n" + HEADER)
         print("\n".join(table))

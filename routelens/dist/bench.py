@@ -31,6 +31,7 @@ from .report import add_ratios, format_table, summarize_plan
 from .routing import (
     CONTIGUOUS,
     contiguous_plan,
+    effective_links,
     plan_routes,
     predicted_all_to_all_ms,
     prediction_topology,
@@ -341,12 +342,12 @@ def _progress(rank: int, total: int):
 def load_calibration(folder: str | os.PathLike, backend: str, world: int) -> dict[str, Any]:
     """The link numbers fitted by ``--calibrate`` for this back-end and world size, stored in ``folder``.
 
-    Returns ``{"source": path, "topology": {...link overrides...}, ...}``, or ``{"source": "plan
-    topology", "topology": {}}`` when there is none (the plans' nominal link numbers are used).
+    Returns ``{"source": path, "topology": {...link overrides...}, ...}``, or ``{"source": "default",
+    "topology": {}}`` when there is none (the plans' nominal link numbers are used).
     """
     path = Path(folder) / f"calibration-{backend}-g{world}.json"
     if not path.is_file():
-        return {"source": "plan topology", "topology": {}}
+        return {"source": "default", "topology": {}}
     fit = read_json(path, what="calibration")
     try:
         overrides = fit.get("topology") or calibration_topology(float(fit["latency_us"]), float(fit["bandwidth_GBps"]),
@@ -429,6 +430,8 @@ def build_report(setup: BenchSetup, args, records: list[dict], routes, world: in
     """The bench report from every rank's record (rank 0)."""
     import torch
 
+    from .experts import kernel_in_use
+
     dtype = _dtype(args, device)
     bytes_per_token = setup.hidden_size * torch.empty(0, dtype=dtype).element_size()
     plans = []
@@ -445,6 +448,10 @@ def build_report(setup: BenchSetup, args, records: list[dict], routes, world: in
                                     bytes_per_token, setup.layers, info))
     baseline = next(iter(setup.plans))
     add_ratios(plans, baseline)
+    links = effective_links(prediction_topology(setup.plans[baseline], calibration["topology"]), world)
+    prefix = "inter" if setup.plans[baseline].num_nodes > 1 else "intra"
+    calibration = {**calibration, "latency_us": links[f"{prefix}_latency_us"], "bandwidth_GBps": links[f"{prefix}_gbps"],
+                   "links": links}
     trace = setup.trace
     return {
         "format": BENCH_FORMAT,
@@ -470,7 +477,7 @@ def build_report(setup: BenchSetup, args, records: list[dict], routes, world: in
         "overlap": bool(args.overlap),
         "shortcut_intermediate": setup.shortcut_intermediate if args.overlap else None,
         "weights": str(args.weights) if args.weights else "random",
-        "expert_kernel": args.expert_kernel,
+        "expert_kernel": kernel_in_use(device, dtype, args.expert_kernel),
         "calibration": calibration,
         "baseline": baseline,
         "plans": plans,

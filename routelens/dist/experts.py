@@ -202,6 +202,15 @@ def run_experts(x: torch.Tensor, rows_count: torch.Tensor, bank: ExpertBank, ker
     return run_experts_loop(x, rows_count, bank)
 
 
+def kernel_in_use(device, dtype, kernel: str = "auto") -> str:
+    """Which path :func:`run_experts` takes for this device and dtype (after any fallback so far)."""
+    if kernel == "loop" or _grouped_mm_fn() is None:
+        return "loop"
+    if kernel == "auto" and (torch.device(device).type, dtype) in _GROUPED_MM_BROKEN:
+        return "loop (grouped_mm failed here)"
+    return "grouped_mm"
+
+
 def run_experts_loop(x: torch.Tensor, rows_count: torch.Tensor, bank: ExpertBank) -> torch.Tensor:
     """Reference for :func:`run_experts`: one plain GEMM pair per expert."""
     out = torch.empty(x.shape[0], bank.hidden_size, dtype=x.dtype, device=x.device)

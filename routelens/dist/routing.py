@@ -164,6 +164,17 @@ def prediction_topology(plan: Plan, overrides: dict | None = None) -> dict:
     return topology
 
 
+def effective_links(topology: dict, num_gpus: int) -> dict[str, float]:
+    """The link numbers the prediction uses (``intra_*``/``inter_*``): topology fields over the presets."""
+    cost = _placement_cost()
+    if cost is not None:
+        from routelens.placement.topology import as_topology
+
+        topo = as_topology(topology, num_gpus)
+        return {k: float(getattr(topo, k)) for k in _NOMINAL_LINK}
+    return {**_NOMINAL_LINK, **{k: float(v) for k, v in topology.items() if k in _NOMINAL_LINK}}
+
+
 def predicted_all_to_all_ms(source_gpu: np.ndarray, dest_gpu: np.ndarray, num_gpus: int, topology: dict,
                             bytes_per_token: int) -> float:
     """Cost-model time (ms) of one layer's dispatch + combine.
