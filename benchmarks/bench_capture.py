@@ -14,6 +14,7 @@ Three modes over the same ``--batches`` batches of ``--batch-size`` windows:
 
 Each mode is warmed up once, then the modes are timed in turn ``--repeats`` times (interleaved so
 that clock or thermal drift hits all of them); the table shows medians and ratios to ``plain``.
+On a shared CPU machine use ``--clock cpu --threads 1`` (process CPU time, immune to other jobs).
 Goal: ``hooked / plain <= 1.03`` on a GPU. Imports neither streamlit nor plotly.
 """
 
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=6, help="batches per timed pass")
     parser.add_argument("--repeats", type=int, default=5, help="timed passes per mode (median reported)")
     parser.add_argument("--save-logits", action="store_true", help="also copy the [N, E] router logits")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: elapsed time (GPUs, quiet machines); cpu: this process's CPU time, "
+                        "steadier on a shared CPU machine (use with --threads 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write the results here as JSON")
     args = parser.parse_args(argv)
 
@@ -52,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     from routelens.capture.text import pack_windows, resolve_source
     from routelens.errors import RoutelensError
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     try:
         name = args.model or str(demo_model_path())
         model, tokenizer = load_model(name, dtype=args.dtype, device=args.device)
@@ -95,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(args.repeats):
         for mode, run in modes.items():
-            start = time.perf_counter()
+            start = clock()
             run()
-            times[mode].append(time.perf_counter() - start)
+            times[mode].append(clock() - start)
 
     base = statistics.median(times["plain"])
     rows = []
@@ -116,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": str(model.dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(),
+        "clock": args.clock,
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
         "tokens_per_pass": tokens,
@@ -127,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"capture overhead: {result['model']} ({result['family']}, {result['layers']} MoE layers, "
           f"E={result['num_experts']}, k={result['top_k']}) on {result['device']} {result['dtype']}, "
-          f"{args.batches} batches x {args.batch_size} x {args.seq_len} tokens, median of {args.repeats}")
+          f"{args.batches} batches x {args.batch_size} x {args.seq_len} tokens, median of {args.repeats}, "
+          f"{args.clock} clock, {torch.get_num_threads()} threads")
     print(f"{'mode':<9} {'median s':>9} {'tokens/s':>11} {'vs plain':>9}")
     for row in rows:
         print(f"{row['mode']:<9} {row['median_s']:>9.4f} {row['tokens_per_s']:>11,.0f} {row['ratio_vs_plain']:>9.3f}")

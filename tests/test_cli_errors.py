@@ -10,9 +10,20 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from routelens.capture.tiny import build_byte_tokenizer, build_tiny_moe
 from routelens.cli import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from more threads, and a busy CI machine loses a lot to oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # A Mixture-of-Experts model shipped as remote code, with a router no adapter knows (class and
 # attribute names unlike any transformers family): capture must say it found no router.
@@ -58,7 +69,6 @@ class OddMoeForCausalLM(PreTrainedModel):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Checkpoint folders: a tiny MoE, a dense model, a NaN router, corrupt weights, an unknown remote-code MoE."""
-    import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM, Qwen3Config
 
@@ -173,7 +183,7 @@ def test_unknown_moe_family_through_a_real_subprocess(models, tmp_path):
     """The installed ``routelens`` entry point: one stderr line, no traceback, exit code 2."""
     exe = Path(sys.executable).with_name("routelens")
     command = [str(exe)] if exe.is_file() else [sys.executable, "-m", "routelens.cli"]
-    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "hf-modules"), PYTHONWARNINGS="ignore")
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "hf-modules"), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     run = subprocess.run(
         command + capture_args(models["odd"], tmp_path / "run", models["text"]) + ["--trust-remote-code"],
         capture_output=True, text=True, env=env, timeout=120,

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from routelens.capture.summary import expert_load
 from routelens.capture.tiny import build_tiny_moe
@@ -13,6 +14,15 @@ from routelens.cli import main
 from routelens.trace import Trace
 
 REPO_DATA = __import__("routelens.capture.load", fromlist=["bundled_data_dir"]).bundled_data_dir()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from more threads, and a busy CI machine loses a lot to oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

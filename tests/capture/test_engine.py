@@ -27,6 +27,15 @@ SEQ_LEN = 32
 BATCH = 2
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from more threads, and a busy CI machine loses a lot to oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_text(path, num_words: int = 4000, seed: int = 0):
     """Deterministic code-like text (a few thousand tokens with the tiny tokenizer)."""
     words = ["def", "route", "(", "tokens", ",", "experts", ")", ":", "return", "self", "x", "=", "+", "1",
