@@ -155,7 +155,11 @@ class RouterSite:
         return RouterOutput(ids.reshape(-1, k), weights.reshape(-1, k), logits.reshape(-1, logits.shape[-1]))
 
     def repack(self, args, kwargs, output, topk_ids: torch.Tensor, topk_weights: torch.Tensor):
-        """``output`` with ``topk_ids`` / ``topk_weights`` (``[N, k]``) in place of the model's choice."""
+        """``output`` with ``topk_ids`` / ``topk_weights`` (``[N, k]``) in place of the model's choice.
+
+        Returning it from the forward hook makes the experts receive that choice. Ids of ``-1`` drop
+        their slot (sent to a valid expert with weight 0). The unpacked choice repacks bit-identically.
+        """
         weights, ids = output[1], output[2]
         topk_ids, topk_weights = sendable(topk_ids, topk_weights)
         new_ids = like(topk_ids, ids).reshape(ids.shape)
