@@ -58,10 +58,12 @@ def slot_major(topk_ids: np.ndarray, num_experts: int, what: str = "topk_ids") -
 
 def _pair_hist(slots: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
     """Histograms of one chunk: ``(pairs [base*base], load [base])`` from ``slots [k, n]``."""
-    k = slots.shape[0]
-    first, second = np.triu_indices(k, 1)
-    codes = slots[first] * slots.dtype.type(base)
-    codes += slots[second]
+    k, n = slots.shape
+    codes = np.empty((k * (k - 1) // 2, n), dtype=slots.dtype)
+    scale, row = slots.dtype.type(base), 0
+    for a in range(k - 1):  # codes of (slot a, slot b > a), one broadcast write per a
+        np.add((slots[a] * scale)[None, :], slots[a + 1:], out=codes[row:row + k - 1 - a])
+        row += k - 1 - a
     pairs = np.bincount(codes.ravel(), minlength=base * base)
     load = np.bincount(slots.ravel(), minlength=base)
     return pairs, load
@@ -163,11 +165,14 @@ def load_counts(topk_ids: np.ndarray, num_experts: int) -> np.ndarray:
 
 def load_mass(topk_ids: np.ndarray, topk_weights: np.ndarray, num_experts: int) -> np.ndarray:
     """``[E]`` float64 routing-weight mass each expert received (sum of its gate weights)."""
-    slots = slot_major(topk_ids, num_experts)
-    weights = np.asarray(topk_weights, dtype=np.float64)
-    if weights.shape != np.asarray(topk_ids).shape:
-        raise InputError(f"topk_weights has shape {weights.shape}, topk_ids {np.asarray(topk_ids).shape}")
-    return np.bincount(slots.ravel(), weights=weights.T.ravel(), minlength=num_experts + 1)[:num_experts]
+    ids, weights = np.asarray(topk_ids), np.asarray(topk_weights)
+    if weights.shape != ids.shape:
+        raise InputError(f"topk_weights has shape {weights.shape}, topk_ids {ids.shape}")
+    slot_major(ids[:0], num_experts)  # shape check
+    flat = ids.ravel()
+    if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= num_experts):
+        flat = slot_major(ids, num_experts).T.ravel()  # validates; dropped slots -> sentinel E
+    return np.bincount(flat, weights=weights.ravel(), minlength=num_experts + 1)[:num_experts]
 
 
 def expert_token_counts(topk_ids: np.ndarray, token_cols: np.ndarray, num_experts: int, num_cols: int) -> np.ndarray:
@@ -178,9 +183,10 @@ def expert_token_counts(topk_ids: np.ndarray, token_cols: np.ndarray, num_expert
         token_cols: ``[T]`` int column of each token in ``[0, num_cols)`` (a token class, or the
             rank of its vocabulary id among the frequent ones).
     """
-    slots = slot_major(topk_ids, num_experts).astype(np.int64)
-    cols = np.asarray(token_cols, dtype=np.int64)
-    codes = slots * num_cols + cols[None, :]
+    wide = np.int32 if (num_experts + 1) * num_cols < np.iinfo(np.int32).max else np.int64
+    slots = slot_major(topk_ids, num_experts).astype(wide)
+    cols = np.asarray(token_cols).astype(wide, copy=False)
+    codes = slots * wide(num_cols) + cols[None, :]
     hist = np.bincount(codes.ravel(), minlength=(num_experts + 1) * num_cols)
     return hist.reshape(num_experts + 1, num_cols)[:num_experts].copy()
 

@@ -8,6 +8,7 @@ chunk plus ``O(E^2)`` tables. :func:`finish_layer` turns the totals into a :clas
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,8 +90,9 @@ def count_chunk(
     num_token_cols: int = 0,
     start: int = 0,
     half: int | None = None,
+    workers: int | None = None,
 ) -> LayerCounts:
-    """Count one chunk of a layer's tokens.
+    """Count one chunk of a layer's tokens (split over ``workers`` threads when it is large).
 
     Args:
         topk_ids: ``[n, k]`` experts of the chunk's tokens; ``topk_weights`` ``[n, k]`` their weights.
@@ -100,7 +102,53 @@ def count_chunk(
         token_cols: ``[n]`` frequent-token column of each token in ``[0, num_token_cols)``, optional.
         start: index of the chunk's first token in the whole layer; half: index of the first token
             of the second half (default: all tokens in the first half).
+        workers: threads (default :func:`default_workers`); the histograms release the GIL, and
+            the result is the same for any number of threads.
     """
+    n = np.asarray(topk_ids).shape[0]
+    workers = default_workers() if workers is None else max(1, int(workers))
+    pieces = min(workers, n // MIN_PIECE_TOKENS)
+    arrays = dict(topk_weights=topk_weights, next_ids=next_ids, router_logits=router_logits,
+                  token_classes=token_classes, token_cols=token_cols)
+    scalars = dict(num_experts_next=num_experts_next, num_token_cols=num_token_cols)
+    if pieces <= 1:
+        return _count_piece(topk_ids, num_experts, start=start, half=half, **arrays, **scalars)
+    bounds = np.linspace(0, n, pieces + 1).astype(int)
+
+    def piece(lo: int, hi: int) -> LayerCounts:
+        sliced = {key: None if value is None else value[lo:hi] for key, value in arrays.items()}
+        return _count_piece(topk_ids[lo:hi], num_experts, start=start + lo, half=half, **sliced, **scalars)
+
+    futures = [_pool().submit(piece, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    total = futures[0].result()
+    for future in futures[1:]:
+        total += future.result()
+    return total
+
+
+MIN_PIECE_TOKENS = 16384
+_POOL = None
+
+
+def default_workers() -> int:
+    """Counting threads: ``ROUTELENS_NUM_THREADS`` if set, else the CPU count (at most 8)."""
+    env = os.environ.get("ROUTELENS_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="routelens-count")
+    return _POOL
+
+
+def _count_piece(topk_ids, num_experts, *, topk_weights, next_ids, num_experts_next, router_logits, token_classes,
+                 token_cols, num_token_cols, start, half) -> LayerCounts:
     ids = np.asarray(topk_ids)
     n = ids.shape[0]
     out = LayerCounts(num_experts, num_tokens=n)

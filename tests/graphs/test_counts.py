@@ -84,3 +84,20 @@ def test_ids_out_of_range_are_one_line_errors(bad):
 def test_not_a_matrix_is_refused():
     with pytest.raises(InputError, match=r"\[tokens, k\]"):
         coactivation_counts(np.arange(5), 8)
+
+
+def test_threaded_counting_equals_single_thread():
+    from routelens.graphs.layer import count_chunk
+
+    n, e = 40000, 16
+    ids, nxt = random_topk(n, e, 4, seed=7, drop=0.05), random_topk(n, e, 4, seed=8)
+    rng = np.random.default_rng(7)
+    kwargs = dict(topk_weights=rng.random(ids.shape), next_ids=nxt, router_logits=rng.normal(size=(n, e)),
+                  token_classes=rng.integers(0, 6, n), token_cols=rng.integers(0, 50, n), num_token_cols=50,
+                  start=1000, half=21000)
+    one, three = count_chunk(ids, e, workers=1, **kwargs), count_chunk(ids, e, workers=3, **kwargs)
+    for name in ("coactivation_halves", "load", "transitions", "class_counts", "token_counts"):
+        assert np.array_equal(getattr(one, name), getattr(three, name)), name
+    assert np.allclose(one.load_weight, three.load_weight) and one.entropy_sum == pytest.approx(three.entropy_sum)
+    assert one.num_tokens == three.num_tokens == n
+    assert np.array_equal(one.coactivation_halves[0], coactivation_direct(ids[:20000], e) - np.diag(np.diag(coactivation_direct(ids[:20000], e))))
