@@ -355,15 +355,16 @@ def capture_from_path(
     from .load import demo_model_path, load_model, model_reference
     from .text import pack_windows, resolve_source
 
-    ctx = init_distributed()
+    import torch
+
+    wants_cuda = device is None or str(device).startswith("cuda")
+    ctx = init_distributed(use_cuda=wants_cuda and torch.cuda.is_available())
     try:
         check_output_folder(out, resume, ctx.world_size)
         if ctx.world_size > 1 and device_map is not None:
             raise InputError("--device-map cannot be combined with torchrun: each process holds a whole model copy")
-        if ctx.world_size > 1 and (device is None or device == "cuda"):
-            import torch
-
-            device = f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu"
+        if ctx.world_size > 1:
+            device = ctx.device  # one GPU per process (cuda:LOCAL_RANK), or the CPU
         name = str(model) if model is not None else str(demo_model_path())
         source = resolve_source(text=text, dataset=dataset)
         if source.kind == "bundled" and max_tokens is None:

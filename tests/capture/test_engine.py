@@ -59,33 +59,41 @@ def windows_of(tiny, num_windows: int):
     return pack_windows(file_source(text), tokenizer, seq_len=SEQ_LEN, max_tokens=num_windows * SEQ_LEN)
 
 
-def test_trace_holds_exactly_what_the_experts_received(tiny, tmp_path):
-    _, model, tokenizer, _ = tiny
-    windows = windows_of(tiny, 9)
+def capture_with_experts_probe(model, tokenizer, windows, out, **kwargs):
+    """Capture while a forward pre-hook on every experts module records what it was given.
+
+    Returns ``(trace, received)``: ``received[j]`` = (ids ``[T, k]``, weights ``[T, k]``) on the CPU.
+    """
     routing = find_router_sites(model)
     received: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in routing.sites]
 
     def pre_hook(j):
         def hook(module, args, kwargs):
             values = list(args) + list(kwargs.values())  # experts(hidden, top_k_index, top_k_weights)
-            received[j].append((values[1].clone(), values[2].float().clone()))
+            received[j].append((values[1].cpu(), values[2].float().cpu()))
         return hook
 
     handles = [m.register_forward_pre_hook(pre_hook(j), with_kwargs=True) for j, m in enumerate(routing.experts_modules)]
     try:
-        trace = capture(model, tokenizer, windows, tmp_path / "run", routing=routing, batch_size=BATCH,
-                        shard_tokens=2 * BATCH * SEQ_LEN, progress=False)
+        trace = capture(model, tokenizer, windows, out, routing=routing, progress=False, **kwargs)
     finally:
         for handle in handles:
             handle.remove()
+    assert all(not s.module._forward_hooks for s in routing.sites)  # capture removed its hooks
+    return trace, [(torch.cat([r[0] for r in calls]).numpy(), torch.cat([r[1] for r in calls]).numpy())
+                   for calls in received]
 
+
+def test_trace_holds_exactly_what_the_experts_received(tiny, tmp_path):
+    _, model, tokenizer, _ = tiny
+    windows = windows_of(tiny, 9)
+    trace, received = capture_with_experts_probe(model, tokenizer, windows, tmp_path / "run", batch_size=BATCH,
+                                                 shard_tokens=2 * BATCH * SEQ_LEN)
     assert trace.num_tokens == 9 * SEQ_LEN
     assert np.array_equal(trace.token_ids, windows.token_ids.reshape(-1))
     assert np.array_equal(trace.seq_ids, np.repeat(np.arange(9), SEQ_LEN))
     assert np.array_equal(trace.positions, np.tile(np.arange(SEQ_LEN), 9))
-    for j in range(len(routing.sites)):
-        ids = torch.cat([r[0] for r in received[j]]).numpy()
-        weights = torch.cat([r[1] for r in received[j]]).numpy()
+    for j, (ids, weights) in enumerate(received):
         assert np.array_equal(trace.topk_ids(j), ids)
         np.testing.assert_allclose(trace.topk_weights(j).astype(np.float32), weights, atol=1e-3)
         assert len(np.unique(ids)) > trace.top_k  # the tiny model really spreads tokens over experts
@@ -93,9 +101,36 @@ def test_trace_holds_exactly_what_the_experts_received(tiny, tmp_path):
     assert len(trace.shards) == 3
     assert [s["num_seqs"] for s in trace.shards] == [4, 4, 1]
     assert trace.manifest["complete"] and trace.manifest["stats"]["tokens_per_s"] > 0
-    assert trace.family == "qwen3_moe" and trace.layers == [s.name for s in routing.sites]
+    assert trace.family == "qwen3_moe" and len(trace.layers) == 2
     assert trace.config["num_experts"] == 8 and trace.config["top_k"] == 2
-    assert all(not s.module._forward_hooks for s in routing.sites)  # hooks removed afterwards
+
+
+@pytest.mark.gpu
+def test_cuda_capture_through_pinned_async_copies_holds_what_the_experts_received(tiny, tmp_path):
+    path = tiny[0]
+    model, tokenizer = load_model(path, device="cuda")
+    trace, received = capture_with_experts_probe(model, tokenizer, windows_of(tiny, 9), tmp_path / "run",
+                                                 batch_size=BATCH, save_logits=True)
+    assert trace.manifest["stats"]["device"].startswith("cuda")
+    for j, (ids, weights) in enumerate(received):
+        assert np.array_equal(trace.topk_ids(j), ids)
+        np.testing.assert_allclose(trace.topk_weights(j).astype(np.float32), weights, atol=1e-3)
+        assert trace.router_logits(j).shape == (9 * SEQ_LEN, 8)
+
+
+@pytest.mark.multigpu
+def test_device_map_over_two_gpus_records_what_each_gpu_computed(tiny, tmp_path):
+    from routelens.capture.engine import capture_from_path
+
+    path, _, tokenizer, text = tiny
+    device_map = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.layers.0": 0, "model.layers.1": 1,
+                  "model.norm": 1, "lm_head": 1}
+    mapped = capture_from_path(path, tmp_path / "mapped", text=text, seq_len=SEQ_LEN, max_tokens=9 * SEQ_LEN,
+                               batch_size=BATCH, device_map=device_map, progress=False)
+    model, _ = load_model(path, device="cuda:0")
+    single = capture(model, tokenizer, windows_of(tiny, 9), tmp_path / "single", batch_size=BATCH, progress=False)
+    for j in range(len(single.layers)):
+        assert (mapped.topk_ids(j) == single.topk_ids(j)).mean() >= 0.999
 
 
 def test_saved_logits_are_the_logits_the_choice_was_made_from(tiny, tmp_path):
@@ -188,7 +223,7 @@ def test_rank_windows_cover_every_window_once_in_order():
 def test_torchrun_two_processes_merge_into_the_one_process_trace(tiny, tmp_path):
     path, model, tokenizer, text = tiny
     args = [str(path), "--text", str(text), "--seq-len", str(SEQ_LEN), "--max-tokens", str(7 * SEQ_LEN),
-            "--batch-size", "1", "--shard-tokens", str(2 * SEQ_LEN), "--no-progress"]
+            "--batch-size", "1", "--shard-tokens", str(2 * SEQ_LEN), "--device", "cpu", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
