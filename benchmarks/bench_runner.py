@@ -90,7 +90,7 @@ def row(case: str, report: dict) -> list[str]:
         r = plan.get("ratio_vs_baseline", {})
         bw = plan.get("algbw_GBps", {})
         rows.append(
-            f"{Path(case).name:<16} {report['hidden_size']:>5} {report['tokens_per_rank']:>6} {plan['label'][-30:]:<30} "
+            f"{Path(case).name:<16} {report['hidden_size']:>5} {report['tokens_per_rank']:>6} {Path(plan['label']).stem[-30:]:<30} "
             f"{r.get('predicted_all_to_all', float('nan')):>6.3f} {r.get('measured_all_to_all', float('nan')):>6.3f} "
             f"{r.get('measured_dispatch', float('nan')):>6.3f} {max(plan['dispatch_bytes_sent']) / 2**20:>9.1f} "
             f"{plan['time_ms']['all_to_all']:>8.3f} {bw.get('dispatch', float('nan')):>7.1f} {bw.get('plain', float('nan')):>7.1f} "

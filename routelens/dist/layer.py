@@ -97,7 +97,7 @@ def expert_partials(recv_x: torch.Tensor, recv_meta: torch.Tensor, bank: ExpertB
     rows_count = torch.bincount(rows_sorted, minlength=bank.num_rows)
     source_copy = copy_idx[order]
     y = run_experts(recv_x[source_copy], rows_count, bank, kernel=kernel)
-    y = y * recv_meta[:, k:][copy_idx, choice][order].to(y.dtype)[:, None]
+    y.mul_(recv_meta[:, k:][copy_idx, choice][order].to(y.dtype)[:, None])
     partial = torch.zeros(recv_x.shape[0], recv_x.shape[1], dtype=y.dtype, device=y.device)
     partial.index_add_(0, source_copy, y)
     return partial
