@@ -84,7 +84,7 @@ def resolve_dtype(dtype: str | None, device) -> Any:
 
 def is_local_reference(name_or_path: str) -> bool:
     """True when ``name_or_path`` can only mean a local folder (exists, or is not a hub id)."""
-    return Path(name_or_path).expanduser().exists() or not _HUB_ID.match(name_or_path) or name_or_path.startswith(".")
+    return Path(name_or_path).expanduser().exists() or not _HUB_ID.match(name_or_path)
 
 
 def model_reference(name_or_path: str) -> str:
