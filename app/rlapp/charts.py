@@ -54,7 +54,7 @@ def layer_imbalance_bars(layer_labels: Sequence[str], load_max_over_mean: Sequen
         x=list(layer_labels), y=values, marker_color=ACCENT, text=[f"{v:.2f}×" for v in values], textposition="outside",
         cliponaxis=False, hovertemplate="%{x}<br>busiest expert: %{y:.2f}× the mean load<extra></extra>",
     ))
-    fig.add_hline(y=1.0, line_dash="dot", line_color="#495057", annotation_text="balanced", annotation_position="top left",
+    fig.add_hline(y=1.0, line_dash="dot", line_color="#495057", annotation_text="balanced", annotation_position="top right",
                   annotation_bgcolor="rgba(255,255,255,0.85)")
     fig.update_yaxes(title="max / mean expert load", rangemode="tozero")
     return style(fig, title="Load imbalance per layer")
@@ -318,10 +318,13 @@ def ranked_bars(names: Sequence[str], values: Sequence[float], title: str, x_tit
         hovertemplate="%{customdata}<br>%{x:" + value_format + "}<extra></extra>",
     ))
     if reference is not None:
-        fig.add_vline(x=reference, line_dash="dot", line_color="#495057", annotation_text=reference_label,
-                      annotation_position="top", annotation_bgcolor="rgba(255,255,255,0.85)")
+        # No label on the line itself (it would sit on the title): the axis title names it.
+        fig.add_vline(x=reference, line_dash="dot", line_color="#495057")
+        x_title = f"{x_title} · dotted: {reference_label}" if reference_label else x_title
     fig.update_yaxes(autorange="reversed", type="category")
-    fig.update_xaxes(title=x_title, tickformat=value_format.replace(".1", ".0") if "%" in value_format else None)
+    top = max([float(v) for v in values] + [reference or 0.0, 1e-12])
+    fig.update_xaxes(title=x_title, range=[0, top * 1.18],  # room for the value labels
+                     tickformat=value_format.replace(".1", ".0") if "%" in value_format else None)
     return style(fig, height=max(240, 70 + 24 * len(names)), title=title)
 
 

@@ -15,11 +15,12 @@ ui.header("Runs compared", "How do runs differ: another corpus, another checkpoi
 runs_dir = str(Path(st.session_state.get("runs_dir", "runs")).resolve())
 rows = data.runs_table(runs_dir)
 table = pd.DataFrame([{
-    "run": r["run"], "model": Path(r.get("model") or "?").name, "family": r.get("family"), "layers": r.get("layers"),
+    "run": r["run"],
+    "status": r["problem"] or ("analysed" if r.get("analysed") else "no analysis") + ("" if r.get("complete", True) else ", incomplete"),
+    "model": Path(r.get("model") or "?").name, "family": r.get("family"), "layers": r.get("layers"),
     "experts": r.get("experts"), "top-k": r.get("top_k"), "tokens": r.get("tokens"),
     "capture tok/s": r.get("tokens_per_s"), "load max/mean (median)": r.get("load_max_over_mean"),
     "specialized (mean)": r.get("share_specialized"), "modularity (median)": r.get("modularity"),
-    "status": r["problem"] or ("analysed" if r.get("analysed") else "no analysis") + ("" if r.get("complete", True) else ", incomplete"),
 } for r in rows])
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={"specialized (mean)": st.column_config.NumberColumn(format="percent"),

@@ -1,9 +1,16 @@
-"""Every dashboard page on the demo run, through Streamlit's AppTest (no browser)."""
+"""Every dashboard page on the demo run, through Streamlit's AppTest (no browser, no server).
+
+Each test checks what a page shows against the library result it draws (the analysis, the
+re-routing rows, the bench report), so a page that shows the wrong layer or the wrong numbers fails.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 APP_MAIN = Path(__file__).resolve().parents[2] / "app" / "main.py"
@@ -24,24 +31,139 @@ def _titles(at) -> list[str]:
     return [t.value for t in at.title]
 
 
-def test_overview_is_the_default_page_and_shows_the_demo_run(app):
+def _charts(at) -> list[dict]:
+    """The plotly figures a page drew, as JSON specs (typed arrays decoded to lists)."""
+    return [_decode(json.loads(chart.proto.spec)) for chart in at.get("plotly_chart")]
+
+
+def _decode(node):
+    """Plotly ships numpy arrays as ``{"dtype", "bdata"(base64), "shape"}``; turn them back into lists."""
+    if isinstance(node, dict):
+        if "bdata" in node and "dtype" in node:
+            array = np.frombuffer(base64.b64decode(node["bdata"]), dtype=np.dtype(node["dtype"]))
+            if node.get("shape"):
+                array = array.reshape([int(n) for n in str(node["shape"]).split(",")])
+            return array.tolist()
+        return {key: _decode(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_decode(value) for value in node]
+    return node
+
+
+def _metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _open(app, page: str):
     at = app.run()
-    assert not at.exception, at.exception
-    assert _titles(at) == ["Overview"]
-    assert at.selectbox(key="run").value == "demo"
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["MoE layers"] == "4"
-    assert metrics["Experts / layer"] == "16"
-    assert metrics["Top-k"] == "2"
-    assert metrics["Tokens"] == "4,096"
+    if page != "views/overview.py":
+        at.switch_page(page).run()
+    assert not at.exception, at.exception[0].value if at.exception else ""
+    assert _titles(at) == [PAGES[page]]
+    return at
+
+
+@pytest.fixture(scope="module")
+def demo_analysis(runs_dir):
+    from routelens.graphs import load_analysis
+
+    return load_analysis(runs_dir / "demo")
 
 
 @pytest.mark.parametrize("page", list(PAGES))
-def test_every_page_renders_without_an_exception(app, page):
-    at = app.run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    assert _titles(at) == [PAGES[page]]
+def test_every_page_renders_on_the_demo_run_without_an_exception(app, page):
+    at = _open(app, page)
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_overview_shows_the_capture_and_per_layer_load_from_the_analysis(app, runs_dir, demo_analysis):
+    at = _open(app, "views/overview.py")
+    assert at.selectbox(key="run").value == "demo"  # the first readable run, not "broken"
+    metrics = _metrics(at)
+    assert (metrics["MoE layers"], metrics["Experts / layer"], metrics["Top-k"]) == ("4", "64", "8")
+    assert metrics["Tokens"] == "2,048"
+    assert metrics["Capture speed"].endswith("tok/s")
+    imbalance, specialized, heatmap = _charts(at)
+    expected = [s["load_max_over_mean"] for s in demo_analysis.layer_summaries]
+    assert np.allclose(imbalance["data"][0]["y"], expected)
+    assert np.allclose(specialized["data"][0]["y"], [100 * s["share_specialized"] for s in demo_analysis.layer_summaries])
+    assert np.asarray(heatmap["data"][0]["customdata"]).shape == (4, 64)
+
+
+def test_layer_explorer_follows_the_layer_slider_and_matrix_choice(app, demo_analysis):
+    at = _open(app, "views/layers.py")
+    at.select_slider(key="layer").set_value(2).run()
+    assert not at.exception
+    assert _metrics(at)["Load max/mean"] == f"{demo_analysis.summary(2)['load_max_over_mean']:.2f}"
+    load_bars, heatmap, network, scatter = _charts(at)
+    assert load_bars["data"][0]["y"] == demo_analysis.load(2).tolist()
+    assert heatmap["data"][0]["colorbar"]["title"]["text"] == "log2 lift"
+    assert len(network["data"][1]["x"]) == 64  # one node per expert
+    assert sum(len(trace["x"]) for trace in scatter["data"]) == int((demo_analysis.load(2) > 0).sum())
+    at.button_group(key="matrix_kind").set_value("counts").run()
+    heatmap = _charts(at)[1]
+    assert heatmap["data"][0]["colorbar"]["title"]["text"] == "tokens"
+    # reordered by community, the diagonal blanked: every off-diagonal count is a real co-activation count
+    z = np.asarray(heatmap["data"][0]["z"], dtype=float)
+    counts = demo_analysis.counts(2).astype(float)
+    order = [int(x) for x in heatmap["data"][0]["x"]]
+    np.fill_diagonal(counts, np.nan)
+    assert np.allclose(z, counts[np.ix_(order, order)], equal_nan=True)
+
+
+def test_expert_page_shows_the_chosen_experts_partners_and_tokens(app, demo_analysis):
+    at = _open(app, "views/expert.py")
+    at.select_slider(key="layer").set_value(1).run()
+    at.number_input(key="expert").set_value(5).run()
+    assert not at.exception
+    assert _metrics(at)["Tokens"] == f"{int(demo_analysis.load(1)[5]):,}"
+    partners = _charts(at)[0]
+    conditional = demo_analysis.conditional(1)[5]
+    best = int(np.argsort(-np.where(np.arange(64) == 5, -1, conditional))[0])
+    assert partners["data"][0]["y"][0] == f"expert {best}"
+    assert at.dataframe, "the top-tokens table is missing (the demo model has a tokenizer)"
+
+
+def test_cross_layer_flow_draws_a_sankey_by_community_and_by_expert(app, demo_analysis):
+    at = _open(app, "views/flow.py")
+    sankey = _charts(at)[0]["data"][0]
+    assert sankey["type"] == "sankey"
+    assert len(sankey["node"]["label"]) == sum(len(demo_analysis.communities(j)) for j in demo_analysis.layers[:4])
+    at.button_group(key="flow_by").set_value("expert").run()
+    sankey = _charts(at)[0]["data"][0]
+    assert len(sankey["link"]["value"]) == 40 * 3  # the 40 strongest links of each of the 3 layer pairs
+
+
+def test_rerouting_page_plots_every_setting_and_names_the_best_within_one_percent(app, runs_dir):
+    from routelens.reroute.evaluate import best_within
+
+    rows = json.loads((runs_dir / "demo" / "reroute" / "tradeoff.json").read_text())["rows"]
+    at = _open(app, "views/reroute.py")
+    (curves,) = _charts(at)
+    plotted = sum(len(trace["x"]) for trace in curves["data"])
+    assert plotted == len(rows)
+    best = best_within(rows, 0.01)
+    message = " ".join(s.value for s in at.success) + " ".join(w.value for w in at.warning)
+    assert (best["label"] in message) if best else ("No setting stays within 1%" in message)
+
+
+def test_runner_page_shows_measured_against_predicted_for_every_plan(app, runs_dir):
+    report_path = next((runs_dir / "demo" / "bench").glob("bench-*.json"))
+    report = json.loads(report_path.read_text())
+    at = _open(app, "views/runner.py")
+    times, per_rank = _charts(at)
+    assert len(times["data"][0]["x"]) == len(report["plans"])
+    assert times["data"][1]["y"] == pytest.approx([p["ratio_vs_baseline"]["predicted_all_to_all"] for p in report["plans"]])
+    assert any("exactly the bytes" in s.value for s in at.success)
+
+
+def test_runs_compared_lists_every_run_and_compares_demo_with_its_rerouted_trace(app):
+    at = _open(app, "views/compare.py")
+    runs = at.dataframe[0].value
+    assert sorted(runs["run"]) == ["broken", "demo", "demo-c2r"]
+    assert at.selectbox(key="compare_with").value == "demo-c2r"
+    distances, nmi = _charts(at)
+    assert all(0 <= v <= 1 for v in distances["data"][0]["y"])
 
 
 def test_half_written_run_shows_a_clear_message_not_a_traceback(app):
@@ -51,11 +173,35 @@ def test_half_written_run_shows_a_clear_message_not_a_traceback(app):
     assert any("cannot be read" in e.value and "not valid JSON" in e.value for e in at.error), [e.value for e in at.error]
 
 
+def test_pages_without_their_data_say_which_command_makes_it(tmp_path, monkeypatch):
+    """A run with only a trace: every page that needs more names the command, none fails."""
+    from streamlit.testing.v1 import AppTest
+
+    from routelens.synthetic import synthetic_trace_arrays
+    from routelens.trace import write_trace
+
+    arrays = synthetic_trace_arrays(num_tokens=512, num_layers=2, num_experts=8, top_k=2)
+    write_trace(tmp_path / "bare", arrays["header"], arrays["token_ids"], arrays["seq_ids"], arrays["positions"],
+                arrays["topk_ids"], arrays["topk_weights"])
+    monkeypatch.setenv("ROUTELENS_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(APP_MAIN), default_timeout=60).run()
+    assert not at.exception
+    assert len(_charts(at)) >= 2, "the Overview draws load from the trace alone"
+    commands = {"views/layers.py": "routelens analyze", "views/expert.py": "routelens analyze",
+                "views/flow.py": "routelens analyze", "views/reroute.py": "routelens reroute-eval",
+                "views/placement.py": "routelens place", "views/runner.py": "routelens bench",
+                "views/compare.py": "routelens analyze"}
+    for page, command in commands.items():
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+        assert any(command in c.value for c in at.code), (page, [c.value for c in at.code])
+
+
 def test_empty_runs_folder_says_which_command_makes_a_run(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("ROUTELENS_RUNS_DIR", str(tmp_path))
-    at = AppTest.from_file(str(APP_MAIN), default_timeout=30).run()
+    at = AppTest.from_file(str(APP_MAIN), default_timeout=60).run()
     assert not at.exception
     assert any("No runs found" in i.value for i in at.info)
     assert any("routelens capture --out" in c.value for c in at.code)
