@@ -9,6 +9,7 @@ broken install is visible.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -125,6 +126,18 @@ def test_chromium_clicks_through_every_page_and_sees_headings_and_charts(runs_di
                 page.wait_for_function(CHARTS_DRAWN)
             assert page.locator('[data-testid="stException"]').count() == 0, f"{heading}: the page shows a traceback"
             _screenshot(page, ARTIFACTS / f"{heading.lower().replace(' ', '-')}.png")
+        # Second round, caches warm: how long a click takes until the page's charts are drawn.
+        timings = {}
+        for link, heading, has_chart in PAGES:
+            started = time.perf_counter()
+            page.locator('[data-testid="stSidebarNav"]').get_by_text(link, exact=True).click()
+            expect(page.locator("h1").first).to_have_text(heading)
+            page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
+            if has_chart:
+                page.wait_for_function(CHARTS_DRAWN)
+            timings[heading] = round(time.perf_counter() - started, 2)
+        (ARTIFACTS / "page-load-seconds.json").write_text(json.dumps(timings, indent=2))
+        print("warm page loads (s):", timings)
         # A link to a half-written run shows the reason, not a traceback.
         page.goto(f"{url}/?run=broken")
         expect(page.get_by_text("is not valid JSON")).to_be_visible()
