@@ -1,0 +1,222 @@
+"""The routelens placement optimizer: minimise the estimated All-to-All + compute bottleneck of a layer.
+
+For one MoE layer with ``E`` experts, ``G`` GPUs of ``S`` slots (``G·S = E + R``, ``R`` redundant):
+
+1. **Replicas.** The ``R`` extra slots go to the experts with the highest load per replica
+   (EPLB's rule), so hot experts are split before anything is placed.
+2. **Seeds.** Several starting placements, each a ``[G, S]`` table:
+
+   - ``"coact"`` — co-activation-aware greedy packing: physical experts from heaviest to
+     lightest, each onto the GPU (with a free slot) where it adds the least receive time *given
+     the experts already there* — a token already sent to that GPU costs nothing more — plus its
+     compute (the longest-processing-time rule, made co-activation aware);
+   - ``"lpt"`` — plain load-balanced packing (:func:`~routelens.placement.baselines.greedy_table`);
+   - ``"kahypar"`` — Mt-KaHyPar km1 with load weights, when installed and asked for.
+
+3. **Local search** (:mod:`.search`) from each seed: rounds of swaps of physical experts
+   between GPUs, chosen on exact incremental receive/compute tables and kept only when the full
+   cost model's estimate (:func:`~routelens.placement.cost.placement_objective`: dispatch +
+   compute + combine bottleneck, send side, topology and replica choice included) improves.
+
+The best result over seeds on the fit tokens wins. Everything is deterministic for a given
+``seed`` (it draws the fit-token subsample); a time budget can cut the search short (then the
+result depends on the machine's speed).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .baselines import greedy_table, replica_counts, slots_per_gpu
+from .cost import CostModel, assign_replicas, placement_objective, token_source_gpu, traffic_from_hits
+from .graph import expert_load
+from .search import SwapState, local_search
+
+DEFAULT_SEEDS = ("coact", "lpt")
+SEEDS = ("coact", "lpt", "kahypar")
+MAX_FIT_TOKENS = 32768
+NUM_BATCHES = 1
+
+
+@dataclass
+class LayerResult:
+    """The optimizer's answer for one layer."""
+
+    table: np.ndarray
+    objective_s: float
+    seed_name: str
+    seeds: dict[str, float] = field(default_factory=dict)
+    rounds: int = 0
+    swaps: int = 0
+    seconds: float = 0.0
+    converged: bool = True
+
+    def info(self) -> dict[str, Any]:
+        return {"objective_us": self.objective_s * 1e6, "seed": self.seed_name,
+                "seeds_us": {k: v * 1e6 for k, v in self.seeds.items()}, "rounds": self.rounds,
+                "swaps": self.swaps, "seconds": round(self.seconds, 3), "converged": self.converged}
+
+
+def subsample_tokens(num_tokens: int, max_tokens: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``max_tokens`` tokens drawn without replacement (all if fewer)."""
+    if max_tokens is None or num_tokens <= max_tokens:
+        return np.arange(num_tokens)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_tokens, size=max_tokens, replace=False))
+
+
+class _Problem:
+    """One layer's fit tokens and the cost model, shared by every seed's search."""
+
+    def __init__(self, topk_ids, num_experts, num_gpus, redundant, cost: CostModel, policy: str, num_batches: int):
+        self.ids = np.asarray(topk_ids, dtype=np.int64)
+        self.num_experts, self.num_gpus = int(num_experts), int(num_gpus)
+        self.slots = slots_per_gpu(num_experts, num_gpus, redundant)
+        self.replicated = redundant > 0
+        self.cost, self.policy = cost, policy
+        self.topology = cost.topology
+        num_tokens = self.ids.shape[0]
+        self.num_batches = int(max(1, min(num_batches, num_tokens // max(4 * num_gpus, 1) or 1)))
+        self.batch = (np.arange(num_tokens) * self.num_batches) // max(num_tokens, 1)
+        self.bounds = np.searchsorted(self.batch, np.arange(self.num_batches + 1))
+        # each batch is its own All-to-All: its tokens start evenly over the GPUs
+        self.source = np.concatenate([token_source_gpu(int(b - a), num_gpus)
+                                      for a, b in zip(self.bounds[:-1], self.bounds[1:])])
+        self.valid = self.ids >= 0
+        link = self.topology.link_class()
+        self.link_seconds = cost.token_bytes * self.topology.seconds_per_byte()[link]
+        np.fill_diagonal(self.link_seconds, 0.0)
+        self.pair_seconds = cost.expert_flops_per_token / (self.topology.gpu_tflops * 1e12)
+        self.load = expert_load(self.ids, num_experts).astype(np.float64)
+
+    def destinations(self, table: np.ndarray) -> np.ndarray:
+        return np.concatenate([assign_replicas(self.ids[a:b], self.source[a:b], table, self.policy, self.topology)
+                               for a, b in zip(self.bounds[:-1], self.bounds[1:])])
+
+    def state(self, table: np.ndarray) -> SwapState:
+        """A search state for ``table``: physical expert = slot, tokens assigned by the replica policy."""
+        table = np.asarray(table, dtype=np.int64)
+        item_expert = table.ravel()
+        gpu_of_item = np.repeat(np.arange(self.num_gpus), self.slots)
+        item_at = np.full((self.num_experts, self.num_gpus), -1, dtype=np.int64)
+        item_at[item_expert, gpu_of_item] = np.arange(item_expert.size)
+        dest = self.destinations(table)
+        item_of = np.where(self.valid, item_at[np.maximum(self.ids, 0), np.maximum(dest, 0)], -1)
+        return SwapState(item_of, self.source, self.batch, gpu_of_item, item_expert, self.num_experts,
+                         self.link_seconds, self.pair_seconds)
+
+    def objective(self, state: SwapState) -> float:
+        """Mean over batches of :func:`placement_objective` under the state's token→replica assignment.
+
+        The state's hit counts are exactly what :func:`layer_traffic` counts for that assignment;
+        for a state built by :meth:`state` (the replica policy's own choice) this is the true estimate.
+        """
+        spans = zip(self.bounds[:-1], self.bounds[1:])
+        hits, pairs = state.batch_hits(), state.batch_compute_pairs()
+        traffic = [traffic_from_hits(hits[i], pairs[i], b - a, self.topology) for i, (a, b) in enumerate(spans)]
+        return float(np.mean([placement_objective(t, self.cost) for t in traffic]))
+
+    def refresh(self, state: SwapState) -> SwapState:
+        return self.state(state.table())
+
+
+def coact_seed(problem: _Problem) -> np.ndarray:
+    """``[G, S]`` co-activation-aware greedy packing (see the module docstring)."""
+    ids, num_gpus, slots = problem.ids, problem.num_gpus, problem.slots
+    counts = replica_counts(problem.load, num_gpus * slots, max_replicas=num_gpus) if problem.replicated else \
+        np.ones(problem.num_experts, dtype=np.int64)
+    # which replica serves a token before anything is placed: split by where the token starts,
+    # so a replica ends up serving one block of GPUs (a node, when the replicas are spread over nodes)
+    first_item = np.r_[0, np.cumsum(counts)[:-1]]
+    safe = np.maximum(ids, 0)
+    replica = (problem.source[:, None] * counts[safe]) // num_gpus
+    item_of = np.where(problem.valid, first_item[safe] + replica, -1)
+    item_expert = np.repeat(np.arange(problem.num_experts), counts)
+    item_load = np.bincount(item_of[problem.valid], minlength=item_expert.size).astype(np.float64)
+    rows, cols = np.nonzero(problem.valid)
+    by_item = np.argsort(item_of[rows, cols], kind="stable")
+    bounds = np.searchsorted(item_of[rows, cols][by_item], np.arange(item_expert.size + 1))
+    presence = np.zeros((ids.shape[0], num_gpus), dtype=bool)
+    recv = np.zeros(num_gpus)
+    compute = np.zeros(num_gpus)
+    filled = np.zeros(num_gpus, dtype=np.int64)
+    holds = np.zeros((problem.num_experts, num_gpus), dtype=bool)
+    table = np.full((num_gpus, slots), -1, dtype=np.int64)
+    # experts with several replicas first (they need distinct GPUs), then heaviest first
+    for i in np.lexsort((-item_load, -counts[item_expert])):
+        tokens = rows[by_item[bounds[i]:bounds[i + 1]]]
+        seconds = problem.link_seconds[problem.source[tokens]]  # [a, G]
+        added = (seconds * ~presence[tokens]).sum(0)
+        pair = item_load[i] * problem.pair_seconds
+        score = 2 * (recv + added) + compute + pair
+        score[(filled >= slots) | holds[item_expert[i]]] = np.inf
+        g = int(np.argmin(score))
+        table[g, filled[g]] = item_expert[i]
+        filled[g] += 1
+        holds[item_expert[i], g] = True
+        presence[tokens, g] = True
+        recv[g] += added[g]
+        compute[g] += pair
+    return table
+
+
+def seed_table(name: str, problem: _Problem, seed: int) -> np.ndarray:
+    if name == "coact":
+        return coact_seed(problem)
+    if name == "lpt":
+        return greedy_table(problem.load, problem.num_gpus, problem.num_gpus * problem.slots - problem.num_experts)
+    if name == "kahypar":
+        from .hypergraph import kahypar_table
+
+        return kahypar_table(problem.ids, problem.num_experts, problem.num_gpus,
+                             problem.num_gpus * problem.slots - problem.num_experts, weights="load", seed=seed)
+    raise InputError(f"unknown optimizer seed '{name}' (known: {', '.join(SEEDS)})")
+
+
+def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: CostModel, redundant: int = 0,
+                   policy: str = "nearest-then-least-loaded", seed: int = 0, seeds=DEFAULT_SEEDS,
+                   max_fit_tokens: int | None = MAX_FIT_TOKENS, num_batches: int = NUM_BATCHES,
+                   deadline: float | None = None) -> LayerResult:
+    """Optimise one layer's placement on its fit tokens.
+
+    Args:
+        topk_ids: ``[T, k]`` expert ids of the fit tokens (``-1`` = dropped slot).
+        num_experts, num_gpus, redundant: ``E``, ``G``, ``R`` (``(E + R) % G == 0``).
+        cost: the cluster and token/expert sizes; its topology must have ``G`` GPUs.
+        policy: replica policy the plan will be served with.
+        seed: draws the subsample of at most ``max_fit_tokens`` tokens the search scores on.
+        seeds: starting placements (see :data:`SEEDS`).
+        deadline: ``time.perf_counter()`` value by which to stop searching (None: converge).
+
+    Returns:
+        :class:`LayerResult` with the ``[G, S]`` table and the objective on the (subsampled) fit tokens.
+    """
+    started = time.perf_counter()
+    if cost.topology.num_gpus != num_gpus:
+        raise InputError(f"the cost model's topology has {cost.topology.num_gpus} GPUs, the placement {num_gpus}")
+    ids = np.asarray(topk_ids, dtype=np.int64)
+    ids = ids[subsample_tokens(ids.shape[0], max_fit_tokens, seed)]
+    problem = _Problem(ids, num_experts, num_gpus, redundant, cost, policy, num_batches)
+    results: dict[str, tuple[float, np.ndarray]] = {}
+    best: LayerResult | None = None
+    seeds = tuple(seeds)
+    for n, name in enumerate(seeds):
+        share = None
+        if deadline is not None:  # split what is left evenly over the seeds still to run
+            share = time.perf_counter() + max(0.0, deadline - time.perf_counter()) / (len(seeds) - n)
+        table = seed_table(name, problem, seed)
+        state = problem.state(table)
+        found, value, stats = local_search(state, problem.objective, deadline=share,
+                                           refresh=problem.refresh if problem.replicated else None)
+        results[name] = (value, found)
+        if best is None or value < best.objective_s:
+            best = LayerResult(found, value, name, rounds=stats.rounds, swaps=stats.swaps, converged=stats.converged)
+    assert best is not None
+    best.seeds = {name: value for name, (value, _) in results.items()}
+    best.seconds = time.perf_counter() - started
+    return best
