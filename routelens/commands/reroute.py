@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-POLICY_CHOICES = ("c2r", "gpu-limited", "capacity-drop", "capacity-reroute")
+POLICY_CHOICES = ("c2r", "gpu-limited", "gpu-adaptive", "capacity-drop", "capacity-reroute")
 
 
 def add_parser(subparsers) -> None:
@@ -19,17 +19,25 @@ def add_parser(subparsers) -> None:
     parser.add_argument("run", help="trace folder captured with --save-logits")
     parser.add_argument("--policy", required=True, choices=POLICY_CHOICES,
                         help="c2r: top-1 then K-1 of its Top-T collaborators (arXiv:2504.01337); gpu-limited: experts "
-                        "on at most --max-gpus GPUs of a plan (DeepSeek-V2 device-limited routing); capacity-drop / "
+                        "on at most --max-gpus GPUs of a plan (DeepSeek-V2 device-limited routing); gpu-adaptive: only GPUs "
+                        "holding --min-gpu-share of the token's routing weight; capacity-drop / "
                         "capacity-reroute: cap each expert at --capacity-factor x the mean load (arXiv:2503.05066)")
     parser.add_argument("--group-size", "--top-t", dest="top_t", type=_positive_int, default=None,
                         help="c2r: T, collaborators each expert may be paired with (default E/4)")
     parser.add_argument("--calib", metavar="RUN", default=None,
                         help="c2r: trace whose co-activation gives the collaborator groups (default: RUN itself)")
     parser.add_argument("--max-gpus", type=_positive_int, default=None,
-                        help="gpu-limited: M, GPUs a token may visit (default: half the plan's GPUs)")
+                        help="gpu-limited: M, GPUs a token may visit (default: half the plan's GPUs); "
+                        "gpu-adaptive: optional cap")
     parser.add_argument("--gpu-score", choices=("max", "mass"), default="max",
                         help="gpu-limited: pick the GPUs with the best single expert (max, DeepSeek-V2) or with the "
                         "most weight of the token's own top-k (mass) (default max)")
+    parser.add_argument("--min-gpu-share", type=float, default=None,
+                        help="gpu-adaptive: share of a token's routing weight a GPU must hold to be visited "
+                        "(default 0.1)")
+    parser.add_argument("--weights", choices=("renorm", "keep"), default="renorm",
+                        help="renorm: the model's rule on the new choice (as the papers do); keep: each expert keeps "
+                        "the weight the unconstrained router gives it (default renorm)")
     parser.add_argument("--capacity-factor", type=_positive_float, default=None,
                         help="capacity policies: gamma, capacity = ceil(gamma * tokens * k / experts) (default 1.25)")
     placement = parser.add_mutually_exclusive_group()
@@ -53,7 +61,7 @@ def run(args) -> int:
     from ..io import atomic_write_json
     from ..plan import Plan
     from ..reroute.fitting import coactivation_counts, fit_plan
-    from ..reroute.policy import c2r_policy, capacity_policy, gpu_limited_policy
+    from ..reroute.policy import c2r_policy, capacity_policy, gpu_adaptive_policy, gpu_limited_policy
     from ..reroute.simulate import default_output, reroute_trace, rules_from_trace
     from ..trace import Trace
 
@@ -66,7 +74,8 @@ def run(args) -> int:
         plan = Plan.load(args.plan)
         plan.check_fits(trace.layers, trace.num_experts)
     else:
-        plan = fit_plan({layer: trace.topk_ids(layer) for layer in trace.layers}, trace.num_experts, args.gpus)
+        plan = fit_plan({layer: trace.topk_ids(layer) for layer in trace.layers}, trace.num_experts, args.gpus,
+                        config=trace.config)
     if args.policy == "c2r":
         calib = Trace.open(args.calib) if args.calib else trace
         if calib.layers != trace.layers or calib.num_experts != trace.num_experts:
@@ -74,11 +83,14 @@ def run(args) -> int:
 
             raise InputError(f"--calib {calib.path} has other layers or experts than {trace.path}")
         counts = {layer: coactivation_counts(calib.topk_ids(layer), trace.num_experts) for layer in trace.layers}
-        policy = c2r_policy(counts, args.top_t or max(trace.num_experts // 4, trace.top_k - 1))
+        policy = c2r_policy(counts, args.top_t or max(trace.num_experts // 4, trace.top_k - 1), args.weights)
     elif args.policy == "gpu-limited":
-        policy = gpu_limited_policy(plan, args.max_gpus or max(1, plan.num_gpus // 2), args.gpu_score)
+        policy = gpu_limited_policy(plan, args.max_gpus or max(1, plan.num_gpus // 2), args.gpu_score, args.weights)
+    elif args.policy == "gpu-adaptive":
+        share = 0.1 if args.min_gpu_share is None else args.min_gpu_share
+        policy = gpu_adaptive_policy(plan, share, args.max_gpus, args.weights)
     else:
-        policy = capacity_policy(args.policy, args.capacity_factor or 1.25)
+        policy = capacity_policy(args.policy, args.capacity_factor or 1.25, args.weights)
     rules = None
     if args.model:
         rules = _model_rules(args.model)
@@ -105,7 +117,7 @@ def format_comparison(label: str, comparison: dict, num_gpus: int) -> str:
         return (
             name,
             f"{o.get('gpus_per_token', 0):.2f} -> {r.get('gpus_per_token', 0):.2f}",
-            f"{o.get('busiest_gpu_recv', 0):.0f} -> {r.get('busiest_gpu_recv', 0):.0f}",
+            f"{o.get('busiest_gpu_recv', 0):.2f} -> {r.get('busiest_gpu_recv', 0):.2f}",
             f"{o['load_max_over_mean']:.2f} -> {r['load_max_over_mean']:.2f}",
             f"{r['dropped_fraction']:.1%}",
             f"{entry['changed_fraction']:.1%}",

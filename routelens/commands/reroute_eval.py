@@ -7,7 +7,7 @@ import re
 import time
 from pathlib import Path
 
-POLICY_CHOICES = ("c2r", "gpu-limited", "capacity-drop", "capacity-reroute")
+POLICY_CHOICES = ("c2r", "gpu-limited", "gpu-adaptive", "capacity-drop", "capacity-reroute")
 TRADEOFF_FORMAT = "routelens-reroute-eval"
 
 
@@ -33,10 +33,16 @@ def add_parser(subparsers) -> None:
                         help="gpu-limited: GPU limits M to sweep (default: from the fewest GPUs that hold k experts "
                         "to --gpus - 1)")
     parser.add_argument("--gpu-score", default=None, metavar="max|mass[,...]",
-                        help="gpu-limited: how GPUs are ranked (default: both)")
+                        help="gpu-limited: how GPUs are ranked (default max, DeepSeek-V2)")
+    parser.add_argument("--min-gpu-share", default=None, metavar="S[,S...]",
+                        help="gpu-adaptive: shares of a token's routing weight a GPU must hold to be visited "
+                        "(default 0.05,0.1,0.15)")
+    parser.add_argument("--weights", default=None, metavar="renorm|keep[,...]",
+                        help="how re-routed experts are weighted: renorm (the model's rule on the new choice, as "
+                        "the papers do) or keep (each expert keeps its unconstrained weight) (default: both)")
     parser.add_argument("--capacity-factor", default=None, metavar="F[,F...]",
-                        help="capacity policies: capacity factors to sweep (default drop 1,1.25,1.5,2; "
-                        "reroute 1,1.1,1.25,1.5)")
+                        help="capacity policies: capacity factors to sweep (default drop 1,1.25,1.5; "
+                        "reroute 1,1.1,1.25)")
     placement = parser.add_mutually_exclusive_group()
     placement.add_argument("--gpus", type=_positive_int, default=8,
                            help="GPUs of the routelens plan fitted on the calibration windows (default 8)")
@@ -83,10 +89,17 @@ def run(args) -> int:
         raise InputError(f"--calib-fraction must lie strictly between 0 and 1, got {args.calib_fraction}")
     top_ts = _int_list(args.top_t, "--group-size")
     gpu_limits = _int_list(args.max_gpus, "--max-gpus")
-    gpu_scores = _str_list(args.gpu_score) or ["max", "mass"]
+    gpu_scores = _str_list(args.gpu_score) or ["max"]
     for score in gpu_scores:
         if score not in ("max", "mass"):
             raise InputError(f"unknown --gpu-score '{score}' (max or mass)")
+    shares = _float_list(args.min_gpu_share, "--min-gpu-share", allow_zero=True)
+    if any(share > 1 for share in shares):
+        raise InputError(f"--min-gpu-share values must lie in [0, 1], got '{args.min_gpu_share}'")
+    weightings = _str_list(args.weights) or ["renorm", "keep"]
+    for weighting in weightings:
+        if weighting not in ("renorm", "keep"):
+            raise InputError(f"unknown --weights '{weighting}' (renorm or keep)")
     factors = _float_list(args.capacity_factor, "--capacity-factor")
     model_name = args.model or str(demo_model_path())
     started = time.perf_counter()
@@ -110,15 +123,16 @@ def run(args) -> int:
         plan = Plan.load(args.plan)
         plan.check_fits([s.name for s in sites], num_experts, what="model")
     else:
-        plan = fit_plan(calibration, num_experts, args.gpus)
-    settings = default_settings(num_experts, top_k, plan.num_gpus, plan.slots_per_gpu)
+        from ..capture.engine import config_summary
+
+        plan = fit_plan(calibration, num_experts, args.gpus, config=config_summary(model.config))
+    settings = default_settings(num_experts, top_k, plan.num_gpus, plan.slots_per_gpu, weightings)
     settings = {name: settings[name] for name in policies}
-    _override(settings, "c2r", "top_t", top_ts)
-    if "gpu-limited" in settings:
-        gpu_counts = gpu_limits or sorted({e["max_gpus"] for e in settings["gpu-limited"]})
-        settings["gpu-limited"] = [{"max_gpus": m, "gpu_score": s} for s in gpu_scores for m in gpu_counts]
+    _override(settings, "c2r", {"top_t": top_ts}, weightings)
+    _override(settings, "gpu-limited", {"max_gpus": gpu_limits, "gpu_score": gpu_scores}, weightings)
+    _override(settings, "gpu-adaptive", {"min_gpu_share": shares}, weightings)
     for name in ("capacity-drop", "capacity-reroute"):
-        _override(settings, name, "capacity_factor", factors)
+        _override(settings, name, {"capacity_factor": factors}, weightings)
     fitted = build_policies(settings, calibration, num_experts, plan)
     with torch.inference_mode():
         rows = evaluate_policies(model, sites, heldout, fitted, plan=plan, batch_size=args.batch_size,
@@ -150,9 +164,11 @@ def run(args) -> int:
     print(format_rows(rows, plan.num_gpus))
     best = best_within(rows, 0.01)
     if best is not None:
+        versus = best.get("gpus_per_token_vs_contiguous")
         print(f"fewest GPUs per token within 1% perplexity: {best['label']} "
-              f"({best['gpus_per_token']:.2f}, {best.get('gpus_per_token_change', 0):+.1%}; "
-              f"perplexity {best.get('perplexity_change', 0):+.2%})")
+              f"({best['gpus_per_token']:.2f} GPUs/token, {best.get('gpus_per_token_change', 0):+.1%} vs the same plan"
+              + ("" if versus is None else f", {versus:+.1%} vs contiguous")
+              + f"; perplexity {best.get('perplexity_change', 0):+.2%})")
     print(f"scored {rows[0]['eval_tokens']:,} held-out tokens x {len(rows)} settings in {elapsed:.0f}s; "
           f"trade-off curve in {out / 'tradeoff.json'}")
     return 0
@@ -160,25 +176,32 @@ def run(args) -> int:
 
 def format_rows(rows: list[dict], num_gpus: int) -> str:
     """The result rows as an aligned table (changes relative to the baseline row)."""
-    header = ("setting", "perplexity", "accuracy", "agree", "GPUs/token", "busiest recv", "max/mean load", "dropped")
+    header = ("setting", "perplexity", "accuracy", "agree", "GPUs/token", "vs contiguous", "busiest recv",
+              "max/mean load", "dropped")
     table = [header]
     for r in rows:
         def change(key):
             value = r.get(f"{key}_change")
             return "" if value is None or r["policy"] == "none" else f" ({value:+.1%})"
 
+        versus = r.get("gpus_per_token_vs_contiguous")
         table.append((
             r["label"],
             f"{r['perplexity']:.3f}{change('perplexity')}",
             f"{r['next_token_accuracy']:.3f}",
             f"{r['agreement']:.3f}",
             f"{r.get('gpus_per_token', float('nan')):.2f}{change('gpus_per_token')}",
-            f"{r.get('busiest_gpu_recv', float('nan')):.0f}{change('busiest_gpu_recv')}",
+            "" if versus is None else f"{versus:+.1%}",
+            f"{r.get('busiest_gpu_recv', float('nan')):.2f}{change('busiest_gpu_recv')}",
             f"{r['load_max_over_mean']:.2f}",
             f"{r['dropped_fraction']:.1%}",
         ))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = [f"re-routing trade-off ({num_gpus} GPUs, routelens plan)"]
+    base = rows[0]
+    reference = base.get("contiguous_gpus_per_token")
+    lines = [f"re-routing trade-off ({num_gpus} GPUs, routelens plan"
+             + (f"; the unconstrained model visits {reference:.2f} GPUs/token on the contiguous layout)"
+                if reference else ")")]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table]
     return "\n".join(lines)
 
@@ -202,9 +225,16 @@ def _policy_names(values) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _override(settings: dict, policy: str, key: str, values) -> None:
-    if policy in settings and values:
-        settings[policy] = [{key: v} for v in values]
+def _override(settings: dict, policy: str, given: dict, weightings) -> None:
+    """Replace ``policy``'s sweep by the grid of the values given on the command line."""
+    if policy not in settings or not any(given.values()):
+        return
+    defaults = settings[policy]
+    axes = {key: values or sorted({e[key] for e in defaults if key in e}, key=str) for key, values in given.items()}
+    grid = [{}]
+    for key, values in axes.items():
+        grid = [{**entry, key: value} for value in values for entry in grid]
+    settings[policy] = [{**entry, "weights": w} for w in weightings for entry in grid]
 
 
 def _str_list(text):
@@ -223,15 +253,15 @@ def _int_list(text, option):
     return values
 
 
-def _float_list(text, option):
+def _float_list(text, option, allow_zero: bool = False):
     from ..errors import InputError
 
     try:
         values = [float(v) for v in _str_list(text)]
     except ValueError:
         raise InputError(f"{option} takes numbers separated by commas, got '{text}'") from None
-    if any(not v > 0 or v == float("inf") for v in values):
-        raise InputError(f"{option} values must be positive, got '{text}'")
+    if any(not (v >= 0 if allow_zero else v > 0) or v == float("inf") for v in values):
+        raise InputError(f"{option} values must be {'non-negative' if allow_zero else 'positive'}, got '{text}'")
     return values
 
 

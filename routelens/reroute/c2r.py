@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .scores import DROPPED, as_long_tensor, finish_weights, rule_scores
+from .scores import DROPPED, as_long_tensor, rule_scores, weigh
 
 
 def collaborators(counts: np.ndarray, top_t: int) -> np.ndarray:
@@ -44,25 +44,28 @@ def collaborators(counts: np.ndarray, top_t: int) -> np.ndarray:
         >>> collaborators(counts, 1).tolist()
         [[1], [0], [1]]
     """
+    from ..graphs import top_t_partners
+
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
         raise InputError(f"co-activation counts must be a square [E, E] matrix, got shape {counts.shape}")
     num_experts = counts.shape[0]
     if not 1 <= top_t <= num_experts - 1:
         raise InputError(f"C2R group size T={top_t} must lie in [1, {num_experts - 1}] for {num_experts} experts")
-    ranked = counts.copy()
-    np.fill_diagonal(ranked, -1.0)  # as the paper's profiling.py: an expert is never its own collaborator
-    order = np.argsort(-ranked, axis=1, kind="stable")
-    return order[:, :top_t].astype(np.int64)
+    # the paper's profiling.py: argsort(-M) with the diagonal at -1, so an expert is never its own collaborator
+    return top_t_partners(counts, top_t)
 
 
-def c2r_choose(logits: torch.Tensor, rule, collaborator_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def c2r_choose(logits: torch.Tensor, rule, collaborator_ids: torch.Tensor,
+               weights: str = "renorm") -> tuple[torch.Tensor, torch.Tensor]:
     """C2R routing of ``logits [N, E]``: top-1 expert, then ``K - 1`` of its ``Top-T`` collaborators.
 
     Args:
         logits: ``[N, E]`` raw router logits.
         rule: the model's ``RoutingRule`` (scoring, bias, group limit, renormalisation, scaling).
         collaborator_ids: ``[E, T]`` from :func:`collaborators`, with ``T >= K - 1``.
+        weights: ``renorm`` (the paper: the model's rule on the new choice) or ``keep`` (see
+            :func:`~routelens.reroute.scores.finish_weights`).
 
     Returns:
         ``(ids [N, K] int64, weights [N, K] float32)``; ``ids[:, 0]`` is the top-1 expert, the rest
@@ -84,4 +87,4 @@ def c2r_choose(logits: torch.Tensor, rule, collaborator_ids: torch.Tensor) -> tu
     values, picked = select.gather(1, candidates).topk(k - 1, dim=-1)
     rest = candidates.gather(1, picked).masked_fill(~torch.isfinite(values), DROPPED)
     ids = torch.cat([top1[:, None], rest], dim=1)
-    return ids, finish_weights(logits, gate, ids, rule)
+    return ids, weigh(logits, select, gate, ids, rule, weights)

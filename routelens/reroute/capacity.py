@@ -10,7 +10,8 @@ routing and ``E`` experts, each expert gets the capacity
 
 * **Token drop**: an expert chosen by more than ``C`` tokens keeps the ``C`` with the highest
   routing scores; the others lose that expert (slot ``-1``, weight 0; the token's remaining weights
-  are renormalised when the model renormalises). The paper's ``score`` strategy.
+  are renormalised when the model renormalises; ``weights="keep"`` keeps their unconstrained
+  weights instead). The paper's ``score`` strategy.
 * **Token reroute**: each dropped assignment instead moves to the token's best-scoring expert that
   still has room and that the token does not already use. Assignments are placed in rounds: every
   overflowing slot proposes to its best such expert, each expert accepts its highest-scoring
@@ -28,7 +29,7 @@ import math
 import torch
 
 from ..errors import InputError
-from .scores import DROPPED, finish_weights, ranking_scores, rule_scores, topk_choice
+from .scores import DROPPED, ranking_scores, rule_scores, topk_choice, weigh
 
 
 def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
@@ -76,7 +77,8 @@ def capacity_keep(ids: torch.Tensor, priority: torch.Tensor, capacity: int | tor
     return keep.view_as(ids)
 
 
-def capacity_drop_choose(logits: torch.Tensor, rule, capacity_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+def capacity_drop_choose(logits: torch.Tensor, rule, capacity_factor: float,
+                         weights: str = "renorm") -> tuple[torch.Tensor, torch.Tensor]:
     """Capacity-aware token drop of ``logits [N, E]`` (all ``N`` tokens share the capacity).
 
     Returns:
@@ -88,10 +90,11 @@ def capacity_drop_choose(logits: torch.Tensor, rule, capacity_factor: float) -> 
     ids = topk_choice(select, rule.top_k)
     priority = ranking_scores(logits, rule, select, gate).gather(1, ids.clamp_min(0))
     ids = ids.masked_fill(~capacity_keep(ids, priority, capacity, num_experts), DROPPED)
-    return ids, finish_weights(logits, gate, ids, rule)
+    return ids, weigh(logits, select, gate, ids, rule, weights)
 
 
-def capacity_reroute_choose(logits: torch.Tensor, rule, capacity_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+def capacity_reroute_choose(logits: torch.Tensor, rule, capacity_factor: float,
+                            weights: str = "renorm") -> tuple[torch.Tensor, torch.Tensor]:
     """Capacity-aware token reroute of ``logits [N, E]``: overflow goes to the best expert with room.
 
     Returns:
@@ -131,4 +134,4 @@ def capacity_reroute_choose(logits: torch.Tensor, rule, capacity_factor: float) 
         room -= torch.bincount(expert, minlength=num_experts)
         # every expert proposed to had room, so each round places at least one slot
         pending_token, pending_slot = pending_token[~accepted], pending_slot[~accepted]
-    return ids, finish_weights(logits, gate, ids, rule)
+    return ids, weigh(logits, select, gate, ids, rule, weights)

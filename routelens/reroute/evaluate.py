@@ -14,7 +14,10 @@ The protocol of ``routelens reroute-eval``:
    plan (GPUs per token, busiest-GPU receive volume, max/mean expert load, dropped slots).
 
 Each result row is a plain dict: ``policy`` (``"none"`` for the baseline), its settings,
-``perplexity`` and ``gpus_per_token``, and the rest, with changes relative to the baseline row.
+``perplexity`` and ``gpus_per_token``, and the rest, with changes relative to the baseline row
+(``*_change``: the unconstrained model on the same plan) and, for the GPU metrics, relative to the
+unconstrained model on the contiguous layout an EP deployment uses without a plan
+(``*_vs_contiguous``; the baseline row holds those reference values as ``contiguous_*``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from ..plan import Plan
 from .fitting import coactivation_counts
 from .inmodel import RerouteHooks
 from .metrics import changed_fraction, routing_stats
-from .policy import Policy, c2r_policy, capacity_policy, gpu_limited_policy, none_policy
+from .fitting import contiguous_table
+from .policy import Policy, c2r_policy, capacity_policy, gpu_adaptive_policy, gpu_limited_policy, none_policy
+from .scores import WEIGHTINGS
 
 ROW_CHANGES = ("perplexity", "gpus_per_token", "busiest_gpu_recv", "load_max_over_mean")
 
@@ -88,26 +93,29 @@ def calibration_routing(model, sites: Sequence[Any], token_ids: np.ndarray, batc
 
 
 # ---------------------------------------------------------------------------- sweep settings
-def default_settings(num_experts: int, top_k: int, num_gpus: int, slots_per_gpu: int) -> dict[str, list[dict[str, Any]]]:
-    """The settings swept per policy when none are given.
+def default_settings(num_experts: int, top_k: int, num_gpus: int, slots_per_gpu: int,
+                     weights: Sequence[str] = WEIGHTINGS) -> dict[str, list[dict[str, Any]]]:
+    """The settings swept per policy when none are given, each with every ``weights`` mode.
 
     * ``c2r``: ``T`` in ``{E/8, E/4, E/2}`` (at least ``K - 1``, at most ``E - 1``);
-    * ``gpu-limited``: ``M`` from the fewest GPUs that hold ``K`` experts up to ``G - 1``, with both
-      GPU scores (``max``: DeepSeek-V2, ``mass``);
-    * ``capacity-drop``: ``gamma`` in ``{1.0, 1.25, 1.5, 2.0}``; ``capacity-reroute``: ``{1.0, 1.1, 1.25, 1.5}``.
+    * ``gpu-limited``: ``M`` from the fewest GPUs that hold ``K`` experts up to ``G / 2``;
+    * ``gpu-adaptive``: minimum GPU share in ``{0.05, 0.1, 0.15}``;
+    * ``capacity-drop``: ``gamma`` in ``{1.0, 1.25, 1.5}``; ``capacity-reroute``: ``{1.0, 1.1, 1.25}``.
     """
     tops = sorted({t for t in (num_experts // 8, num_experts // 4, num_experts // 2)
-                   if top_k - 1 <= t <= num_experts - 1 and t >= 1})
+                   if max(top_k - 1, 1) <= t <= num_experts - 1})
     if not tops:
-        tops = [max(top_k - 1, 1)]
+        tops = [min(max(top_k - 1, 1), num_experts - 1)]
     fewest = max(1, math.ceil(top_k / slots_per_gpu))
-    gpus = list(range(fewest, max(num_gpus, fewest + 1))) if num_gpus > 1 else [1]
-    return {
+    limits = list(range(fewest, max(num_gpus // 2, fewest) + 1))
+    grid = {
         "c2r": [{"top_t": t} for t in tops],
-        "gpu-limited": [{"max_gpus": m, "gpu_score": s} for s in ("max", "mass") for m in gpus],
-        "capacity-drop": [{"capacity_factor": f} for f in (1.0, 1.25, 1.5, 2.0)],
-        "capacity-reroute": [{"capacity_factor": f} for f in (1.0, 1.1, 1.25, 1.5)],
+        "gpu-limited": [{"max_gpus": m} for m in limits],
+        "gpu-adaptive": [{"min_gpu_share": f} for f in (0.05, 0.1, 0.15)],
+        "capacity-drop": [{"capacity_factor": f} for f in (1.0, 1.25, 1.5)],
+        "capacity-reroute": [{"capacity_factor": f} for f in (1.0, 1.1, 1.25)],
     }
+    return {name: [{**entry, "weights": w} for w in weights for entry in entries] for name, entries in grid.items()}
 
 
 def build_policies(settings: dict[str, list[dict[str, Any]]], calibration: dict[str, np.ndarray],
@@ -117,16 +125,20 @@ def build_policies(settings: dict[str, list[dict[str, Any]]], calibration: dict[
     counts = None
     for name, entries in settings.items():
         for entry in entries:
+            weights = entry.get("weights", "renorm")
             if name == "c2r":
                 if counts is None:
                     counts = {layer: coactivation_counts(ids, num_experts) for layer, ids in calibration.items()}
-                policies.append(c2r_policy(counts, entry["top_t"]))
-            elif name == "gpu-limited":
+                policies.append(c2r_policy(counts, entry["top_t"], weights))
+            elif name in ("gpu-limited", "gpu-adaptive"):
                 if plan is None:
-                    raise InputError("the gpu-limited policy needs a placement (--gpus or --plan)")
-                policies.append(gpu_limited_policy(plan, entry["max_gpus"], entry.get("gpu_score", "max")))
+                    raise InputError(f"the {name} policy needs a placement (--gpus or --plan)")
+                if name == "gpu-limited":
+                    policies.append(gpu_limited_policy(plan, entry["max_gpus"], entry.get("gpu_score", "max"), weights))
+                else:
+                    policies.append(gpu_adaptive_policy(plan, entry["min_gpu_share"], entry.get("max_gpus"), weights))
             elif name in ("capacity-drop", "capacity-reroute"):
-                policies.append(capacity_policy(name, entry["capacity_factor"]))
+                policies.append(capacity_policy(name, entry["capacity_factor"], weights))
             elif name == "none":
                 policies.append(none_policy())
             else:
@@ -208,6 +220,8 @@ def evaluate_policies(
                     base_logprobs, base_top1 = logprobs, logprobs.argmax(-1)
                     base_ids = [ids.long().cpu() for ids in chosen]
                 _add_routing(totals[index], sites, chosen, base_ids, num_experts, plan)
+                if index == 0 and plan is not None:
+                    _add_contiguous(totals[0], sites, chosen, num_experts, plan.num_gpus)
                 bar.update(1)
     bar.close()
     return _rows(runs, totals)
@@ -223,6 +237,17 @@ def _add_routing(totals: _Totals, sites, chosen, base_ids, num_experts: int, pla
             totals.add_routing(key, value, weight)
         totals.changed += changed_fraction(base, ids) * n
         totals.routed_tokens += n
+
+
+def _add_contiguous(totals: _Totals, sites, chosen, num_experts: int, num_gpus: int) -> None:
+    """The baseline's costs on the contiguous layout (expert ``e`` on GPU ``e // (E/G)``): the reference
+    of an EP deployment without a routelens plan."""
+    table = contiguous_table(num_experts, num_gpus)
+    for ids in chosen:
+        ids = ids.long().cpu()
+        stats = routing_stats(ids, num_experts, table)
+        totals.add_routing("contiguous_gpus_per_token", stats["gpus_per_token"], int(ids.shape[0]))
+        totals.add_routing("contiguous_busiest_gpu_recv", stats["busiest_gpu_recv"], 1.0)
 
 
 def _rows(runs: Sequence[Policy], totals: Sequence[_Totals]) -> list[dict[str, Any]]:
@@ -244,6 +269,10 @@ def _rows(runs: Sequence[Policy], totals: Sequence[_Totals]) -> list[dict[str, A
         for key in ROW_CHANGES:
             if key in row and key in base and base[key]:
                 row[f"{key}_change"] = row[key] / base[key] - 1.0
+        for key in ("gpus_per_token", "busiest_gpu_recv"):
+            reference = base.get(f"contiguous_{key}")
+            if key in row and reference:
+                row[f"{key}_vs_contiguous"] = row[key] / reference - 1.0
     return rows
 
 

@@ -1,17 +1,14 @@
 """What the policies are fitted on: co-activation counts and a placement, from calibration routing.
 
-C2R takes its collaborator groups from the co-activation analysis of a calibration run, and the
-GPU-limited policy and every GPU metric need a placement. Both come from the other stages of
-routelens when they are installed (``routelens.graphs.coactivation_counts``, the
-``routelens.placement`` optimizer); the small stand-ins here keep re-routing usable on its own and
-are used only when those are missing.
+C2R takes its collaborator groups from the co-activation analysis of a calibration run
+(``routelens.graphs``), and the GPU policies and every GPU metric need a placement: the routelens
+placement optimizer (``routelens.placement``) when it is installed, else the balanced min-cut
+stand-in :func:`coactivation_partition` here.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -20,64 +17,50 @@ from ..plan import Plan
 
 
 def coactivation_counts(topk_ids: np.ndarray, num_experts: int) -> np.ndarray:
-    """``[E, E]`` int64: tokens that chose both ``i`` and ``j`` (diagonal: tokens that chose ``i``).
+    """``[E, E]`` int64 C2R collaboration matrix of one layer (``routelens.graphs.coactivation_counts``).
 
-    Uses ``routelens.graphs.coactivation_counts`` when available; ``-1`` (dropped) slots are ignored.
+    ``counts[i, j]``: tokens that chose both ``i`` and ``j``; the diagonal holds the load; ``-1``
+    (dropped) slots are ignored.
     """
-    ids = np.asarray(topk_ids).astype(np.int64)
-    try:
-        from ..graphs import coactivation_counts as graphs_counts  # type: ignore[attr-defined]
-    except ImportError:
-        graphs_counts = None
-    if graphs_counts is not None and not (ids < 0).any():
-        return np.asarray(graphs_counts(ids, num_experts), dtype=np.int64)
-    member = np.zeros((ids.shape[0], num_experts), dtype=np.float64)
-    rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
-    flat = ids.reshape(-1)
-    keep = flat >= 0
-    member[rows[keep], flat[keep]] = 1.0
-    return np.rint(member.T @ member).astype(np.int64)
+    from ..graphs import coactivation_counts as graphs_counts
+
+    return np.asarray(graphs_counts(np.asarray(topk_ids).astype(np.int64), num_experts), dtype=np.int64)
 
 
-def fit_plan(topk_ids: Mapping[str, np.ndarray], num_experts: int, num_gpus: int, seed: int = 0) -> Plan:
-    """A placement of each layer's experts on ``num_gpus`` GPUs from calibration routing.
+def fit_plan(topk_ids: Mapping[str, np.ndarray], num_experts: int, num_gpus: int, seed: int = 0,
+             config: Mapping[str, Any] | None = None) -> Plan:
+    """A placement of each layer's experts on ``num_gpus`` GPUs (one node) from calibration routing.
 
-    Uses the routelens placement optimizer (``routelens.placement``) when it is installed;
-    otherwise :func:`coactivation_partition`, a balanced min-cut of the co-activation graph.
+    Uses the routelens placement optimizer (``routelens.placement.optimizer.optimize_layer``: the
+    cost model's dispatch + compute bottleneck, co-activation aware) when it is installed; otherwise
+    :func:`coactivation_partition`, a balanced min-cut of the co-activation graph.
 
     Args:
         topk_ids: layer -> ``[T, K]`` experts chosen on calibration tokens.
+        config: the model's config summary (``hidden_size``, ``moe_intermediate_size``) for the cost model.
     """
     if num_experts % num_gpus:
         raise InputError(f"{num_experts} experts cannot be split evenly over --gpus {num_gpus}")
-    plan = _placement_optimizer_plan(topk_ids, num_experts, num_gpus, seed)
-    if plan is not None:
-        return plan
-    tables = {}
-    for layer, ids in topk_ids.items():
-        counts = coactivation_counts(ids, num_experts)
-        tables[layer] = coactivation_partition(counts, num_gpus, seed=seed)
+    try:
+        from ..placement.cost import CostModel
+        from ..placement.optimizer import optimize_layer
+        from ..placement.topology import make_topology
+    except ImportError:
+        optimize_layer = None
+    if optimize_layer is not None:
+        topology = make_topology(num_gpus=num_gpus)
+        cost = CostModel.for_model(dict(config or {}), topology)
+        tables = {layer: optimize_layer(np.asarray(ids), num_experts, num_gpus, cost, seed=seed).table
+                  for layer, ids in topk_ids.items()}
+        return Plan(tables, num_experts, method="routelens", meta={"seed": seed, "fit": "reroute calibration"})
+    tables = {layer: coactivation_partition(coactivation_counts(ids, num_experts), num_gpus, seed=seed)
+              for layer, ids in topk_ids.items()}
     return Plan(tables, num_experts, method="coactivation-mincut", meta={"note": "routelens.reroute stand-in placement"})
 
 
-def _placement_optimizer_plan(topk_ids, num_experts, num_gpus, seed) -> Plan | None:
-    try:
-        from .. import placement  # noqa: F401
-        from ..placement import optimize  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    from ..trace import write_trace
-
-    layers = list(topk_ids)
-    num_tokens = next(iter(topk_ids.values())).shape[0]
-    top_k = next(iter(topk_ids.values())).shape[1]
-    header = {"model": {"id": "calibration", "family": "", "config": {}}, "layers": layers,
-              "num_experts": num_experts, "top_k": top_k, "has_logits": False, "settings": {}}
-    weights = [np.full(ids.shape, 1.0 / top_k, np.float32) for ids in topk_ids.values()]
-    with tempfile.TemporaryDirectory(prefix="routelens-calib-") as tmp:
-        trace = write_trace(Path(tmp) / "calib", header, np.zeros(num_tokens, np.int32), np.zeros(num_tokens, np.int32),
-                            np.arange(num_tokens, dtype=np.int32), [np.asarray(a) for a in topk_ids.values()], weights)
-        return optimize(trace, num_gpus=num_gpus, seed=seed)
+def contiguous_table(num_experts: int, num_gpus: int) -> np.ndarray:
+    """``[G, E/G]``: expert ``e`` on GPU ``e // (E/G)``, the layout serving engines use by default."""
+    return np.arange(num_experts, dtype=np.int64).reshape(num_gpus, num_experts // num_gpus)
 
 
 def coactivation_partition(counts: np.ndarray, num_gpus: int, seed: int = 0, sweeps: int = 20) -> np.ndarray:

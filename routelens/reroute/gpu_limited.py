@@ -17,6 +17,9 @@ Two ways to pick the ``M`` GPUs (``gpu_score``):
 
 Whenever a token's unconstrained top-K already lies on at most ``M`` GPUs, both rules return
 exactly that choice.
+
+:func:`gpu_share_choose` is an adaptive limit: instead of one ``M`` for every token, a token visits
+a GPU only if that GPU holds at least ``min_share`` of its routing weight.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .scores import as_long_tensor, finish_weights, ranking_scores, rule_scores, topk_choice
+from .scores import as_long_tensor, ranking_scores, rule_scores, topk_choice, weigh
 
 GPU_SCORES = ("max", "mass")
 
@@ -48,6 +51,7 @@ def gpu_limited_choose(
     gpu_table: np.ndarray | torch.Tensor,
     max_gpus: int,
     gpu_score: str = "max",
+    weights: str = "renorm",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-K routing of ``logits [N, E]`` restricted to the experts of ``max_gpus`` GPUs per token.
 
@@ -57,6 +61,8 @@ def gpu_limited_choose(
         gpu_table: ``[G, S]`` the placement of this layer (replicas allowed).
         max_gpus: ``M``, GPUs a token may visit (``M * S >= K``).
         gpu_score: ``"max"`` (DeepSeek-V2) or ``"mass"`` (see the module docstring).
+        weights: ``renorm`` (the model's rule on the new choice) or ``keep`` (every expert keeps its
+            unconstrained weight; see :func:`~routelens.reroute.scores.finish_weights`).
 
     Returns:
         ``(ids [N, K] int64, weights [N, K] float32)`` in descending selection score.
@@ -81,15 +87,78 @@ def gpu_limited_choose(
     if gpu_score == "max":
         gpu_rank = select[:, table].amax(dim=-1)  # [N, G] best expert on each GPU
     else:
-        unconstrained = topk_choice(select, k)
-        safe = unconstrained.clamp_min(0)
-        top_weight = ranking_scores(logits, rule, select, gate).gather(1, safe).masked_fill(unconstrained < 0, 0.0)
-        mass = torch.zeros_like(select).scatter_add_(1, safe, top_weight)  # [N, E]
         # GPUs without any of the token's top-K tie at 0; they are picked only when the top-K spans
         # fewer than M GPUs, where the limit does not bind and the top-K is kept whatever they add.
-        gpu_rank = mass[:, table].sum(dim=-1)  # [N, G]
-    chosen_gpus = gpu_rank.topk(max_gpus, dim=-1).indices  # [N, M]
-    holds = holds_matrix(table, num_experts)
-    allowed = holds[chosen_gpus].any(dim=1)  # [N, E]
-    ids = topk_choice(select.masked_fill(~allowed, float("-inf")), k)
-    return ids, finish_weights(logits, gate, ids, rule)
+        gpu_rank = gpu_mass(logits, rule, select, gate, table)
+    chosen = torch.zeros_like(gpu_rank, dtype=torch.bool).scatter_(1, gpu_rank.topk(max_gpus, dim=-1).indices, True)
+    return _fill_from_gpus(logits, rule, select, gate, table, chosen, weights)
+
+
+def gpu_mass(logits: torch.Tensor, rule, select: torch.Tensor, gate: torch.Tensor | None,
+             table: torch.Tensor) -> torch.Tensor:
+    """``[N, G]`` routing weight of each token's unconstrained top-K that each GPU holds."""
+    unconstrained = topk_choice(select, rule.top_k)
+    safe = unconstrained.clamp_min(0)
+    top_weight = ranking_scores(logits, rule, select, gate).gather(1, safe).masked_fill(unconstrained < 0, 0.0)
+    mass = torch.zeros_like(select).scatter_add_(1, safe, top_weight)  # [N, E]
+    return mass[:, table].sum(dim=-1)
+
+
+def _fill_from_gpus(logits, rule, select, gate, table, chosen_gpus: torch.Tensor, weights: str):
+    """Top-K among the experts of the ``chosen_gpus [N, G]`` (bool) of each token."""
+    holds = holds_matrix(table, select.shape[1])
+    allowed = (chosen_gpus.to(select.dtype) @ holds.to(select.dtype)) > 0  # [N, E]
+    ids = topk_choice(select.masked_fill(~allowed, float("-inf")), rule.top_k)
+    return ids, weigh(logits, select, gate, ids, rule, weights)
+
+
+def gpu_share_choose(
+    logits: torch.Tensor,
+    rule,
+    gpu_table: np.ndarray | torch.Tensor,
+    min_share: float,
+    max_gpus: int | None = None,
+    weights: str = "renorm",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive GPU limit: a token visits a GPU only if it holds ``min_share`` of its routing weight.
+
+    For each token, the GPUs are ranked by the weight of the token's unconstrained top-K they hold
+    (``mass``). A GPU holding less than ``min_share`` of that weight is dropped (its experts are
+    replaced by the best experts of the GPUs kept), except the heaviest ``ceil(K / S)`` GPUs, which
+    are always kept so that ``K`` experts fit; ``max_gpus`` optionally caps the count as well.
+
+    A fixed limit ``M`` (:func:`gpu_limited_choose`) cuts every token to ``M`` GPUs, however much
+    weight it loses there; a share threshold cuts only GPUs that carry little weight, so confident
+    tokens shrink to one or two GPUs while spread-out tokens keep theirs. It is the Lagrangian of
+    "fewest GPUs for the least routing weight lost" with one price per GPU (routelens's own
+    variant of DeepSeek-V2's device-limited routing; not from a paper).
+
+    Args:
+        logits: ``[N, E]`` raw router logits.
+        rule: the model's ``RoutingRule``.
+        gpu_table: ``[G, S]`` placement of this layer.
+        min_share: share in ``[0, 1]`` of a token's routing weight a GPU must hold to be visited.
+        max_gpus: optional hard cap on GPUs per token.
+        weights: ``renorm`` or ``keep`` (see :func:`~routelens.reroute.scores.finish_weights`).
+
+    Returns:
+        ``(ids [N, K] int64, weights [N, K] float32)``.
+    """
+    select, gate = rule_scores(logits, rule)
+    table = as_long_tensor(gpu_table, select.device)
+    num_gpus, slots = table.shape
+    if not 0.0 <= min_share <= 1.0:
+        raise InputError(f"--min-gpu-share must lie in [0, 1], got {min_share}")
+    if max_gpus is not None and not 1 <= max_gpus <= num_gpus:
+        raise InputError(f"--max-gpus {max_gpus} must lie in [1, {num_gpus}] for a {num_gpus}-GPU plan")
+    fewest = min(num_gpus, -(-rule.top_k // slots))
+    if max_gpus is not None and max_gpus < fewest:
+        raise InputError(f"{max_gpus} GPU(s) of {slots} experts cannot hold a token's {rule.top_k} experts")
+    mass = gpu_mass(logits, rule, select, gate, table)  # [N, G]
+    share = mass / mass.sum(dim=-1, keepdim=True).clamp_min(1e-20)
+    order = share.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(num_gpus, device=order.device).expand_as(order))
+    chosen = (share >= min_share) & (share > 0) | (rank < fewest)
+    if max_gpus is not None:
+        chosen &= rank < max_gpus
+    return _fill_from_gpus(logits, rule, select, gate, table, chosen, weights)

@@ -6,7 +6,10 @@ is needed. Under expert parallelism a token is sent once to every GPU that holds
 (not once per expert), so:
 
 * ``gpus_per_token``: mean number of distinct GPUs a token visits (the All-to-All fan-out);
-* ``gpu_recv [G]``: token copies each GPU receives; its max is the busiest GPU (the straggler);
+* ``gpu_recv [G]``: token copies each GPU receives from the other GPUs in the dispatch, with the
+  batch's tokens starting evenly on the GPUs (token ``t`` of ``N`` on GPU ``t * G // N``, as the
+  placement cost model ``routelens.placement.cost`` has it); ``busiest_gpu_recv`` is its max in
+  units of ``N / G`` tokens (0: every token stays home; ``G - 1``: every token visits every GPU);
 * ``load_max_over_mean``: max / mean tokens per expert, the expert-level straggler of the
   capacity-aware inference paper (arXiv:2503.05066).
 
@@ -83,25 +86,33 @@ def gpus_per_token(ids, gpu_table) -> float:
 
 
 def gpu_recv(ids, gpu_table) -> torch.Tensor:
-    """``[G]`` token copies each GPU receives in the dispatch All-to-All of one batch."""
-    return gpus_visited(ids, gpu_table).sum(0)
+    """``[G]`` token copies each GPU receives from the other GPUs in the dispatch of one batch."""
+    visited = gpus_visited(ids, gpu_table)
+    num_tokens, num_gpus = visited.shape
+    source = torch.arange(num_tokens, device=visited.device) * num_gpus // max(num_tokens, 1)
+    visited[torch.arange(num_tokens, device=visited.device), source] = False  # a token's own GPU costs nothing
+    return visited.sum(0)
 
 
 def routing_stats(ids, num_experts: int, gpu_table=None) -> dict[str, float]:
     """The costs of one layer's choice for one batch, as plain floats.
 
-    Keys: ``gpus_per_token``, ``busiest_gpu_recv``, ``mean_gpu_recv`` (only with a ``gpu_table``),
-    ``load_max_over_mean``, ``dropped_fraction`` (slots ``-1``).
+    Keys: ``load_max_over_mean``, ``dropped_fraction`` (slots ``-1``), and with a ``gpu_table``
+    ``gpus_per_token``, ``busiest_gpu_recv`` and ``mean_gpu_recv`` (copies received from other GPUs,
+    in units of ``N / G`` tokens).
     """
     ids = _as_ids(ids)
     stats = {
         "load_max_over_mean": load_max_over_mean(ids, num_experts),
         "dropped_fraction": float((ids < 0).double().mean()) if ids.numel() else 0.0,
     }
-    if gpu_table is not None:
+    if gpu_table is not None and ids.shape[0]:
         visited = gpus_visited(ids, gpu_table)
-        recv = visited.sum(0).double()
-        stats["gpus_per_token"] = float(visited.sum(1).double().mean()) if visited.shape[0] else 0.0
+        num_tokens, num_gpus = visited.shape
+        stats["gpus_per_token"] = float(visited.sum(1).double().mean())
+        source = torch.arange(num_tokens, device=visited.device) * num_gpus // num_tokens
+        visited[torch.arange(num_tokens, device=visited.device), source] = False
+        recv = visited.sum(0).double() / (num_tokens / num_gpus)
         stats["busiest_gpu_recv"] = float(recv.max())
         stats["mean_gpu_recv"] = float(recv.mean())
     return stats

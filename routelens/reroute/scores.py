@@ -82,23 +82,53 @@ def ranking_scores(logits: torch.Tensor, rule, select: torch.Tensor, gate: torch
     return torch.softmax(logits.reshape(select.shape).float(), dim=-1)
 
 
-def finish_weights(logits: torch.Tensor, gate: torch.Tensor | None, ids: torch.Tensor, rule) -> torch.Tensor:
-    """The weights ``rule`` gives experts ``ids [N, k]`` (``-1`` = dropped, weight 0), float32.
+WEIGHTINGS = ("renorm", "keep")
 
-    Gather the gate scores (or softmax over the chosen logits), renormalise over the kept slots when
-    the rule renormalises (``norm_topk_prob``), then apply ``routed_scaling_factor``.
+
+def finish_weights(logits: torch.Tensor, gate: torch.Tensor | None, ids: torch.Tensor, rule,
+                   reference_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The weights experts ``ids [N, k]`` get (``-1`` = dropped, weight 0), float32.
+
+    Gather the gate scores (or the softmax over the chosen logits), normalise when the rule
+    renormalises (``norm_topk_prob``), then apply ``routed_scaling_factor``.
+
+    Args:
+        reference_ids: where to take the normaliser from. None (``renorm``, the model's rule applied
+            to the new choice): the kept experts' own scores, so they always sum to the model's total.
+            The model's unconstrained ``[N, k]`` choice (``keep``): every expert gets exactly the
+            weight the unconstrained router gives it, so a re-routed token loses the weight of the
+            experts it lost instead of inflating the others (used by the ``--weights keep`` option).
     """
     kept = ids >= 0
     safe = ids.clamp_min(0)
-    if gate is None:  # softmax over the chosen logits only
-        chosen = logits.reshape(-1, logits.shape[-1]).float().gather(1, safe).masked_fill(~kept, float("-inf"))
-        weights = torch.softmax(chosen, dim=-1).nan_to_num(0.0)
-    else:
-        weights = gate.gather(1, safe)
-    weights = weights.masked_fill(~kept, 0.0)
+    if gate is None:  # softmax over the chosen logits only (GPT-OSS, Granite-MoE, JetMoE)
+        flat = logits.reshape(-1, logits.shape[-1]).float()
+        chosen = flat.gather(1, safe).masked_fill(~kept, float("-inf"))
+        if reference_ids is None:
+            weights = torch.softmax(chosen, dim=-1).nan_to_num(0.0)  # the model's own op: bit-identical
+        else:
+            base = flat.gather(1, reference_ids.clamp_min(0)).masked_fill(reference_ids < 0, float("-inf"))
+            weights = (chosen - torch.logsumexp(base, dim=-1, keepdim=True)).exp().nan_to_num(0.0)
+        return weights.masked_fill(~kept, 0.0) * rule.routed_scaling_factor
+    weights = gate.gather(1, safe).masked_fill(~kept, 0.0)
     if rule.norm_topk_prob:
-        weights = weights / weights.norm(p=rule.norm_p, dim=-1, keepdim=True).clamp_min(1e-20)
+        if reference_ids is None:
+            norm = weights.norm(p=rule.norm_p, dim=-1, keepdim=True)
+        else:
+            norm = gate.gather(1, reference_ids.clamp_min(0)).masked_fill(reference_ids < 0, 0.0).norm(
+                p=rule.norm_p, dim=-1, keepdim=True)
+        weights = weights / norm.clamp_min(1e-20)
     return weights * rule.routed_scaling_factor
+
+
+def weigh(logits: torch.Tensor, select: torch.Tensor, gate: torch.Tensor | None, ids: torch.Tensor, rule,
+          weights: str = "renorm") -> torch.Tensor:
+    """:func:`finish_weights` of a policy's choice under ``weights`` (``renorm`` or ``keep``)."""
+    if weights == "renorm":
+        return finish_weights(logits, gate, ids, rule)
+    if weights == "keep":
+        return finish_weights(logits, gate, ids, rule, reference_ids=topk_choice(select, rule.top_k))
+    raise InputError(f"unknown --weights '{weights}' (choose from {', '.join(WEIGHTINGS)})")
 
 
 def as_long_tensor(values, device=None) -> torch.Tensor:

@@ -246,10 +246,16 @@ def _bar(enabled: bool, total: int, desc: str):
 def default_output(trace_path: str | os.PathLike, policy: Policy) -> Path:
     """``RUN-c2r-t8``, ``RUN-gpu-limited-m4``, ``RUN-capacity-reroute-1.25`` next to the input run."""
     path = Path(trace_path)
-    suffix = {"c2r": f"t{policy.top_t}", "gpu-limited": f"m{policy.max_gpus}"}.get(policy.name, "")
-    if policy.name.startswith("capacity"):
+    suffix = ""
+    if policy.name == "c2r":
+        suffix = f"t{policy.top_t}"
+    elif policy.name == "gpu-limited":
+        suffix = f"m{policy.max_gpus}"
+    elif policy.name == "gpu-adaptive":
+        suffix = f"s{policy.min_gpu_share:g}"
+    elif policy.name.startswith("capacity"):
         suffix = f"{policy.capacity_factor:g}"
-    name = f"{path.name}-{policy.name}" + (f"-{suffix}" if suffix else "")
+    name = f"{path.name}-{policy.name}" + (f"-{suffix}" if suffix else "") + ("-keep" if policy.weights == "keep" else "")
     return path.with_name(name)
 
 

@@ -59,7 +59,7 @@ def test_reroute_eval_sweeps_policies_and_writes_rows_and_the_curve(tiny_model, 
     text.write_text(TEXT)
     rows_file, out = tmp_path / "rows.json", tmp_path / "curve"
     code = main(["reroute-eval", str(tiny_model), "--policy", "gpu-limited,capacity-reroute", "--max-gpus", "1,2",
-                 "--gpu-score", "mass", "--capacity-factor", "1.25", "--gpus", "4", "--text", str(text),
+                 "--gpu-score", "mass", "--capacity-factor", "1.25", "--weights", "keep", "--gpus", "4", "--text", str(text),
                  "--seq-len", "32", "--max-windows", "12", "--batch-size", "3", "--json", str(rows_file),
                  "--out", str(out), "--no-progress"])
     assert code == 0
@@ -68,7 +68,10 @@ def test_reroute_eval_sweeps_policies_and_writes_rows_and_the_curve(tiny_model, 
         ("none", None, None), ("gpu-limited", 1, None), ("gpu-limited", 2, None), ("capacity-reroute", None, 1.25)]
     for row in rows:
         assert row["perplexity"] > 1 and row["gpus_per_token"] >= 1
-    assert rows[1]["gpus_per_token"] == pytest.approx(1.0)
+        assert row.get("weights", "keep") == "keep"
+    assert rows[1]["gpus_per_token"] == pytest.approx(1.0) and rows[1]["gpu_score"] == "mass"
+    assert rows[0]["contiguous_gpus_per_token"] >= 1
+    assert rows[1]["gpus_per_token_vs_contiguous"] == pytest.approx(1.0 / rows[0]["contiguous_gpus_per_token"] - 1)
     curve = json.loads((out / "tradeoff.json").read_text())
     assert curve["format"] == "routelens-reroute-eval" and curve["rows"] == rows
     assert curve["calibration_windows"] == 3 and curve["evaluation_windows"] == 9

@@ -163,7 +163,8 @@ def test_routing_stats_on_a_hand_made_choice():
     table = np.array([[0, 1], [2, 3]])  # GPU 0: experts 0, 1; GPU 1: 2, 3
     stats = routing_stats(ids, 4, table)
     assert stats["gpus_per_token"] == pytest.approx((1 + 2 + 1 + 1) / 4)
-    assert stats["busiest_gpu_recv"] == 3  # tokens 0, 1, 3 visit GPU 0
+    # tokens start on GPUs [0, 0, 1, 1]; GPU 1 receives token 1, GPU 0 token 3: 1 copy = 0.5 x (N/G)
+    assert stats["busiest_gpu_recv"] == pytest.approx(0.5)
     assert stats["dropped_fraction"] == pytest.approx(1 / 8)
     assert load_max_over_mean(ids, 4) == pytest.approx(3 / (7 / 4))
 
@@ -184,3 +185,49 @@ def test_plan_driven_policy_covers_every_plan_layer():
         assert gpus_per_token(ids, plan.gpu_experts[layer]) == 1.0
     with pytest.raises(InputError, match="not fitted"):
         policy.choose("c", torch.randn(4, 8), rule)
+
+
+# ---------------------------------------------------------------------------- adaptive GPU limit, weights
+def test_gpu_adaptive_drops_only_gpus_holding_little_of_the_routing_weight():
+    probs = [[0.30, 0.05, 0.02, 0.01, 0.25, 0.24, 0.10, 0.03]]  # top-3 {0, 4, 5}: GPU 0 holds 0.38, GPU 1 0.62
+    rule = RoutingRule("softmax", 8, 3, True)
+    logits = logits_from_probs(probs)
+    from routelens.reroute import gpu_share_choose
+
+    kept, _ = gpu_share_choose(logits, rule, two_gpu_table(), min_share=0.3)
+    assert as_sets(kept) == [{0, 4, 5}]
+    cut, weights = gpu_share_choose(logits, rule, two_gpu_table(), min_share=0.4)
+    assert as_sets(cut) == [{4, 5, 6}]
+    assert torch.allclose(weights.sort(1).values, torch.tensor([[0.10, 0.24, 0.25]]) / 0.59, atol=1e-6)
+    capped, _ = gpu_share_choose(logits, rule, two_gpu_table(), min_share=0.0, max_gpus=1)
+    assert as_sets(capped) == [{4, 5, 6}]
+
+
+def test_keep_weights_give_each_expert_its_unconstrained_weight():
+    probs = [[0.30, 0.05, 0.02, 0.01, 0.25, 0.24, 0.10, 0.03]]
+    rule = RoutingRule("softmax", 8, 3, True)
+    from routelens.reroute import gpu_share_choose
+
+    ids, weights = gpu_share_choose(logits_from_probs(probs), rule, two_gpu_table(), min_share=0.4, weights="keep")
+    assert as_sets(ids) == [{4, 5, 6}]
+    # divided by the unconstrained top-3's total (0.79), not by the new choice's (0.59)
+    assert torch.allclose(weights.sort(1).values, torch.tensor([[0.10, 0.24, 0.25]]) / 0.79, atol=1e-6)
+
+
+def test_keep_weights_for_a_softmax_over_the_chosen_logits():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    rule = RoutingRule("softmax", 4, 2, False, softmax_after_topk=True)
+    from routelens.reroute.scores import finish_weights
+
+    chosen = torch.tensor([[0, 2]])
+    renorm = finish_weights(logits, None, chosen, rule)
+    keep = finish_weights(logits, None, chosen, rule, reference_ids=torch.tensor([[0, 1]]))
+    assert torch.allclose(renorm, torch.softmax(torch.tensor([[3.0, 1.0]]), -1))
+    assert torch.allclose(keep, torch.exp(torch.tensor([[3.0, 1.0]])) / (math.exp(3) + math.exp(2)))
+
+
+def test_policy_rejects_unknown_weighting():
+    from routelens.reroute import Policy
+
+    with pytest.raises(InputError, match="--weights"):
+        Policy("c2r", top_t=2, weights="sideways")
