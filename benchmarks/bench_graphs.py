@@ -2,7 +2,7 @@
 
 Routing comes from ``routelens.synthetic`` (planted co-activation groups, Zipf-skewed load): a pool
 of blocks is generated once in worker processes (not timed), and each layer is fed to the analysis
-chunk by chunk, exactly as ``analyze_trace`` streams shards: ``count_chunk`` per chunk (co-activation,
+chunk by chunk, exactly as ``analyze_trace`` streams shards: ``LayerAccumulator.add`` per chunk (co-activation,
 load, weight mass, transitions to the next layer, per-expert token counts), then ``finish_layer``
 (scores, roles, Louvain communities, summary). Feeding (relabelling a pool block) is not timed.
 
@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from routelens.graphs import coactivation_counts  # noqa: E402
-from routelens.graphs.layer import LayerCounts, count_chunk  # noqa: E402
+from routelens.graphs.layer import LayerAccumulator  # noqa: E402
 from routelens.graphs.pipeline import LayerFinisher  # noqa: E402
 from routelens.synthetic import synthetic_topk_ids  # noqa: E402
 
@@ -51,16 +51,28 @@ def make_block(args: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray,
 
 
 class Feeder:
-    """Layer ``l``, chunk ``c`` = pool block ``(3l + c) mod P`` with experts relabelled by a per-layer permutation."""
+    """Layer ``l``, chunk ``c`` = pool block ``(3l + c) mod P`` with experts relabelled per layer.
+
+    The relabelling is ``ids XOR m_l`` (a permutation of ``[0, E)`` when ``E`` is a power of two;
+    otherwise a gather through a random permutation), written into reusable buffers, so feeding
+    costs little and allocates nothing.
+    """
 
     def __init__(self, blocks, num_experts: int, num_layers: int, seed: int = 0):
         rng = np.random.default_rng(seed)
         self.blocks = blocks
+        self.xor = num_experts & (num_experts - 1) == 0
+        self.masks = rng.integers(0, num_experts, size=num_layers).astype(np.int16)
         self.perms = [rng.permutation(num_experts).astype(np.int16) for _ in range(num_layers)]
 
-    def chunk(self, layer: int, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        ids, w, tok = self.blocks[(3 * layer + c) % len(self.blocks)]
-        return self.perms[layer][ids], w, tok
+    def block(self, layer: int, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.blocks[(3 * layer + c) % len(self.blocks)]
+
+    def ids(self, layer: int, c: int, out: np.ndarray | None = None) -> np.ndarray:
+        raw = self.block(layer, c)[0]
+        if self.xor:
+            return np.bitwise_xor(raw, self.masks[layer], out=out)
+        return np.take(self.perms[layer], raw, out=out)
 
 
 def onehot_baseline(ids: np.ndarray, num_experts: int) -> np.ndarray:
@@ -89,7 +101,7 @@ def main() -> int:
         blocks = list(pool.map(make_block, [(chunk, e, k, s) for s in range(args.pool)]))
     gen_s = time.perf_counter() - t0
     feeder = Feeder(blocks, e, n_layers)
-    all_tok = np.concatenate([feeder.chunk(0, c)[2] for c in range(n_chunks)])
+    all_tok = np.concatenate([feeder.block(0, c)[2] for c in range(n_chunks)])
     vocab, freq = np.unique(all_tok, return_counts=True)
     keep = np.sort(np.argsort(-freq, kind="stable")[:MAX_VOCAB])
     col_of_vocab = np.full(vocab.size, keep.size, dtype=np.int64)
@@ -104,28 +116,34 @@ def main() -> int:
     # ---- whole analysis, as analyze_trace runs it (counting overlapped with finishing) ----
     feed_s = 0.0
     finisher = LayerFinisher(top_k=k, vocab_ids=vocab[keep])
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, t_start = time.process_time(), time.perf_counter()
-    next_chunks = [feeder.chunk(0, c)[0] for c in range(n_chunks)]
+    buffers = [[np.empty((chunk, k), np.int16) for _ in range(n_chunks)] for _ in range(2)]
+    next_chunks = [feeder.ids(0, c, out=buffers[0][c]) for c in range(n_chunks)]
     for layer in range(n_layers):
-        totals = LayerCounts(e)
+        acc = LayerAccumulator(e)
         t = time.perf_counter()
         chunks = next_chunks
-        next_chunks = [feeder.chunk(layer + 1, c)[0] for c in range(n_chunks)] if layer + 1 < n_layers else None
+        spare = buffers[(layer + 1) % 2]
+        next_chunks = [feeder.ids(layer + 1, c, out=spare[c]) for c in range(n_chunks)] if layer + 1 < n_layers else None
         feed_s += time.perf_counter() - t
         for c in range(n_chunks):
-            _, w, _ = feeder.chunk(layer, c)
+            _, w, _ = feeder.block(layer, c)
             cols = cols_per_block[(3 * layer + c) % len(blocks)]
-            totals += count_chunk(chunks[c], e, topk_weights=w, next_ids=None if next_chunks is None else next_chunks[c],
-                                  token_cols=cols, num_token_cols=keep.size + 1, start=c * chunk, half=tokens // 2)
-        finisher.submit(totals)
+            acc.add(chunks[c], topk_weights=w, next_ids=None if next_chunks is None else next_chunks[c],
+                    token_cols=cols, num_token_cols=keep.size + 1, start=c * chunk, half=tokens // 2)
+        finisher.submit(acc.total())
     rows = [r.summary for r in finisher.results()]
     finisher.close()
     whole = time.perf_counter() - t_start
     cpu = time.process_time() - cpu0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    user_s, sys_s = usage.ru_utime - usage0.ru_utime, usage.ru_stime - usage0.ru_stime
+    faults = usage.ru_minflt - usage0.ru_minflt
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     threads = os.environ.get("ROUTELENS_NUM_THREADS", "default")
     print(f"  whole analysis ({threads} counting threads): {whole:.2f} s wall ({whole / n_layers * 1000:.0f} ms/layer; includes {feed_s:.2f} s of "
-          f"feeding synthetic chunks), {cpu:.2f} s CPU; goal <= 20 s: {'OK' if whole <= 20 else 'MISSED'}")
+          f"feeding synthetic chunks), {cpu:.2f} s CPU ({user_s:.2f} user + {sys_s:.2f} system, {faults:,} page faults); goal <= 20 s: {'OK' if whole <= 20 else 'MISSED'}")
     print(f"  peak memory (max RSS of this process): {rss_mb:.0f} MB; goal <= 2048 MB: {'OK' if rss_mb <= 2048 else 'MISSED'}")
     r0 = rows[0]
     print(f"  layer 0: max/mean {r0['load_max_over_mean']:.2f}, gini {r0['load_gini']:.2f}, specialized "
@@ -140,7 +158,7 @@ def main() -> int:
         ours = np.zeros((e, e), np.int64)
         base = np.zeros((e, e), np.float64)
         for c in range(n_chunks):
-            ids = feeder.chunk(layer, c)[0]
+            ids = feeder.ids(layer, c)
             t, u = time.perf_counter(), time.process_time()
             ours += coactivation_counts(ids, e)
             ours_s, ours_cpu = ours_s + time.perf_counter() - t, ours_cpu + time.process_time() - u

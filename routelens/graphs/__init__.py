@@ -14,7 +14,7 @@ from .analysis import SCORE_NAMES, Analysis
 from .communities import coactivation_graph, detect_communities, export_graph, graph_to_json
 from .compare import compare_analyses, format_comparison
 from .counts import coactivation_counts, load_counts, load_mass, transition_counts
-from .layer import LayerCounts, count_chunk, finish_layer
+from .layer import LayerAccumulator, LayerCounts, count_chunk, finish_layer
 from .metrics import (
     ROLE_NAMES,
     conditional_probability,
@@ -39,7 +39,7 @@ __all__ = [
     "Analysis", "SCORE_NAMES", "ROLE_NAMES", "TOKEN_CLASSES",
     "analyze_trace", "ensure_analysis", "load_analysis", "save_analysis", "parse_layers",
     "coactivation_counts", "transition_counts", "load_counts", "load_mass",
-    "LayerCounts", "count_chunk", "finish_layer",
+    "LayerAccumulator", "LayerCounts", "count_chunk", "finish_layer",
     "conditional_probability", "jaccard", "lift", "pmi",
     "effective_collaborators", "top_t_share", "top_t_partners", "top_t_stability", "expert_roles",
     "gini", "load_imbalance", "transition_predictability",

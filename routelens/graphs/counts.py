@@ -1,12 +1,13 @@
 """Counting kernels: expert load, token-level co-activation and layer-to-layer transitions.
 
 Every count here is a histogram of *pair codes*: for a pair of expert ids ``(i, j)`` the code is
-``i * B + j`` (``B = E + 1``), and one ``np.bincount`` over all codes of a chunk yields the whole
-``[E, E]`` table. A token with ``k`` experts contributes its ``k (k - 1) / 2`` unordered pairs (not
-the ``k * k`` of a one-hot outer product), codes are built in ``int16`` when ``B * B`` fits (``E <=
-180``), and tokens are processed in sub-chunks small enough for the histogram's input to stay in
-cache. On 1M tokens × top-8 × 128 experts this is several times faster than the one-hot matmul
-``onehot.T @ onehot`` (``benchmarks/bench_graphs.py`` measures both).
+``i * B + j`` (``B = E + 1``), and one ``np.add.at`` over all codes of a chunk accumulates the whole
+``[E, E]`` table in place. A token with ``k`` experts contributes its ``k (k - 1) / 2`` unordered
+pairs (not the ``k * k`` of a one-hot outer product); codes are written into per-thread scratch
+buffers reused from one sub-chunk to the next (no allocation, no page faults in the hot loop), and
+tokens are processed in sub-chunks small enough to stay in cache. On 1M tokens × top-8 × 128 experts
+this is several times faster than the one-hot matmul ``onehot.T @ onehot``
+(``benchmarks/bench_graphs.py`` measures both).
 
 Dropped slots (id ``-1``, written by capacity-aware re-routing) are mapped to a sentinel expert
 ``E`` whose row and column are discarded, so they count for nothing. Ids ``>= E`` or ``< -1`` are
@@ -20,24 +21,28 @@ Design", NAACL 2025, arXiv:2504.01337): ``M[i, j]`` = tokens whose top-k holds b
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..errors import InputError
 
-SUB_CHUNK_TOKENS = 16384  # tokens per histogram call: codes + their intp copy stay in L2
+SUB_CHUNK_TOKENS = 8192  # tokens per inner step: slots, codes and the histogram stay in L2
+_LOCAL = threading.local()
 
 
-def code_dtype(base: int) -> type:
-    """Smallest signed integer dtype holding every pair code ``< base * base``."""
-    if base * base <= np.iinfo(np.int16).max:
-        return np.int16
-    if base * base <= np.iinfo(np.int32).max:
-        return np.int32
-    return np.int64
+def scratch(name: str, size: int, dtype=np.intp) -> np.ndarray:
+    """A 1-D buffer of ``size`` elements private to this thread, reused between calls (contents undefined)."""
+    buffers = _LOCAL.__dict__.setdefault("buffers", {})
+    buf = buffers.get(name)
+    if buf is None or buf.size < size or buf.dtype != np.dtype(dtype):
+        buf = np.empty(max(size, 1), dtype=dtype)
+        buffers[name] = buf
+    return buf[:size]
 
 
-def slot_major(topk_ids: np.ndarray, num_experts: int, what: str = "topk_ids") -> np.ndarray:
-    """``[k, n]`` contiguous ids in the code dtype, dropped slots (``-1``) mapped to ``num_experts``.
+def slot_major(topk_ids: np.ndarray, num_experts: int, what: str = "topk_ids", name: str = "slots") -> np.ndarray:
+    """``[k, n]`` intp ids in a scratch buffer, dropped slots (``-1``) mapped to ``num_experts``.
 
     Raises:
         InputError: not a ``[n, k]`` array, or an id outside ``[-1, num_experts)``.
@@ -45,36 +50,80 @@ def slot_major(topk_ids: np.ndarray, num_experts: int, what: str = "topk_ids") -
     ids = np.asarray(topk_ids)
     if ids.ndim != 2:
         raise InputError(f"{what} must be a [tokens, k] array, got shape {ids.shape}")
-    if ids.size:
-        low, high = int(ids.min()), int(ids.max())
-        if high >= num_experts or low < -1:
-            bad = high if high >= num_experts else low
-            raise InputError(f"{what} holds expert id {bad}, outside [0, {num_experts}) (and -1 for dropped slots)")
-    out = np.ascontiguousarray(ids.T, dtype=code_dtype(num_experts + 1))
-    if ids.size and low < 0:
+    n, k = ids.shape
+    out = scratch(name, n * k).reshape(k, n)
+    if ids.size == 0:
+        return out
+    low, high = int(ids.min()), int(ids.max())
+    if high >= num_experts or low < -1:
+        bad = high if high >= num_experts else low
+        raise InputError(f"{what} holds expert id {bad}, outside [0, {num_experts}) (and -1 for dropped slots)")
+    np.copyto(out, ids.T, casting="unsafe")
+    if low < 0:
         out[out < 0] = num_experts
     return out
 
 
-def _pair_hist(slots: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
-    """Histograms of one chunk: ``(pairs [base*base], load [base])`` from ``slots [k, n]``."""
+# ---------------------------------------------------------------------------------------- in-place adds
+def add_pairs(hist: np.ndarray, slots: np.ndarray, base: int) -> None:
+    """``hist[i * base + j] += 1`` for every token's slot pair ``a < b`` (``slots [k, n]`` intp)."""
     k, n = slots.shape
-    codes = np.empty((k * (k - 1) // 2, n), dtype=slots.dtype)
-    scale, row = slots.dtype.type(base), 0
-    for a in range(k - 1):  # codes of (slot a, slot b > a), one broadcast write per a
-        np.add((slots[a] * scale)[None, :], slots[a + 1:], out=codes[row:row + k - 1 - a])
+    if k < 2 or n == 0:
+        return
+    codes = scratch("codes", k * (k - 1) // 2 * n).reshape(-1, n)
+    first = scratch("first", n)
+    row = 0
+    for a in range(k - 1):  # codes of (slot a, slot b > a): one broadcast write per a
+        np.multiply(slots[a], base, out=first)
+        np.add(first[None, :], slots[a + 1:], out=codes[row:row + k - 1 - a])
         row += k - 1 - a
-    pairs = np.bincount(codes.ravel(), minlength=base * base)
-    load = np.bincount(slots.ravel(), minlength=base)
-    return pairs, load
+    np.add.at(hist, codes.reshape(-1), 1)
 
 
+def add_transitions(hist: np.ndarray, src: np.ndarray, dst: np.ndarray, base_to: int) -> None:
+    """``hist[a * base_to + b] += 1`` for every token's ``a`` in ``src [k, n]`` and ``b`` in ``dst [k', n]``."""
+    k, n = src.shape
+    codes = scratch("codes", k * dst.shape[0] * n).reshape(k, dst.shape[0], n)
+    scaled = scratch("first", k * n).reshape(k, n)
+    np.multiply(src, base_to, out=scaled)
+    np.add(scaled[:, None, :], dst[None, :, :], out=codes)
+    np.add.at(hist, codes.reshape(-1), 1)
+
+
+def add_columns(hist: np.ndarray, slots: np.ndarray, cols: np.ndarray, num_cols: int) -> None:
+    """``hist[e * num_cols + col[t]] += 1`` for every slot (expert ``e``) of every token ``t``."""
+    k, n = slots.shape
+    codes = scratch("codes", k * n).reshape(k, n)
+    np.multiply(slots, num_cols, out=codes)
+    codes += np.asarray(cols)[None, :]
+    np.add.at(hist, codes.reshape(-1), 1)
+
+
+def add_mass(hist: np.ndarray, slots: np.ndarray, topk_weights: np.ndarray) -> None:
+    """``hist[e] += weight`` for every slot; ``topk_weights`` is ``[n, k]`` like the ids."""
+    k, n = slots.shape
+    weights = scratch("weights", k * n, np.float64).reshape(k, n)
+    np.copyto(weights, np.asarray(topk_weights).T, casting="unsafe")
+    np.add.at(hist, slots.reshape(-1), weights.reshape(-1))
+
+
+def add_load(hist: np.ndarray, slots: np.ndarray) -> None:
+    """``hist[e] += 1`` for every slot."""
+    np.add.at(hist, slots.reshape(-1), 1)
+
+
+def fold_pairs(hist: np.ndarray, num_experts: int) -> np.ndarray:
+    """``[E, E]`` symmetric, zero-diagonal counts from an ordered-pair histogram ``[B * B]``."""
+    base = num_experts + 1
+    square = hist.reshape(base, base)[:num_experts, :num_experts]
+    square = square + square.T  # each token counted (i, j) in slot order; the union is symmetric
+    np.fill_diagonal(square, 0)  # a repeated id in one row (never in top-k) is not a collaboration
+    return square
+
+
+# ---------------------------------------------------------------------------------------- whole arrays
 def coactivation_and_load(topk_ids: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
-    """Co-activation counts (symmetric, zero diagonal) and load of one chunk of tokens.
-
-    Args:
-        topk_ids: ``[T, k]`` expert ids (``-1`` = dropped slot).
-        num_experts: ``E``.
+    """Co-activation counts (symmetric, zero diagonal) and load of ``topk_ids [T, k]``.
 
     Returns:
         ``(pairs [E, E] int64, load [E] int64)``: ``pairs[i, j]`` (``i != j``) tokens that chose
@@ -84,15 +133,12 @@ def coactivation_and_load(topk_ids: np.ndarray, num_experts: int) -> tuple[np.nd
     pairs = np.zeros(base * base, dtype=np.int64)
     load = np.zeros(base, dtype=np.int64)
     ids = np.asarray(topk_ids)
+    slot_major(ids[:0], num_experts)  # shape check, also for T = 0
     for start in range(0, ids.shape[0], SUB_CHUNK_TOKENS):
         slots = slot_major(ids[start:start + SUB_CHUNK_TOKENS], num_experts)
-        chunk_pairs, chunk_load = _pair_hist(slots, base)
-        pairs += chunk_pairs
-        load += chunk_load
-    square = pairs.reshape(base, base)[:num_experts, :num_experts]
-    square = square + square.T  # each token counted (i, j) in slot order; the union is symmetric
-    np.fill_diagonal(square, 0)  # a repeated id in one row (never in top-k) is not a collaboration
-    return square, load[:num_experts].copy()
+        add_pairs(pairs, slots, base)
+        add_load(load, slots)
+    return fold_pairs(pairs, num_experts), load[:num_experts].copy()
 
 
 def coactivation_counts(topk_ids: np.ndarray, num_experts: int) -> np.ndarray:
@@ -146,21 +192,23 @@ def transition_counts(ids_from: np.ndarray, ids_to: np.ndarray, num_experts_from
     if a.shape[0] != b.shape[0]:
         raise InputError(f"transition counts need the same tokens at both layers, got {a.shape[0]} and {b.shape[0]}")
     base_from, base_to = num_experts_from + 1, num_experts_to + 1
-    dtype = code_dtype(max(base_from, base_to))
-    out = np.zeros(base_from * base_to, dtype=np.int64)
-    for start in range(0, a.shape[0], SUB_CHUNK_TOKENS // 2):
-        end = start + SUB_CHUNK_TOKENS // 2
-        src = slot_major(a[start:end], num_experts_from, "ids_from").astype(dtype, copy=False)
-        dst = slot_major(b[start:end], num_experts_to, "ids_to").astype(dtype, copy=False)
-        codes = src[:, None, :] * dtype(base_to) + dst[None, :, :]
-        out += np.bincount(codes.ravel(), minlength=base_from * base_to)
-    return out.reshape(base_from, base_to)[:num_experts_from, :num_experts_to].copy()
+    hist = np.zeros(base_from * base_to, dtype=np.int64)
+    for start in range(0, a.shape[0], SUB_CHUNK_TOKENS):
+        end = start + SUB_CHUNK_TOKENS
+        src = slot_major(a[start:end], num_experts_from, "ids_from", name="slots")
+        dst = slot_major(b[start:end], num_experts_to, "ids_to", name="next_slots")
+        add_transitions(hist, src, dst, base_to)
+    return hist.reshape(base_from, base_to)[:num_experts_from, :num_experts_to].copy()
 
 
 def load_counts(topk_ids: np.ndarray, num_experts: int) -> np.ndarray:
     """``[E]`` int64 tokens routed to each expert (each token counts once per chosen expert)."""
-    slots = slot_major(topk_ids, num_experts)
-    return np.bincount(slots.ravel(), minlength=num_experts + 1)[:num_experts].astype(np.int64)
+    ids = np.asarray(topk_ids)
+    hist = np.zeros(num_experts + 1, dtype=np.int64)
+    slot_major(ids[:0], num_experts)
+    for start in range(0, ids.shape[0], SUB_CHUNK_TOKENS):
+        add_load(hist, slot_major(ids[start:start + SUB_CHUNK_TOKENS], num_experts))
+    return hist[:num_experts]
 
 
 def load_mass(topk_ids: np.ndarray, topk_weights: np.ndarray, num_experts: int) -> np.ndarray:
@@ -168,11 +216,11 @@ def load_mass(topk_ids: np.ndarray, topk_weights: np.ndarray, num_experts: int) 
     ids, weights = np.asarray(topk_ids), np.asarray(topk_weights)
     if weights.shape != ids.shape:
         raise InputError(f"topk_weights has shape {weights.shape}, topk_ids {ids.shape}")
-    slot_major(ids[:0], num_experts)  # shape check
-    flat = ids.ravel()
-    if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= num_experts):
-        flat = slot_major(ids, num_experts).T.ravel()  # validates; dropped slots -> sentinel E
-    return np.bincount(flat, weights=weights.ravel(), minlength=num_experts + 1)[:num_experts]
+    hist = np.zeros(num_experts + 1, dtype=np.float64)
+    for start in range(0, ids.shape[0], SUB_CHUNK_TOKENS):
+        end = start + SUB_CHUNK_TOKENS
+        add_mass(hist, slot_major(ids[start:end], num_experts), weights[start:end])
+    return hist[:num_experts]
 
 
 def expert_token_counts(topk_ids: np.ndarray, token_cols: np.ndarray, num_experts: int, num_cols: int) -> np.ndarray:
@@ -183,11 +231,11 @@ def expert_token_counts(topk_ids: np.ndarray, token_cols: np.ndarray, num_expert
         token_cols: ``[T]`` int column of each token in ``[0, num_cols)`` (a token class, or the
             rank of its vocabulary id among the frequent ones).
     """
-    wide = np.int32 if (num_experts + 1) * num_cols < np.iinfo(np.int32).max else np.int64
-    slots = slot_major(topk_ids, num_experts).astype(wide)
-    cols = np.asarray(token_cols).astype(wide, copy=False)
-    codes = slots * wide(num_cols) + cols[None, :]
-    hist = np.bincount(codes.ravel(), minlength=(num_experts + 1) * num_cols)
+    ids, cols = np.asarray(topk_ids), np.asarray(token_cols)
+    hist = np.zeros((num_experts + 1) * num_cols, dtype=np.int64)
+    for start in range(0, ids.shape[0], SUB_CHUNK_TOKENS):
+        end = start + SUB_CHUNK_TOKENS
+        add_columns(hist, slot_major(ids[start:end], num_experts), cols[start:end], num_cols)
     return hist.reshape(num_experts + 1, num_cols)[:num_experts].copy()
 
 

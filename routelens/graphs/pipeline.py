@@ -155,15 +155,15 @@ def analyze_trace(
         for j in chosen:
             e = layer_num_experts(trace, j)
             nxt = j + 1 if j + 1 < len(trace.layers) else None
-            totals = L.LayerCounts(e)
+            acc = L.LayerAccumulator(e)
             streams = [trace.iter_chunks(j, "topk_ids"), trace.iter_chunks(j, "topk_weights")]
             streams.append(trace.iter_chunks(nxt, "topk_ids") if nxt is not None else _nones())
             streams.append(trace.iter_chunks(j, "router_logits") if trace.has_logits else _nones())
             for (start, ids), (_, weights), nxt_chunk, logit_chunk in zip(*streams):
                 where = np.searchsorted(vocab, token_ids[start:start + ids.shape[0]])
                 try:
-                    totals += L.count_chunk(
-                        ids, e, topk_weights=weights,
+                    acc.add(
+                        ids, topk_weights=weights,
                         next_ids=None if nxt_chunk is None else nxt_chunk[1],
                         num_experts_next=None if nxt is None else layer_num_experts(trace, nxt),
                         router_logits=None if logit_chunk is None else logit_chunk[1],
@@ -173,7 +173,7 @@ def analyze_trace(
                     )
                 except InputError as exc:
                     raise TraceError(f"layer {j} ({trace.layers[j]}): {exc}") from None
-            finisher.submit(totals, on_done=lambda _: bar.update(1))
+            finisher.submit(acc.total(), on_done=lambda _: bar.update(1))
         results = finisher.results()
     finally:
         finisher.close()
