@@ -5,16 +5,19 @@ On disk a plan is one versioned JSON file::
     {
       "format": "routelens-plan", "version": 1,
       "num_gpus": 8, "num_nodes": 1, "gpus_per_node": 8,
-      "num_experts": 64, "slots_per_gpu": 8,
+      "num_experts": 64, "slots_per_gpu": 8, "num_redundant": 0,
       "replica_policy": "nearest-then-least-loaded",
       "method": "routelens", "seed": 0,
-      "topology": {...}, "metrics": {...}, "trace": {"path": ..., "fingerprint": ...},
+      "topology": {...}, "cost_model": {...}, "metrics": {...}, "model": {...},
+      "trace": {"path": ..., "fingerprint": ..., "fit_tokens": [0, 32768]},
       "layers": {"model.layers.0.mlp.gate": {"gpu_experts": [[0, 5, ...], [1, 2, ...], ...]}, ...}
     }
 
 ``gpu_experts[g]`` lists the expert ids held by GPU ``g``; every GPU has the same number of slots and
-a replicated expert appears on several GPUs. :class:`Plan` holds the same data as numpy arrays
-(``gpu_experts[layer]: [G, S]`` int) and validates it against a model or trace.
+a replicated expert appears on several GPUs (``num_redundant = G·S - E`` extra slots). Slot ``s`` of
+GPU ``g`` is *physical expert* ``g·S + s``, the numbering SGLang and vLLM use. :class:`Plan` holds the
+same data as numpy arrays (``gpu_experts[layer]: [G, S]`` int) and validates it against a model or
+trace; ``routelens.placement.export`` writes the files serving engines load.
 """
 
 from __future__ import annotations
@@ -60,7 +63,15 @@ class Plan:
         shapes = {np.asarray(a).shape for a in self.gpu_experts.values()}
         if len(shapes) != 1 or len(next(iter(shapes))) != 2:
             raise PlanError(f"every layer of a plan needs a [GPUs, slots] table of one shape, got {sorted(shapes)}")
-        self.gpu_experts = {k: np.asarray(v, dtype=np.int64) for k, v in self.gpu_experts.items()}
+        for layer, table in self.gpu_experts.items():
+            kind = np.asarray(table).dtype.kind
+            if kind not in "iu" and not (kind == "f" and np.all(np.mod(np.asarray(table), 1) == 0)):
+                raise PlanError(f"layer {layer}: gpu_experts must hold integer expert ids, got {np.asarray(table).dtype}")
+        self.gpu_experts = {k: np.asarray(v).astype(np.int64) for k, v in self.gpu_experts.items()}
+        if self.num_experts < 1:
+            raise PlanError(f"a plan needs at least one expert per layer, got {self.num_experts}")
+        if self.num_nodes < 1:
+            raise PlanError(f"a plan needs at least one node, got {self.num_nodes}")
         if self.num_gpus % self.num_nodes:
             raise PlanError(f"{self.num_gpus} GPUs cannot be split evenly over {self.num_nodes} nodes")
         if self.replica_policy not in REPLICA_POLICIES:
@@ -94,6 +105,46 @@ class Plan:
     def gpus_per_node(self) -> int:
         return self.num_gpus // self.num_nodes
 
+    @property
+    def num_physical(self) -> int:
+        """``P = G·S`` physical experts (slots) per layer."""
+        return self.num_gpus * self.slots_per_gpu
+
+    @property
+    def num_redundant(self) -> int:
+        """``R = G·S - E`` redundant slots per layer (extra replicas)."""
+        return self.num_physical - self.num_experts
+
+    @property
+    def topology(self) -> dict[str, Any] | None:
+        """The cluster the plan was made for (``routelens.placement.Topology`` as a dict), if stored."""
+        topo = self.meta.get("topology")
+        return topo if isinstance(topo, dict) else None
+
+    def physical_to_logical(self, layer: str) -> np.ndarray:
+        """``[P]`` logical expert of each physical expert ``g·S + s`` (SGLang/vLLM numbering)."""
+        return self.gpu_experts[layer].ravel().copy()
+
+    def replica_counts(self, layer: str) -> np.ndarray:
+        """``[E]`` replicas of each expert."""
+        return np.bincount(self.gpu_experts[layer].ravel(), minlength=self.num_experts)
+
+    def logical_to_physical(self, layer: str, width: int | None = None) -> np.ndarray:
+        """``[E, width]`` physical experts holding each logical expert, ascending, ``-1`` padded.
+
+        ``width`` defaults to the largest replica count (vLLM uses ``num_redundant + 1``).
+        """
+        phys = self.physical_to_logical(layer)
+        counts = np.bincount(phys, minlength=self.num_experts)
+        width = int(counts.max()) if width is None else int(width)
+        if width < counts.max():
+            raise PlanError(f"layer {layer}: an expert has {counts.max()} replicas, more than width {width}")
+        order = np.argsort(phys, kind="stable")
+        rank = np.arange(phys.size) - np.repeat(np.r_[0, np.cumsum(counts)[:-1]], counts)
+        out = np.full((self.num_experts, width), -1, dtype=np.int64)
+        out[phys[order], rank] = order
+        return out
+
     def expert_replicas(self, layer: str) -> list[np.ndarray]:
         """For each expert ``e``, the GPUs holding a replica of it (ascending)."""
         table = self.gpu_experts[layer]
@@ -124,6 +175,18 @@ class Plan:
         if extra:
             raise PlanError(f"plan places layer '{extra[0]}' which the {what} does not have")
 
+    def check_trace(self, trace) -> None:
+        """Raise PlanError unless the plan fits ``trace`` (same MoE layers and expert count)."""
+        self.check_fits(list(trace.layers), int(trace.num_experts), what="trace")
+
+    def check_model_config(self, config: dict[str, Any], layers: list[str] | None = None) -> None:
+        """Raise PlanError unless the plan fits a model (its config summary: ``num_experts``, ``num_layers``)."""
+        experts = config.get("num_experts") or config.get("num_local_experts") or config.get("n_routed_experts")
+        if experts is not None and int(experts) != self.num_experts:
+            raise PlanError(f"plan is for {self.num_experts} experts per layer, the model has {experts}")
+        if layers is not None:
+            self.check_fits(layers, self.num_experts, what="model")
+
     # ------------------------------------------------------------------ I/O
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,6 +197,7 @@ class Plan:
             "gpus_per_node": self.gpus_per_node,
             "num_experts": self.num_experts,
             "slots_per_gpu": self.slots_per_gpu,
+            "num_redundant": self.num_redundant,
             "replica_policy": self.replica_policy,
             "method": self.method,
             **{k: v for k, v in self.meta.items() if k not in _RESERVED},
@@ -157,13 +221,25 @@ class Plan:
             raise PlanError(f"{source} is malformed: {exc}") from exc
         if not layers:
             raise PlanError(f"{source} has no layers")
-        if "num_gpus" in obj and int(obj["num_gpus"]) != np.asarray(next(iter(layers.values()))).shape[0]:
-            raise PlanError(f"{source}: num_gpus {obj.get('num_gpus')} does not match its gpu_experts tables")
+        try:
+            shapes = {name: np.asarray(table).shape for name, table in layers.items()}
+        except ValueError:
+            raise PlanError(f"{source}: a layer's gpu_experts is ragged: every GPU needs the same number of slots") from None
+        for name, shape in shapes.items():
+            if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
+                raise PlanError(f"{source}: layer {name} gpu_experts must be a non-empty [GPUs][slots] list, got shape {shape}")
+        first_shape = next(iter(shapes.values()))
+        for key, value in (("num_gpus", first_shape[0]), ("slots_per_gpu", first_shape[1])):
+            if key in obj and int(obj[key]) != value:
+                raise PlanError(f"{source}: {key} {obj[key]} does not match its gpu_experts tables ({value})")
+        num_nodes = int(obj.get("num_nodes", 1))
+        if "gpus_per_node" in obj and int(obj["gpus_per_node"]) * num_nodes != first_shape[0]:
+            raise PlanError(f"{source}: {num_nodes} nodes × {obj['gpus_per_node']} GPUs per node != {first_shape[0]} GPUs")
         meta = {k: v for k, v in obj.items() if k not in _RESERVED}
         return cls(
             gpu_experts=layers,
             num_experts=num_experts,
-            num_nodes=int(obj.get("num_nodes", 1)),
+            num_nodes=num_nodes,
             replica_policy=obj.get("replica_policy", "nearest-then-least-loaded"),
             method=obj.get("method", "custom"),
             meta=meta,
@@ -181,5 +257,5 @@ class Plan:
 
 _RESERVED = {
     "format", "version", "num_gpus", "num_nodes", "gpus_per_node", "num_experts",
-    "slots_per_gpu", "replica_policy", "method", "layers",
+    "slots_per_gpu", "num_redundant", "replica_policy", "method", "layers",
 }

@@ -1,0 +1,115 @@
+"""``routelens plan-eval RUN PLAN``: a plan against every baseline, on the same held-out tokens."""
+
+from __future__ import annotations
+
+import argparse
+
+from .place import add_cluster_arguments, cost_from_args, topology_from_args
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plan-eval",
+        help="score a plan and the baselines (contiguous, random, greedy, EPLB, Mt-KaHyPar) on held-out tokens",
+        description="Fit each baseline on the same tokens the plan was fitted on, then score the plan and every "
+        "baseline on the trace's held-out tokens (those after the plan's fit range; all tokens when the plan "
+        "came from another trace): GPUs per token, busiest GPU's receive and send volume (in units of T/G "
+        "tokens), compute imbalance, inter-node share and the estimated All-to-All and layer time, with ratios "
+        "to contiguous.",
+    )
+    parser.add_argument("run", help="trace folder to score on")
+    parser.add_argument("plan", help="routelens plan file (routelens place output)")
+    parser.add_argument("--baselines", default=None,
+                        help="comma-separated baselines (default: contiguous,random,greedy,eplb and kahypar, "
+                        "kahypar-load when mtkahypar is installed)")
+    parser.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    parser.add_argument("--expert-groups", type=_positive_int, default=1, help="eplb: expert groups of the model")
+    add_cluster_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..errors import InputError
+    from ..io import atomic_write_json
+    from ..placement.cost import CostModel
+    from ..placement.evaluate import compare_plans, eval_token_index, format_comparison, ratios
+    from ..placement.hypergraph import mtkahypar_available
+    from ..placement.place import BASELINES, PlaceSettings, place
+    from ..placement.topology import Topology
+    from ..plan import Plan
+    from ..trace import Trace
+
+    trace = Trace.open(args.run)
+    plan = Plan.load(args.plan)
+    plan.check_trace(trace)
+    cluster_given = any(v is not None for v in (args.gpus, args.nodes, args.gpus_per_node))
+    if cluster_given:
+        topology = topology_from_args(args)
+        if topology.num_gpus != plan.num_gpus:
+            raise InputError(f"the plan is for {plan.num_gpus} GPUs, --gpus/--nodes give {topology.num_gpus}")
+    elif plan.topology is not None:
+        topology = Topology.from_json(plan.topology)
+    else:
+        topology = Topology(num_nodes=plan.num_nodes, gpus_per_node=plan.gpus_per_node)
+    stored = plan.meta.get("cost_model") or {}
+    if stored and args.hidden_size is None and args.dtype_bytes == 2.0 and not cluster_given:
+        cost = CostModel(topology, float(stored.get("token_bytes", 8192)), float(stored.get("expert_flops_per_token", 0)))
+    else:
+        cost = cost_from_args(args, trace, topology)
+
+    if args.baselines:
+        names = [b.strip() for b in args.baselines.split(",") if b.strip()]
+        unknown = [b for b in names if b not in BASELINES]
+        if unknown:
+            raise InputError(f"unknown baseline '{unknown[0]}' (known: {', '.join(BASELINES)})")
+    else:
+        names = [b for b in BASELINES if mtkahypar_available() or not b.startswith("kahypar")]
+    held, note = eval_token_index(trace, plan)
+    origin = plan.meta.get("trace") or {}
+    if origin.get("fingerprint") == trace.fingerprint():
+        fit = tuple(origin.get("fit_tokens") or (0, trace.num_tokens))
+        fit_note = f"baselines fitted on the plan's fit tokens [{fit[0]}, {fit[1]})"
+    else:
+        fit = (0, trace.num_tokens)
+        fit_note = "baselines fitted on all tokens of this trace (in-sample for them; the plan came from elsewhere)"
+    plans = {}
+    for name in names:
+        settings = PlaceSettings(method=name, redundant=plan.num_redundant, replica_policy=plan.replica_policy,
+                                 seed=args.seed, num_groups=args.expert_groups)
+        plans[name] = place(trace, cost, settings, fit=fit, progress=False)
+    label = f"plan ({plan.method})"
+    plans[label] = plan
+    results = compare_plans(plans, trace, held, cost, progress=not args.no_progress)
+    topo = cost.topology
+    print(f"trace   {trace.path}: {len(trace.layers)} layers, E={trace.num_experts}, top-{trace.top_k}")
+    print(f"scored  {note}; {fit_note}")
+    print(f"cluster {topo.num_nodes}×{topo.gpus_per_node} GPUs, {topo.intra_link} {topo.intra_gbps:g} GB/s inside "
+          f"nodes, {topo.inter_link} {topo.inter_gbps:g} GB/s between; {cost.token_bytes:g} bytes/token; "
+          f"{plan.num_redundant} redundant slots; replicas: {plan.replica_policy}")
+    print("volumes in units of T/G tokens (the tokens each GPU starts with); mean over layers; (×) = ratio to contiguous")
+    print()
+    print(format_comparison(results))
+    baseline_recv = {n: r["mean"]["busiest_gpu_recv"] for n, r in results.items() if n != label}
+    if baseline_recv:
+        best = min(baseline_recv, key=baseline_recv.get)
+        mine = results[label]["mean"]["busiest_gpu_recv"]
+        print()
+        print(f"busiest-GPU receive: plan {mine:.3f} vs best baseline {best} {baseline_recv[best]:.3f} "
+              f"({100 * (mine / baseline_recv[best] - 1):+.1f}%)")
+    if args.json:
+        atomic_write_json(args.json, {"trace": str(trace.path), "plan": str(args.plan), "scored_on": note,
+                                      "eval_tokens": int(np.asarray(held).size), "results": results,
+                                      "ratios_to_contiguous": ratios(results)})
+        print(f"wrote   {args.json}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value

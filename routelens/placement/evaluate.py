@@ -1,0 +1,108 @@
+"""Score plans on held-out tokens and compare them with the baselines, on the same tokens.
+
+Routing drifts with the text, so a plan is judged on tokens it was not fitted on: by default the
+trace's tokens after the plan's fit range. Every plan (the one under test and each baseline,
+fitted on the same fit tokens) is scored on the same held-out tokens with the same cost model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import InputError, PlanError
+from ..plan import Plan
+from .cost import CostModel, score_table
+from .place import METRIC_KEYS, mean_metrics
+
+COLUMNS = (
+    ("gpus_per_token", "GPUs/token", "{:.2f}"),
+    ("busiest_gpu_recv", "max recv", "{:.3f}"),
+    ("busiest_gpu_send", "max send", "{:.3f}"),
+    ("compute_imbalance", "compute max/mean", "{:.3f}"),
+    ("inter_node_share", "inter-node", "{:.2f}"),
+    ("a2a_us", "a2a µs/layer", "{:.1f}"),
+    ("layer_us", "layer µs", "{:.1f}"),
+)
+
+
+def eval_token_index(trace, plan: Plan) -> tuple[np.ndarray, str]:
+    """Token indices to score ``plan`` on, and a note saying which and why.
+
+    Tokens outside the plan's fit range when the plan was fitted on this very trace; all tokens
+    when it was fitted on another trace (then everything here is held out).
+    """
+    total = int(trace.num_tokens)
+    origin = plan.meta.get("trace") or {}
+    if origin.get("fingerprint") != trace.fingerprint():
+        return np.arange(total), "all tokens (the plan was fitted on another trace)"
+    start, end = (origin.get("fit_tokens") or [0, total])[:2]
+    held = np.r_[np.arange(0, int(start)), np.arange(int(end), total)].astype(np.int64)
+    if held.size == 0:
+        return np.arange(total), "all tokens — IN-SAMPLE: the plan was fitted on every token of this trace"
+    return held, f"held-out tokens {held.size:,} (fit on [{start}, {end}))"
+
+
+def score_plan(plan: Plan, trace, token_index: np.ndarray, cost: CostModel, layers: list[str] | None = None,
+               topk_cache: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Metrics of ``plan`` on the trace tokens ``token_index``: ``{"mean": ..., "layers": {...}}``.
+
+    Tokens start evenly over the GPUs (:func:`~routelens.placement.cost.token_source_gpu`).
+    """
+    plan.check_trace(trace)
+    if plan.num_gpus != cost.topology.num_gpus:
+        raise PlanError(f"plan is for {plan.num_gpus} GPUs, the cost model's cluster has {cost.topology.num_gpus}")
+    if token_index.size == 0:
+        raise InputError("no tokens to score the plan on")
+    per_layer = {}
+    for layer in layers or plan.layers:
+        if topk_cache is not None and layer in topk_cache:
+            ids = topk_cache[layer]
+        else:
+            ids = np.asarray(trace.topk_ids(layer), dtype=np.int64)[token_index]
+            if topk_cache is not None:
+                topk_cache[layer] = ids
+        per_layer[layer] = score_table(ids, plan.gpu_experts[layer], cost, plan.replica_policy)
+    return {"mean": mean_metrics(per_layer), "layers": per_layer}
+
+
+def compare_plans(plans: dict[str, Plan], trace, token_index: np.ndarray, cost: CostModel,
+                  progress: bool = True) -> dict[str, dict[str, Any]]:
+    """:func:`score_plan` of every plan on the same tokens: ``name → {"mean", "layers"}``."""
+    cache: dict[str, np.ndarray] = {}
+    results = {}
+    for name, plan in tqdm(plans.items(), desc="score plans", unit="plan", disable=not progress):
+        results[name] = score_plan(plan, trace, token_index, cost, topk_cache=cache)
+    return results
+
+
+def ratios(results: dict[str, dict[str, Any]], baseline: str = "contiguous") -> dict[str, dict[str, float]]:
+    """Each plan's mean metrics divided by the baseline's (``name → metric → ratio``)."""
+    if baseline not in results:
+        return {}
+    base = results[baseline]["mean"]
+    return {name: {k: r["mean"][k] / base[k] for k in METRIC_KEYS if k in r["mean"] and base.get(k)}
+            for name, r in results.items()}
+
+
+def format_comparison(results: dict[str, dict[str, Any]], baseline: str = "contiguous") -> str:
+    """A plain-text table: one row per plan, mean over layers, ``(×ratio)`` to the baseline."""
+    rel = ratios(results, baseline)
+    header = ["plan"] + [title for _, title, _ in COLUMNS]
+    rows = [header]
+    for name, result in results.items():
+        row = [name]
+        for key, _, fmt in COLUMNS:
+            value = result["mean"].get(key, float("nan"))
+            cell = fmt.format(value)
+            if name != baseline and key in rel.get(name, {}) and key not in ("inter_node_share",):
+                cell += f" ({rel[name][key]:.2f}×)"
+            row.append(cell)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,186 @@
+"""Trace → Plan: run a placement method on every MoE layer of a trace.
+
+``place(trace, cost, settings)`` fits one ``[G, S]`` table per layer on the *fit* tokens (a
+contiguous part of the trace, snapped to sequence boundaries), scores it there, and returns a
+:class:`~routelens.plan.Plan` that records the method, the cluster, the cost model, the fit tokens
+and the metrics at creation. ``routelens place`` and ``routelens plan-eval`` are thin shells over
+this module and :mod:`.evaluate`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+from ..plan import Plan
+from .baselines import contiguous_table, eplb_table, greedy_table, random_table, slots_per_gpu
+from .cost import POLICIES, CostModel, score_table
+from .graph import expert_load
+from .optimizer import DEFAULT_SEEDS, MAX_FIT_TOKENS, optimize_layer
+
+METHODS = ("routelens", "contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
+BASELINES = ("contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
+KAHYPAR_MAX_TOKENS = 16384  # Mt-KaHyPar's deterministic preset takes seconds per layer beyond this
+METRIC_KEYS = ("gpus_per_token", "copies_per_token", "busiest_gpu_recv", "busiest_gpu_send", "compute_imbalance",
+               "inter_node_share", "a2a_us", "compute_us", "layer_us")
+
+
+@dataclass
+class PlaceSettings:
+    """How to make a plan.
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        redundant: ``R`` extra expert slots per layer (``(E + R) % G == 0``).
+        replica_policy: how tokens pick among replicas (:data:`~routelens.placement.cost.POLICIES`).
+        seed: random baseline and optimizer subsample seed.
+        time_budget_s: optimizer wall-clock budget for the whole plan (None: run to convergence).
+        max_fit_tokens: tokens per layer the optimizer scores on (a seeded subsample above this).
+        seeds: optimizer starting placements.
+        num_groups: expert groups for EPLB's hierarchical policy (1 = the model has none).
+    """
+
+    method: str = "routelens"
+    redundant: int = 0
+    replica_policy: str = "nearest-then-least-loaded"
+    seed: int = 0
+    time_budget_s: float | None = None
+    max_fit_tokens: int | None = MAX_FIT_TOKENS
+    seeds: tuple[str, ...] = DEFAULT_SEEDS
+    num_groups: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"unknown placement method '{self.method}' (known: {', '.join(METHODS)})")
+        if self.replica_policy not in POLICIES:
+            raise InputError(f"unknown replica policy '{self.replica_policy}' (known: {', '.join(POLICIES)})")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise InputError(f"--time-budget must be positive, got {self.time_budget_s}")
+        if self.max_fit_tokens is not None and self.max_fit_tokens < 1:
+            raise InputError(f"--max-fit-tokens must be positive, got {self.max_fit_tokens}")
+
+
+def fit_token_range(trace, fit_fraction: float) -> tuple[int, int]:
+    """``(0, end)``: the first ``fit_fraction`` of the trace's tokens, cut at a sequence boundary.
+
+    The rest, ``[end, T)``, is held out for :func:`~routelens.placement.evaluate.compare_plans`.
+
+    Raises:
+        InputError: the fraction is not in (0, 1] or leaves no fit or no held-out token.
+    """
+    if not 0 < fit_fraction <= 1:
+        raise InputError(f"--fit-fraction must be in (0, 1], got {fit_fraction}")
+    total = int(trace.num_tokens)
+    if total == 0:
+        raise InputError(f"trace {trace.path} holds no tokens")
+    if fit_fraction >= 1:
+        return 0, total
+    cut = int(round(total * fit_fraction))
+    seq = np.asarray(trace.seq_ids)
+    starts = np.r_[0, np.flatnonzero(np.diff(seq) != 0) + 1, total]
+    end = int(starts[np.argmin(np.abs(starts - cut))])
+    if end <= 0 or end >= total:
+        end = cut  # one long sequence: cut inside it
+    if end <= 0 or end >= total:
+        raise InputError(f"--fit-fraction {fit_fraction} leaves no fit or no held-out tokens of {total}")
+    return 0, end
+
+
+def layer_table(method: str, topk_ids: np.ndarray, num_experts: int, cost: CostModel, settings: PlaceSettings,
+                deadline: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """``[G, S]`` table of one layer by ``method`` on fit tokens ``topk_ids [T, k]``, and method info."""
+    num_gpus, redundant = cost.topology.num_gpus, settings.redundant
+    ids = np.asarray(topk_ids, dtype=np.int64)
+    if method == "routelens":
+        result = optimize_layer(ids, num_experts, num_gpus, cost, redundant=redundant,
+                                policy=settings.replica_policy, seed=settings.seed, seeds=settings.seeds,
+                                max_fit_tokens=settings.max_fit_tokens, deadline=deadline)
+        return result.table, result.info()
+    if method == "contiguous":
+        return contiguous_table(num_experts, num_gpus, redundant), {}
+    if method == "random":
+        return random_table(num_experts, num_gpus, redundant, seed=settings.seed), {}
+    load = expert_load(ids, num_experts)
+    if method == "greedy":
+        return greedy_table(load, num_gpus, redundant), {}
+    if method == "eplb":
+        return eplb_table(load, num_gpus, redundant, cost.topology.num_nodes, settings.num_groups), {}
+    if method in ("kahypar", "kahypar-load"):
+        from .hypergraph import kahypar_table
+        from .optimizer import subsample_tokens
+
+        limit = min(settings.max_fit_tokens or KAHYPAR_MAX_TOKENS, KAHYPAR_MAX_TOKENS)
+        sample = ids[subsample_tokens(ids.shape[0], limit, settings.seed)]
+        weights = "load" if method == "kahypar-load" else "unit"
+        return kahypar_table(sample, num_experts, num_gpus, redundant, weights=weights, seed=settings.seed), {}
+    raise InputError(f"unknown placement method '{method}' (known: {', '.join(METHODS)})")
+
+
+def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] | None = None,
+          layers: list[str] | None = None, progress: bool = True) -> Plan:
+    """Fit a plan for ``trace`` on its tokens ``fit = (start, end)`` (default: all).
+
+    Args:
+        trace: a :class:`~routelens.trace.Trace`.
+        cost: cluster (its topology fixes ``G`` and nodes) and token/expert sizes.
+        settings: method and its options.
+        layers: MoE layers to place (default: all of the trace's).
+
+    Returns:
+        A validated :class:`~routelens.plan.Plan`; ``plan.meta["metrics"]`` holds the metrics on
+        the fit tokens (mean over layers and per layer).
+    """
+    settings.check()
+    num_experts, num_gpus = int(trace.num_experts), cost.topology.num_gpus
+    slots_per_gpu(num_experts, num_gpus, settings.redundant)  # fail before reading anything
+    start, end = fit if fit is not None else (0, int(trace.num_tokens))
+    layers = list(trace.layers) if layers is None else list(layers)
+    tables: dict[str, np.ndarray] = {}
+    per_layer: dict[str, dict[str, Any]] = {}
+    info: dict[str, Any] = {}
+    started = time.perf_counter()
+    bar = tqdm(layers, desc=f"place ({settings.method})", unit="layer", disable=not progress)
+    for n, layer in enumerate(bar):
+        ids = np.asarray(trace.topk_ids(layer)[start:end], dtype=np.int64)
+        deadline = None
+        if settings.time_budget_s is not None:
+            left = settings.time_budget_s - (time.perf_counter() - started)
+            deadline = time.perf_counter() + max(0.0, left) / (len(layers) - n)
+        table, layer_info = layer_table(settings.method, ids, num_experts, cost, settings, deadline)
+        tables[layer] = table
+        per_layer[layer] = {k: v for k, v in score_table(ids, table, cost, settings.replica_policy).items()}
+        if layer_info:
+            info[layer] = layer_info
+    seconds = time.perf_counter() - started
+    config = dict(trace.config)
+    meta = {
+        "seed": settings.seed,
+        "topology": cost.topology.to_json(),
+        "cost_model": cost.to_json(),
+        "trace": {"path": str(trace.path), "fingerprint": trace.fingerprint(), "num_tokens": int(trace.num_tokens),
+                  "fit_tokens": [int(start), int(end)]},
+        "model": {"id": trace.model_id, "family": trace.family, "num_layers": config.get("num_layers"),
+                  "hidden_size": config.get("hidden_size"), "num_experts": num_experts, "top_k": int(trace.top_k)},
+        "metrics": {"on": "fit tokens", "mean": mean_metrics(per_layer), "layers": per_layer},
+        "seconds": round(seconds, 3),
+    }
+    if info:
+        meta["optimizer"] = {"seeds": list(settings.seeds), "max_fit_tokens": settings.max_fit_tokens,
+                             "time_budget_s": settings.time_budget_s, "layers": info}
+    return Plan(gpu_experts=tables, num_experts=num_experts, num_nodes=cost.topology.num_nodes,
+                replica_policy=settings.replica_policy, method=settings.method, meta=meta)
+
+
+def mean_metrics(per_layer: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Mean over layers of each numeric metric (``layer_us`` also summed as ``total_us``)."""
+    out = {key: float(np.mean([m[key] for m in per_layer.values()])) for key in METRIC_KEYS
+           if per_layer and all(key in m for m in per_layer.values())}
+    if per_layer:
+        out["total_us"] = float(np.sum([m["layer_us"] for m in per_layer.values()]))
+    return out

@@ -1,0 +1,73 @@
+"""``routelens place`` and ``routelens plan-eval`` end to end on a synthetic trace, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from routelens.cli import main
+from routelens.plan import Plan
+
+
+def test_place_then_plan_eval(synthetic_trace, tmp_path, capsys):
+    out = tmp_path / "plans" / "p.json"
+    assert main(["place", str(synthetic_trace.path), "--gpus", "4", "--out", str(out), "--no-progress"]) == 0
+    plan = Plan.load(out)
+    assert plan.method == "routelens" and plan.num_gpus == 4 and plan.num_experts == 16
+    assert plan.meta["trace"]["fit_tokens"][0] == 0 and 0 < plan.meta["trace"]["fit_tokens"][1] < 4096
+    assert plan.meta["metrics"]["mean"]["busiest_gpu_recv"] > 0
+    capsys.readouterr()
+    report = tmp_path / "eval.json"
+    assert main(["plan-eval", str(synthetic_trace.path), str(out), "--baselines", "contiguous,greedy,eplb",
+                 "--json", str(report), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "held-out tokens" in text and "plan (routelens)" in text and "contiguous" in text
+    results = json.loads(report.read_text())["results"]
+    assert set(results) == {"contiguous", "greedy", "eplb", "plan (routelens)"}
+    # the synthetic trace has planted co-activation groups: the plan sends fewer copies than contiguous
+    assert results["plan (routelens)"]["mean"]["gpus_per_token"] < results["contiguous"]["mean"]["gpus_per_token"]
+
+
+def test_place_writes_sglang_and_vllm_files(synthetic_trace, tmp_path, capsys):
+    out = tmp_path / "loc.pt"
+    assert main(["place", str(synthetic_trace.path), "--nodes", "2", "--gpus-per-node", "2", "--redundant", "4",
+                 "--format", "sglang", "--method", "eplb", "--out", str(out), "--no-progress"]) == 0
+    assert "--ep-num-redundant-experts 4" in capsys.readouterr().out
+    mapping = torch.load(out, weights_only=True)["physical_to_logical_map"]
+    assert tuple(mapping.shape) == (4, 20)  # 4 decoder layers, 16 experts + 4 redundant
+    plan = Plan.load(tmp_path / "loc.plan.json")
+    assert plan.num_nodes == 2 and plan.num_redundant == 4
+    assert np.array_equal(mapping[0].numpy(), plan.physical_to_logical(plan.layers[0]))
+    vllm = tmp_path / "eplb.json"
+    assert main(["place", str(synthetic_trace.path), "--gpus", "4", "--format", "vllm", "--method", "greedy",
+                 "--out", str(vllm), "--no-progress"]) == 0
+    assert np.asarray(json.loads(vllm.read_text())["logical_replica_count"]).shape == (4, 16)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--gpus", "3"], "cannot fill 3 GPUs evenly"),
+    (["--gpus", "4", "--method", "magic"], "unknown placement method 'magic'"),
+    (["--gpus", "4", "--fit-fraction", "1.5"], "--fit-fraction must be in"),
+    (["--gpus", "4", "--format", "sglang"], "writes a .pt or .json file"),
+    (["--nodes", "2"], "give the cluster size"),
+    (["--gpus", "4", "--nodes", "3"], "cannot be split evenly over 3 nodes"),
+])
+def test_place_errors_are_one_line(synthetic_trace, tmp_path, capsys, argv, message):
+    out = tmp_path / "p.txt"
+    out.write_text("earlier result")
+    assert main(["place", str(synthetic_trace.path), "--out", str(out), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("routelens: error:") and message in err and "\n" not in err
+    assert out.read_text() == "earlier result"
+
+
+def test_plan_eval_refuses_a_plan_for_another_model(synthetic_trace, tmp_path, capsys):
+    plan = Plan({"model.layers.0.mlp.gate": np.arange(8).reshape(4, 2)}, num_experts=8)
+    plan.save(tmp_path / "other.json")
+    assert main(["plan-eval", str(synthetic_trace.path), str(tmp_path / "other.json")]) == 2
+    assert "plan is for 8 experts per layer, the trace has 16" in capsys.readouterr().err
+    assert main(["plan-eval", str(tmp_path / "nothing"), str(tmp_path / "other.json")]) == 2
+    assert "no trace folder" in capsys.readouterr().err
