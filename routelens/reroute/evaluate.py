@@ -23,6 +23,7 @@ unconstrained model on the contiguous layout an EP deployment uses without a pla
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -160,6 +161,7 @@ class _Totals:
     routing_weight: dict[str, float] = field(default_factory=dict)
     changed: float = 0.0
     routed_tokens: int = 0
+    seconds: float = 0.0
 
     def add_routing(self, key: str, value: float, weight: float) -> None:
         self.routing[key] = self.routing.get(key, 0.0) + value * weight
@@ -190,11 +192,15 @@ def evaluate_policies(
     plan: Plan | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    clock=time.perf_counter,
 ) -> list[dict[str, Any]]:
     """Score the unmodified model and every policy on the evaluation windows ``token_ids [S, L]``.
 
     A batch of ``batch_size`` windows is one forward pass: the capacity policies share capacity
     over its ``batch_size * L`` tokens, and the routing metrics are per batch and layer, averaged.
+
+    ``clock`` times each setting's forward passes (``forward_s``; ``time.process_time`` is steadier
+    on a shared CPU machine); one untimed forward warms the model up first.
 
     Returns:
         rows, the baseline (``policy: "none"``) first, then one per policy in order.
@@ -207,13 +213,19 @@ def evaluate_policies(
     totals = [_Totals() for _ in runs]
     bar = _bar(progress, math.ceil(token_ids.shape[0] / batch_size) * len(runs), "reroute-eval")
     with torch.inference_mode(), RerouteHooks(sites, runs[0]) as hooks:
+        model(input_ids=torch.as_tensor(token_ids[:batch_size], dtype=torch.long, device=device))  # warm-up
+        hooks.take()
         for batch in _batches(token_ids, batch_size):
             inputs = torch.as_tensor(batch, dtype=torch.long, device=device)
             targets = inputs[:, 1:]
             base_logprobs = base_top1 = base_ids = None
             for index, policy in enumerate(runs):
                 hooks.policy = policy
+                started = clock()
                 logits = model(input_ids=inputs).logits
+                if logits.is_cuda:
+                    torch.cuda.synchronize(logits.device)
+                totals[index].seconds += clock() - started
                 chosen = hooks.take()
                 logprobs = _score_batch(logits.to(device), targets, base_logprobs, base_top1, totals[index])
                 if index == 0:
@@ -263,6 +275,7 @@ def _rows(runs: Sequence[Policy], totals: Sequence[_Totals]) -> list[dict[str, A
             row[key] = value / max(t.routing_weight[key], 1e-12)
         row["changed_fraction"] = t.changed / max(t.routed_tokens, 1)
         row["eval_tokens"] = t.predicted
+        row["forward_s"] = t.seconds
         rows.append(row)
     base = rows[0]
     for row in rows:
