@@ -37,6 +37,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--overlap-at", nargs="*", default=[], metavar="H:TOKENS",
                         help="sizes at which to also measure dispatch/shortcut overlap")
+    parser.add_argument("--overlap-priorities", nargs="+", default=["default"], choices=("default", "high"),
+                        help="NCCL stream priorities to measure the overlap configs with (each its own group)")
     parser.add_argument("--check-at", nargs="*", default=[], metavar="H:TOKENS",
                         help="sizes at which to also check outputs against the single-process reference")
     parser.add_argument("--backend", default=None)
@@ -59,7 +61,7 @@ def bench_namespace(trace: str, plans: list[str], hidden: int, tokens: int, args
     return parser.parse_args(argv)
 
 
-def run_config(ns, rank, world, device, calibration=None):
+def run_config(ns, rank, world, device, calibration=None, group=None):
     """One bench configuration; rank 0 returns its report."""
     import torch
     import torch.distributed as dist
@@ -68,11 +70,11 @@ def run_config(ns, rank, world, device, calibration=None):
     from routelens.dist.check import check_outputs
 
     setup = prepare(ns, world)
-    record, outputs, routes = replay(setup, ns, rank, world, device, keep_outputs=ns.check)
-    check = check_outputs(setup, ns, outputs, routes, rank, device) if ns.check else None
+    record, outputs, routes = replay(setup, ns, rank, world, device, group=group, keep_outputs=ns.check)
+    check = check_outputs(setup, ns, outputs, routes, rank, device, group) if ns.check else None
     del outputs
     records = [None] * world if rank == 0 else None
-    dist.gather_object(record, records, dst=0)
+    dist.gather_object(record, records, dst=0, group=group)
     report = None
     if rank == 0:
         report = build_report(setup, ns, records, routes, world, device,
@@ -95,7 +97,8 @@ def row(case: str, report: dict) -> list[str]:
             f"{r.get('measured_dispatch', float('nan')):>6.3f} {max(plan['dispatch_bytes_sent']) / 2**20:>9.1f} "
             f"{plan['time_ms']['all_to_all']:>8.3f} {bw.get('dispatch', float('nan')):>7.1f} {bw.get('plain', float('nan')):>7.1f} "
             f"{plan.get('dispatch_bw_vs_plain', float('nan')):>5.2f} {str(plan['bytes_match_prediction']):>5}"
-            + (f"  hidden {100 * plan['overlap']['comm_hidden_share']:.0f}%" if "overlap" in plan else ""))
+            + (f"  hidden {100 * plan['overlap']['comm_hidden_share']:.0f}% (comm {report.get('comm_priority')})"
+               if "overlap" in plan else ""))
     return rows
 
 
@@ -118,7 +121,13 @@ def main(argv=None) -> int:
     overlap_at = {tuple(map(int, s.split(":"))) for s in args.overlap_at}
     check_at = {tuple(map(int, s.split(":"))) for s in args.check_at}
     results, table, failures = [], [], []
+    from routelens.dist.bench import comm_group
+
+    groups = {"default": (None, "default")}
+    if "high" in args.overlap_priorities:
+        groups["high"] = comm_group("high")  # (group, priority really used: "default" on gloo)
     calibration = None
+    fit = None
     if args.calibrate:
         from routelens.dist.bench import calibrate
 
@@ -140,27 +149,30 @@ def main(argv=None) -> int:
                 if not go[0]:
                     failures.append({"case": case, "hidden": hidden, "tokens": tokens, "error": "skipped: budget"})
                     continue
-                ns = bench_namespace(trace, plans.split(","), hidden, tokens, args,
-                                     (hidden, tokens) in overlap_at, (hidden, tokens) in check_at)
-                ns.backend_resolved = backend
-                t0 = time.time()
-                try:
-                    report = run_config(ns, rank, world, device, calibration)
-                except Exception as exc:  # keep sweeping: one bad size must not lose the others
+                overlap = (hidden, tokens) in overlap_at
+                for priority in (args.overlap_priorities if overlap else ["default"]):
+                    ns = bench_namespace(trace, plans.split(","), hidden, tokens, args, overlap,
+                                         (hidden, tokens) in check_at)
+                    ns.backend_resolved = backend
+                    ns.comm_priority_used = groups[priority][1]
+                    t0 = time.time()
+                    try:
+                        report = run_config(ns, rank, world, device, calibration, groups[priority][0])
+                    except Exception as exc:  # keep sweeping: one bad size must not lose the others
+                        if rank == 0:
+                            traceback.print_exc()
+                        failures.append({"case": case, "hidden": hidden, "tokens": tokens, "error": repr(exc)[:300]})
+                        continue
                     if rank == 0:
-                        traceback.print_exc()
-                    failures.append({"case": case, "hidden": hidden, "tokens": tokens, "error": repr(exc)[:300]})
-                    continue
-                if rank == 0:
-                    report["case"] = case
-                    report["wall_s"] = time.time() - t0
-                    results.append(report)
-                    table += row(trace, report)
-                    print(f"[{time.time() - start:6.1f}s] {Path(trace).name} H={hidden} tokens/rank={tokens}: "
-                          f"{report['wall_s']:.1f}s", flush=True)
-                    with open(out / "summary.json", "w") as fh:
-                        json.dump({"world": world, "backend": backend, "calibration": calibration and fit,
-                                   "results": results, "failures": failures}, fh)
+                        report["case"] = case
+                        report["wall_s"] = time.time() - t0
+                        results.append(report)
+                        table += row(trace, report)
+                        print(f"[{time.time() - start:6.1f}s] {Path(trace).name} H={hidden} tokens/rank={tokens} "
+                              f"comm={priority}: {report['wall_s']:.1f}s", flush=True)
+                        with open(out / "summary.json", "w") as fh:
+                            json.dump({"world": world, "backend": backend, "calibration": calibration and fit,
+                                       "results": results, "failures": failures}, fh)
     if rank == 0:
         print("\n" + HEADER)
         print("\n".join(table))

@@ -98,7 +98,7 @@ def child_argv(args, backend: str | None = None) -> list[str]:
         "--tokens-per-rank": args.tokens_per_rank, "--repeats": args.repeats, "--warmup": args.warmup,
         "--shortcut-intermediate": args.shortcut_intermediate, "--weights": args.weights, "--dtype": args.dtype,
         "--expert-kernel": args.expert_kernel, "--out-dir": args.out_dir, "--seed": args.seed,
-        "--calibrate-max-mib": args.calibrate_max_mib,
+        "--calibrate-max-mib": args.calibrate_max_mib, "--comm-priority": args.comm_priority,
     }
     for flag, value in options.items():
         if value is not None:

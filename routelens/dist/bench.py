@@ -62,6 +62,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up repeats (default 3)")
     parser.add_argument("--overlap", action="store_true",
                         help="also measure the dispatch overlapped with a dense shortcut MLP on a second stream")
+    parser.add_argument("--comm-priority", choices=("default", "high"), default="default",
+                        help="NCCL streams at high CUDA priority (helps the All-to-All overlap compute; NCCL only)")
     parser.add_argument("--shortcut-intermediate", type=int, default=None,
                         help="intermediate size of the shortcut MLP (default: the model's dense MLP, scaled)")
     parser.add_argument("--weights", default=None, metavar="CHECKPOINT",
@@ -195,6 +197,27 @@ def init_from_env(backend: str | None, timeout_s: float | None = None):
         kwargs = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
         dist.init_process_group(backend, **kwargs)
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def comm_group(priority: str):
+    """The process group the replay communicates over: the default one, or (``priority="high"``, NCCL)
+    a new group of all ranks whose NCCL streams run at high CUDA priority, so communication kernels
+    are scheduled ahead of queued compute blocks when both are in flight (overlap). Returns
+    ``(group, priority really used)``."""
+    import torch.distributed as dist
+
+    if priority != "high" or dist.get_backend() != "nccl":
+        return None, "default"
+    options_cls = getattr(getattr(dist, "ProcessGroupNCCL", None), "Options", None)
+    if options_cls is None:
+        return None, "default"
+    try:
+        options = options_cls()
+        options.is_high_priority_stream = True
+        return dist.new_group(backend="nccl", pg_options=options), "high"
+    except Exception as exc:  # an older or newer torch without these options: measure with the default
+        print(f"routelens: warning: no high-priority NCCL group ({exc}); using the default", file=sys.stderr)
+        return None, "default"
 
 
 def _free_port() -> int:
@@ -474,6 +497,7 @@ def build_report(setup: BenchSetup, args, records: list[dict], routes, world: in
         "repeats": args.repeats,
         "warmup": args.warmup,
         "synced_phases": not args.no_sync,
+        "comm_priority": getattr(args, "comm_priority_used", "default"),
         "overlap": bool(args.overlap),
         "shortcut_intermediate": setup.shortcut_intermediate if args.overlap else None,
         "weights": str(args.weights) if args.weights else "random",
@@ -504,6 +528,8 @@ def run_in_group(args, rank: int, world: int, device, group=None) -> int:
                 atomic_write_json(args.json_out, fit)
         return 0
     setup = prepare(args, world)
+    if group is None:
+        group, args.comm_priority_used = comm_group(args.comm_priority)
     record, outputs, routes = replay(setup, args, rank, world, device, group, keep_outputs=args.check)
     check = None
     if args.check:
