@@ -38,6 +38,6 @@ PAGES = {
 navigation = st.navigation(PAGES)
 runs_dir = runs_dir_from_argv(__file__)
 st.session_state["runs_dir_arg"] = str(runs_dir)
-st.sidebar.markdown("### routelens")
+st.logo(str(APP_DIR / "assets" / "logo.svg"), size="large")
 ui.run_picker(runs_dir)
 navigation.run()

@@ -288,8 +288,12 @@ def collaboration_specialization(collaboration: np.ndarray, specialization: np.n
         if not keep.any():
             continue
         idx = np.flatnonzero(keep)
+        # The legend shows the role's shape in grey: the markers' colours are communities.
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=role,
+                                 marker=dict(size=11, symbol=ROLE_SYMBOLS[role], color="#495057")))
         fig.add_trace(go.Scatter(
             x=np.asarray(collaboration)[idx], y=np.asarray(specialization)[idx], mode="markers", name=role,
+            showlegend=False,
             marker=dict(size=size[idx], symbol=ROLE_SYMBOLS[role], color=np.array(community_colors(community))[idx],
                         line=dict(color="white", width=1), opacity=0.9),
             text=[str(i) for i in idx], customdata=load[idx],
@@ -438,3 +442,61 @@ def grouped_layer_bars(layer_labels: Sequence[str], series: dict[str, Sequence[f
     fig.update_layout(barmode="group", bargap=0.25)
     fig.update_yaxes(title=y_title, range=list(y_range) if y_range else None)
     return style(fig, title=title)
+
+
+# ---------------------------------------------------------------------------- placement
+def plan_grid(table: np.ndarray, expert_load: np.ndarray, gpus_per_node: int, title: str) -> go.Figure:
+    """GPU × slot grid of one layer's plan: each cell an expert, coloured by the tokens it serves.
+
+    A replicated expert's load is shown split evenly over its replicas (what a round-robin
+    replica policy gives); the cost model's per-GPU numbers sit next to the grid.
+    """
+    table = np.asarray(table)
+    load = np.asarray(expert_load, dtype=np.float64)
+    replicas = np.bincount(table.ravel(), minlength=load.size)
+    per_slot = load[table] / np.maximum(replicas[table], 1)
+    labels = [f"GPU {g}" + (f" · node {g // gpus_per_node}" if gpus_per_node < table.shape[0] else "")
+              for g in range(table.shape[0])]
+    text = [[f"{e}" + ("*" if replicas[e] > 1 else "") for e in row] for row in table]
+    fig = go.Figure(go.Heatmap(
+        z=per_slot, x=[f"slot {s}" for s in range(table.shape[1])], y=labels, colorscale=SEQUENTIAL, zmin=0,
+        text=text, texttemplate="%{text}", textfont=dict(size=11 if table.shape[1] <= 16 else 8),
+        customdata=np.stack([table, replicas[table]], axis=-1),
+        colorbar=dict(title="tokens", thickness=12), xgap=2, ygap=2,
+        hovertemplate="%{y}, %{x}: expert %{customdata[0]}<br>%{z:,.0f} tokens"
+                      " (%{customdata[1]} replica(s))<extra></extra>",
+    ))
+    for n in range(1, table.shape[0] // max(gpus_per_node, 1)):
+        fig.add_hline(y=n * gpus_per_node - 0.5, line_color="#212529", line_width=2)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(showticklabels=table.shape[1] <= 16, title=f"{table.shape[1]} slots per GPU")
+    return style(fig, height=max(260, 80 + 30 * table.shape[0]), title=title)
+
+
+PLAN_METRICS = {
+    "gpus_per_token": "GPUs per token",
+    "busiest_gpu_recv": "busiest GPU receive",
+    "compute_imbalance": "compute max/mean",
+    "a2a_us": "est. All-to-All",
+    "layer_us": "est. layer time",
+}
+
+
+def plan_metric_ratios(results: dict[str, dict], highlight: str, baseline: str = "contiguous",
+                       title: str = "Against the baselines: change vs contiguous (lower is better)") -> go.Figure:
+    """Grouped bars: for each metric, every plan's mean over layers as a % change from the baseline's."""
+    base = results[baseline]["mean"]
+    fig = go.Figure()
+    others = [n for n in results if n not in (highlight, baseline)]
+    greys = ["#ced4da", "#adb5bd", "#868e96", "#495057", "#343a40"]
+    for i, name in enumerate(others + [highlight]):
+        change = [100 * (results[name]["mean"].get(k, np.nan) / base[k] - 1) if base.get(k) else np.nan for k in PLAN_METRICS]
+        color = WARN if name == highlight else greys[i % len(greys)]
+        fig.add_trace(go.Bar(name=name, x=list(PLAN_METRICS.values()), y=change, marker_color=color,
+                             text=[f"{c:+.1f}%" for c in change] if name == highlight else None,
+                             textposition="outside", cliponaxis=False,
+                             hovertemplate=name + "<br>%{x}: %{y:+.2f}% vs " + baseline + "<extra></extra>"))
+    fig.add_hline(y=0, line_color="#495057", line_width=1)
+    fig.update_layout(barmode="group", bargap=0.25)
+    fig.update_yaxes(title=f"% change vs {baseline}", zeroline=False)
+    return style(fig, height=400, title=title)

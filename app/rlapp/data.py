@@ -213,3 +213,119 @@ def runs_table(runs_dir: str) -> list[dict[str, Any]]:
                     row["problem"] = str(exc)
         rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------------------- placement plans
+def _looks_like_plan(path: Path) -> bool:
+    """Cheap filter before parsing: a plan file starts with its format name (Plan.to_json puts it first)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(200)
+    except OSError:
+        return False
+    return b'"routelens-plan"' in head
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def plan_files(runs_dir: str, run_path: str) -> list[str]:
+    """Plan files (``format: routelens-plan``) inside the run folder and below RUNS_DIR, sorted by path."""
+    from .runs import find_json_files
+
+    found = {str(p) for p in find_json_files(run_path) + find_json_files(runs_dir) if _looks_like_plan(p)}
+    return sorted(found)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def plan(path: str, key: tuple):
+    """Read and validate a plan file (:meth:`routelens.plan.Plan.load`)."""
+    from routelens.plan import Plan
+
+    return Plan.load(path)
+
+
+def _plan_cost(plan, trace):
+    """The cost model a plan was made with (stored in the plan), as ``routelens plan-eval`` rebuilds it."""
+    from routelens.placement.cost import CostModel
+    from routelens.placement.topology import Topology
+
+    topology = (Topology.from_json(plan.meta["topology"]) if plan.meta.get("topology")
+                else Topology(num_nodes=plan.num_nodes, gpus_per_node=plan.gpus_per_node))
+    stored = plan.meta.get("cost_model") or {}
+    if stored:
+        return CostModel(topology, float(stored.get("token_bytes", 8192)), float(stored.get("expert_flops_per_token", 0)))
+    return CostModel.for_model(trace.config, topology)
+
+
+def _fit_range(plan, trace) -> tuple[int, int]:
+    origin = plan.meta.get("trace") or {}
+    if origin.get("fingerprint") == trace.fingerprint():
+        start, end = (origin.get("fit_tokens") or (0, trace.num_tokens))[:2]
+        return int(start), int(end)
+    return 0, int(trace.num_tokens)
+
+
+@st.cache_data(max_entries=16, show_spinner="Scoring the plan and the baselines on held-out tokens…")
+def plan_vs_baselines(run_path: str, trace_key: tuple, plan_path: str, plan_key: tuple,
+                      baselines: tuple[str, ...] = ("contiguous", "random", "greedy", "eplb")) -> dict[str, Any]:
+    """``routelens plan-eval``: the plan and each baseline (fitted on the plan's fit tokens), scored on held-out tokens.
+
+    Returns ``{"results": name → {"mean", "layers"}, "note": which tokens, "label": the plan's row name}``.
+    """
+    from routelens.placement import PlaceSettings, compare_plans, eval_token_index, place
+
+    trace = open_trace(run_path)
+    chosen = plan(plan_path, plan_key)
+    chosen.check_trace(trace)
+    cost = _plan_cost(chosen, trace)
+    held, note = eval_token_index(trace, chosen)
+    fit = _fit_range(chosen, trace)
+    plans = {name: place(trace, cost, PlaceSettings(method=name, redundant=chosen.num_redundant,
+                                                    replica_policy=chosen.replica_policy), fit=fit, progress=False)
+             for name in baselines}
+    label = f"this plan ({chosen.method})"
+    plans[label] = chosen
+    return {"results": compare_plans(plans, trace, held, cost, progress=False), "note": note, "label": label}
+
+
+@st.cache_data(max_entries=32, show_spinner="Placing the experts…")
+def what_if(run_path: str, trace_key: tuple, num_gpus: int, num_nodes: int, redundant: int, method: str,
+            time_budget_s: float = 3.0) -> dict[str, Any]:
+    """A plan for another cluster, made and scored with the library in seconds (``routelens place``).
+
+    The plan is fitted on the first half of the trace (``fit_token_range(trace, 0.5)``) within
+    ``time_budget_s``; it and the contiguous baseline are scored on the other half.
+    Returns ``{"plan": Plan, "results": name → metrics, "note": ...}``.
+    """
+    from routelens.placement import CostModel, PlaceSettings, compare_plans, eval_token_index, make_topology, place
+    from routelens.placement.place import fit_token_range
+
+    trace = open_trace(run_path)
+    topology = make_topology(num_gpus=num_gpus, num_nodes=num_nodes)
+    cost = CostModel.for_model(trace.config, topology)
+    fit = fit_token_range(trace, 0.5)
+    made = place(trace, cost, PlaceSettings(method=method, redundant=redundant, time_budget_s=time_budget_s),
+                 fit=fit, progress=False)
+    plans = {"contiguous": place(trace, cost, PlaceSettings(method="contiguous", redundant=redundant), fit=fit,
+                                 progress=False)}
+    label = f"what-if ({method})"
+    plans[label] = made
+    held, note = eval_token_index(trace, made)
+    return {"plan": made, "results": compare_plans(plans, trace, held, cost, progress=False), "note": note,
+            "label": label}
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def plan_export(plan_path: str, plan_key: tuple, fmt: str, suffix: str, num_layers: int | None) -> bytes:
+    """The bytes of ``routelens place --format fmt`` for a plan (written to a temporary file by the library)."""
+    return export_bytes(plan(plan_path, plan_key), fmt, suffix, num_layers)
+
+
+def export_bytes(chosen, fmt: str, suffix: str, num_layers: int | None) -> bytes:
+    """Export ``chosen`` with :func:`routelens.placement.export_plan` and return the file's bytes."""
+    import tempfile
+
+    from routelens.placement import export_plan
+
+    with tempfile.TemporaryDirectory(prefix="routelens-export-") as folder:
+        path = export_plan(chosen, Path(folder) / f"plan{suffix}", fmt, num_layers=num_layers)
+        return Path(path).read_bytes()

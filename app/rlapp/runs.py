@@ -125,3 +125,16 @@ def rank_by_closeness(paths: list[Path], run_path: str | os.PathLike, model: str
         return (not inside, not same_model, str(path))
 
     return [p for p, _ in sorted(zip(paths, models), key=rank)]
+
+
+def find_json_files(folder: str | os.PathLike, max_depth: int = 3) -> list[Path]:
+    """``*.json`` files at or below ``folder`` (hidden and data folders skipped; manifests left out)."""
+    root = Path(folder).resolve()
+    if not root.is_dir():
+        return []
+    found = []
+    for current, subdirs, files in os.walk(root):
+        depth = len(Path(current).relative_to(root).parts)
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d not in _SKIP_DIRS and depth < max_depth)
+        found += [Path(current) / f for f in files if f.endswith(".json") and f != MANIFEST]
+    return sorted(found)

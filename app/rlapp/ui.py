@@ -18,7 +18,7 @@ RUN_KEY = "run"
 def run_picker(runs_dir: Path) -> RunInfo | None:
     """Sidebar: RUNS_DIR and a select box of its runs; the choice lives in the URL (``?run=``)."""
     runs = data.runs_below(str(runs_dir.resolve()))
-    st.sidebar.caption(f"Runs below `{runs_dir}`")
+    st.sidebar.caption(f"Runs found below `{runs_dir}`")
     if not runs:
         st.session_state.pop("run_info", None)
         return None
@@ -74,6 +74,15 @@ def guarded(call, *args, what: str = "data"):
     except RoutelensError as exc:
         st.error(f"Could not read the {what}: {exc}")
         st.stop()
+
+
+def attempt(call, *args, what: str = "data"):
+    """Call a loader; on a RoutelensError show its one-line message and return None (the page goes on)."""
+    try:
+        return call(*args)
+    except RoutelensError as exc:
+        st.error(f"Could not compute the {what}: {exc}")
+        return None
 
 
 def missing(what: str, command: str, why: str = "") -> None:

@@ -6,7 +6,8 @@
                    corpus, with router logits
     analysis/      routelens analyze
     reroute/       routelens reroute-eval (trade-off curve + the plan it fitted)
-    bench/         routelens bench over gloo, 2 ranks (contiguous vs that plan)
+    plans/         routelens place --gpus 2 (the optimizer's plan)
+    bench/         routelens bench over gloo, 2 ranks (contiguous vs the reroute-eval plan)
   demo-c2r/        routelens reroute demo --policy c2r (a re-routed trace, for Runs compared), analysed
   broken/          a half-written run: manifest.json cut mid-write
 
@@ -40,6 +41,9 @@ def _build_runs(root: Path) -> None:
     code = main(["reroute-eval", "--policy", "c2r,capacity-drop", "--group-size", "8,16", "--capacity-factor", "1,1.5",
                  "--max-windows", "6", "--seq-len", "64", "--gpus", "2", "--out", str(demo / "reroute"), "--no-progress"])
     assert code == 0, "routelens reroute-eval failed while building the dashboard fixture"
+    code = main(["place", str(demo), "--gpus", "2", "--out", str(demo / "plans" / "routelens-g2.json"),
+                 "--time-budget", "2", "--no-progress"])
+    assert code == 0, "routelens place failed while building the dashboard fixture"
     code = main(["bench", str(demo), "--plans", "contiguous", str(demo / "reroute" / "plan.json"), "--gpus", "2",
                  "--backend", "gloo", "--repeats", "2", "--warmup", "1", "--hidden-size", "32"])
     assert code == 0, "routelens bench failed while building the dashboard fixture"

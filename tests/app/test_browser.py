@@ -33,7 +33,7 @@ PAGES = [
     ("Expert", "Expert", True),
     ("Cross-layer flow", "Cross-layer flow", True),
     ("Re-routing", "Re-routing", True),
-    ("Placement", "Placement", False),
+    ("Placement", "Placement", True),
     ("Runs compared", "Runs compared", True),
     ("Runner results", "Runner results", True),
 ]
@@ -125,6 +125,11 @@ def test_chromium_clicks_through_every_page_and_sees_headings_and_charts(runs_di
                 expect(page.locator(".js-plotly-plot").first).to_be_visible()
                 page.wait_for_function(CHARTS_DRAWN)
             assert page.locator('[data-testid="stException"]').count() == 0, f"{heading}: the page shows a traceback"
+            if heading == "Placement":  # the what-if panel: place 8 GPUs with the library, in seconds
+                charts_before = page.locator('[data-testid="stPlotlyChart"]').count()
+                page.get_by_role("button", name="Place").click()
+                expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(charts_before + 2, timeout=60_000)
+                page.wait_for_function(CHARTS_DRAWN)
             _screenshot(page, ARTIFACTS / f"{heading.lower().replace(' ', '-')}.png")
         # Second round, caches warm: how long a click takes until the page's charts are drawn.
         timings = {}

@@ -99,7 +99,8 @@ def test_layer_explorer_follows_the_layer_slider_and_matrix_choice(app, demo_ana
     assert load_bars["data"][0]["y"] == demo_analysis.load(2).tolist()
     assert heatmap["data"][0]["colorbar"]["title"]["text"] == "log2 lift"
     assert len(network["data"][1]["x"]) == 64  # one node per expert
-    assert sum(len(trace["x"]) for trace in scatter["data"]) == int((demo_analysis.load(2) > 0).sum())
+    drawn = [trace for trace in scatter["data"] if trace.get("showlegend") is False]  # legend-only traces aside
+    assert sum(len(trace["x"]) for trace in drawn) == int((demo_analysis.load(2) > 0).sum())
     at.button_group(key="matrix_kind").set_value("counts").run()
     heatmap = _charts(at)[1]
     assert heatmap["data"][0]["colorbar"]["title"]["text"] == "tokens"
@@ -155,6 +156,31 @@ def test_runner_page_shows_measured_against_predicted_for_every_plan(app, runs_d
     assert len(times["data"][0]["x"]) == len(report["plans"])
     assert times["data"][1]["y"] == pytest.approx([p["ratio_vs_baseline"]["predicted_all_to_all"] for p in report["plans"]])
     assert any("exactly the bytes" in s.value for s in at.success)
+
+
+def test_placement_page_compares_the_plan_with_baselines_and_offers_every_export(app, runs_dir):
+    from routelens.plan import Plan
+
+    at = _open(app, "views/placement.py")
+    assert at.selectbox(key="plan_file").value.endswith("routelens-g2.json")
+    plan = Plan.load(at.selectbox(key="plan_file").value)
+    grid, ratios = _charts(at)
+    assert np.asarray(grid["data"][0]["customdata"])[..., 0].tolist() == plan.gpu_experts[plan.layers[0]].tolist()
+    assert {trace["name"] for trace in ratios["data"]} == {"random", "greedy", "eplb", "this plan (routelens)"}
+    downloads = {button.proto.label for button in at.get("download_button")}
+    assert len(downloads) == 3 and any("SGLang" in d for d in downloads) and any("vLLM" in d for d in downloads)
+
+
+def test_placement_what_if_places_the_experts_on_another_cluster(app):
+    at = _open(app, "views/placement.py")
+    next(n for n in at.number_input if n.label == "GPUs").set_value(4)
+    next(s for s in at.selectbox if s.label == "Method").set_value("greedy")
+    at.form_submit_button[0].click().run()
+    assert not at.exception, at.exception
+    charts = _charts(at)
+    assert len(charts[-1]["data"][0]["y"]) == 4  # the what-if grid, last: one row per GPU
+    assert any(trace.get("name") == "what-if (greedy)" for chart in charts for trace in chart["data"])
+    assert len(at.get("download_button")) == 6  # the plan file's three exports and the what-if plan's three
 
 
 def test_runs_compared_lists_every_run_and_compares_demo_with_its_rerouted_trace(app):
