@@ -12,6 +12,12 @@ bytes measured alongside, and prints one table row per plan: the cost model's pr
 ratio against the first plan, the measured ratio, bytes of the busiest rank, the dispatch's
 algorithm bandwidth and that of the plain All-to-All. Everything goes to ``OUT/summary.json``.
 On CPU (``--backend gloo``) the same script runs at tiny sizes.
+
+The inputs of the measurements in docs/runner.md are made on a CPU machine first (mtkahypar there)::
+
+    routelens capture --out runs/demo --max-tokens 65536                      # plans are fitted on this
+    routelens capture --out runs/demo-heldout --text data/corpus/heldout.txt --max-tokens 65536   # replayed
+    python benchmarks/bench_runner.py make-inputs --gpus 4                    # synth traces + plans
 """
 
 from __future__ import annotations
@@ -106,7 +112,67 @@ HEADER = (f"{'trace':<16} {'H':>5} {'tok/rk':>6} {'plan':<30} {'pred x':>6} {'a2
           f"{'MiB max rk':>9} {'a2a ms':>8} {'GB/s':>7} {'plain':>7} {'vs pl':>5} {'bytes':>5}")
 
 
+def make_inputs(argv) -> int:
+    """Write the synthetic trace pair and the plans the sweep compares (CPU; uses routelens.placement)."""
+    parser = argparse.ArgumentParser(prog="bench_runner.py make-inputs")
+    parser.add_argument("--gpus", type=int, default=4)
+    parser.add_argument("--seconds-per-layer", type=float, default=30.0, help="optimizer time budget per layer")
+    parser.add_argument("--plans-dir", default="runs/gpu-plans")
+    args = parser.parse_args(argv)
+    import numpy as np
+
+    from routelens.placement import baselines, cost, hypergraph, optimizer
+    from routelens.placement.topology import Topology
+    from routelens.plan import Plan
+    from routelens.synthetic import synthetic_topk_ids
+    from routelens.trace import Trace, write_trace
+
+    if not Path("runs/synth-bench/manifest.json").is_file():
+        # Qwen3-30B-A3B sizes (128 experts, top-8, hidden 2048, moe_intermediate 768), 6 MoE layers; routing
+        # with planted co-activation groups of 8 experts (90% of choices inside the token's group), Zipf-skewed
+        # load: a model with strongly specialised experts. First half fits the plans, second half is replayed.
+        T, E, k, L = 131072, 128, 8, 6
+        rng = np.random.default_rng(0)
+        ids, weights = [], []
+        for layer in range(L):
+            ids.append(synthetic_topk_ids(T, E, k, num_groups=16, in_group=0.9, skew=0.8, seed=100 + layer))
+            w = -np.sort(-(rng.random((T, k)).astype(np.float32) + 0.1), axis=1)
+            weights.append(w / w.sum(1, keepdims=True))
+        layers = [f"model.layers.{i}.mlp.gate" for i in range(L)]
+        for name, part in (("synth-fit", slice(0, T // 2)), ("synth-bench", slice(T // 2, T))):
+            n = part.stop - part.start
+            header = {"model": {"id": "synthetic-qwen3-30b-a3b-like", "family": "synthetic", "architecture": "none",
+                                "config": {"num_experts": E, "top_k": k, "num_layers": L, "hidden_size": 2048,
+                                           "moe_intermediate_size": 768, "intermediate_size": 6144, "vocab_size": 1000}},
+                      "layers": layers, "num_experts": E, "top_k": k, "has_logits": False, "dtype": "float32",
+                      "settings": {"model": "synthetic", "seed": 0, "part": name}, "source": {"kind": "synthetic"}}
+            write_trace(f"runs/{name}", header, np.zeros(n, np.int32), (np.arange(n) // 256).astype(np.int32),
+                        (np.arange(n) % 256).astype(np.int32), [a[part] for a in ids], [w[part] for w in weights])
+    G = args.gpus
+    topo = Topology(num_nodes=1, gpus_per_node=G)
+    for name, fit in (("demo", "runs/demo"), ("synth", "runs/synth-fit")):
+        trace = Trace.open(fit)
+        model = cost.CostModel.for_model(trace.config, topo, hidden_size=4096)
+        tables: dict[str, dict] = {"routelens": {}, "kahypar": {}, "eplb": {}}
+        for layer in trace.layers:
+            topk = trace.topk_ids(layer).astype(np.int64)
+            tables["eplb"][layer] = baselines.eplb_table(np.bincount(topk.ravel(), minlength=trace.num_experts), G)
+            tables["kahypar"][layer] = hypergraph.kahypar_table(topk, trace.num_experts, G, weights="load")
+            tables["routelens"][layer] = optimizer.optimize_layer(
+                topk, trace.num_experts, G, model, seeds=("coact", "lpt", "kahypar"),
+                deadline=time.perf_counter() + args.seconds_per_layer).table
+        for method, table in tables.items():
+            path = Path(args.plans_dir) / f"{name}-g{G}-{method}.json"
+            Plan(table, trace.num_experts, method=method, replica_policy="first",
+                 meta={"topology": topo.to_json(), "fit_trace": fit}).save(path)
+            print("wrote", path)
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["make-inputs"]:
+        return make_inputs(argv[1:])
     args = parse_args(argv)
     import torch.distributed as dist
 
