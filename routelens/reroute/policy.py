@@ -125,7 +125,8 @@ class Policy:
         if key not in self._on_device:
             if layer not in tables:
                 raise InputError(f"policy {self.label()} was not fitted for layer '{layer}'")
-            self._on_device[key] = as_long_tensor(tables[layer], device)
+            with torch.inference_mode(False):  # a normal tensor, usable under autograd (fine-tuning) too
+                self._on_device[key] = as_long_tensor(tables[layer], device)
         return self._on_device[key]
 
 
