@@ -16,6 +16,7 @@ if str(APP_DIR) not in sys.path:  # the pages import the app's helpers (rlapp) b
     sys.path.insert(0, str(APP_DIR))
 
 from rlapp import ui  # noqa: E402
+from rlapp.warmup import warm_imports  # noqa: E402
 from rlapp.runs import runs_dir_from_argv  # noqa: E402
 
 st.set_page_config(page_title="routelens", page_icon=":material/hub:", layout="wide")
@@ -40,4 +41,7 @@ runs_dir = runs_dir_from_argv(__file__)
 st.session_state["runs_dir_arg"] = str(runs_dir)
 st.logo(str(APP_DIR / "assets" / "logo.svg"), size="large")
 ui.run_picker(runs_dir)
-navigation.run()
+try:
+    navigation.run()
+finally:
+    warm_imports()  # after the first page is drawn: torch & co. load while the user reads it
