@@ -22,7 +22,6 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/routelens capture --out $(RUN) --resume
 	$(VENV)/bin/routelens info $(RUN)
-	@echo "serving the dashboard on http://127.0.0.1:8501 (Ctrl-C stops it)"
 	$(VENV)/bin/routelens app $(dir $(RUN))
 
 test: $(VENV)/.installed
