@@ -9,7 +9,7 @@ chunk plus ``O(E^2)`` tables. :func:`finish_layer` turns the totals into a :clas
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -195,9 +195,10 @@ def add_chunk(
 class LayerAccumulator:
     """Streams one layer's chunks into per-thread :class:`LayerCounts` (no allocation per chunk).
 
-    Large chunks are split into ``workers`` contiguous pieces counted concurrently (the histogram
-    kernels release the GIL); :meth:`total` sums the parts, so the result is the same for any
-    number of workers.
+    Large chunks are split into ``workers`` contiguous pieces counted in threads; :meth:`total` sums
+    the parts, so the result is the same for any number of workers. numpy releases the GIL in the
+    code-building ufuncs and copies but ``np.add.at``'s scatter holds it, so the threads overlap
+    only part of the work.
 
     Example:
         >>> acc = LayerAccumulator(8, workers=1)
@@ -278,7 +279,6 @@ class LayerResult:
     summary: dict[str, Any]           # the layer's row of analysis.json
     class_counts: np.ndarray | None = None
     top_tokens: list | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def finish_layer(
@@ -300,9 +300,7 @@ def finish_layer(
     if not 1 <= t <= max(e - 1, 1):
         raise InputError(f"--top-t {t} must lie in [1, {e - 1}] for a layer of {e} experts")
     coact = totals.coactivation
-    halves = tuple(h.copy() for h in totals.coactivation_halves)
-    for h in halves:
-        h[np.diag_indices(e)] = 0
+    halves = tuple(totals.coactivation_halves)  # zero diagonals; both needed for Top-T stability
     roles = metrics.expert_roles(coact, t, threshold, counts_halves=halves if all(h.any() for h in halves) else None)
     labels, modularity = communities.detect_communities(coact, seed=seed, resolution=resolution)
     scores = {**roles, "community": labels}

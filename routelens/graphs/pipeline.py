@@ -241,8 +241,9 @@ def assemble(results: list[L.LayerResult], layers: list[int], names: list[str], 
 class LayerFinisher:
     """Runs :func:`~routelens.graphs.layer.finish_layer` in one background thread, in order.
 
-    Finishing a layer is mostly Python (Louvain in networkx) while counting the next one is mostly
-    numpy histograms that release the GIL, so overlapping the two keeps both CPU cores busy.
+    Finishing a layer is mostly Python (Louvain in networkx); counting the next one is numpy, part
+    of which (the ufuncs building pair codes, the copies) runs without the GIL, so the two overlap
+    in part on a multi-core machine.
     """
 
     def __init__(self, **finish_kwargs: Any):
