@@ -9,8 +9,8 @@ import streamlit as st
 
 from rlapp import charts, data, ui
 
-info, trace = ui.current_trace()
 ui.header("Runs compared", "How do runs differ: another corpus, another checkpoint, a re-routed trace?")
+info, trace = ui.current_trace()
 
 runs_dir = str(Path(st.session_state.get("runs_dir", "runs")).resolve())
 rows = data.runs_table(runs_dir)

@@ -9,8 +9,8 @@ from rlapp import charts, data, ui
 
 TOP_PARTNERS = 12
 
-info, trace = ui.current_trace()
 ui.header("Expert", "Who does this expert work with, for which tokens, and where do its tokens go next?")
+info, trace = ui.current_trace()
 analysis = ui.require_analysis(info)
 key = data.analysis_stamp(info.path)
 

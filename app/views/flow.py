@@ -7,8 +7,8 @@ import streamlit as st
 
 from rlapp import charts, ui
 
-info, trace = ui.current_trace()
 ui.header("Cross-layer flow", "When a token leaves one layer's experts, which experts does it meet in the next layer?")
+info, trace = ui.current_trace()
 analysis = ui.require_analysis(info)
 
 # Pairs of analysed layers that follow each other in the trace (transitions go to the next trace layer).

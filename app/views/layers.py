@@ -9,8 +9,8 @@ from rlapp import charts, data, ui
 
 MATRICES = {"lift": "lift (vs chance)", "conditional": "conditional P(j | i)", "counts": "raw counts"}
 
-info, trace = ui.current_trace()
 ui.header("Layer explorer", "Which experts work together in a layer, and which ones only with a few partners?")
+info, trace = ui.current_trace()
 analysis = ui.require_analysis(info)
 key = data.analysis_stamp(info.path)
 

@@ -8,8 +8,8 @@ import streamlit as st
 
 from rlapp import charts, data, ui
 
-info, trace = ui.current_trace()
 ui.header("Overview", "What did this run capture, and how balanced and how specialized is each layer's routing?")
+info, trace = ui.current_trace()
 
 manifest = trace.manifest
 settings = manifest.get("settings", {}) or {}

@@ -14,8 +14,8 @@ EXPORTS = [("json", ".json", "routelens plan (.json)"), ("sglang", ".pt", "SGLan
            ("vllm", ".pt", "vLLM EPLB state (.pt)")]
 METHODS = ["routelens", "eplb", "greedy", "contiguous", "random"]
 
-info, trace = ui.current_trace()
 ui.header("Placement", "Where should the experts live, and how much All-to-All does that save?")
+info, trace = ui.current_trace()
 runs_dir = str(Path(st.session_state.get("runs_dir", "runs")).resolve())
 trace_key = data.trace_stamp(info.path)
 

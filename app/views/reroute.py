@@ -22,8 +22,8 @@ COSTS = {
     "next_token_accuracy": ("next-token accuracy", False),
 }
 
-info, trace = ui.current_trace()
 ui.header("Re-routing", "How much fan-out does each re-routing policy save, and what does it cost in quality?")
+info, trace = ui.current_trace()
 
 runs_dir = st.session_state.get("runs_dir", "runs")
 found = data.reroute_tradeoffs(str(Path(runs_dir).resolve()))

@@ -8,8 +8,8 @@ import streamlit as st
 
 from rlapp import charts, data, tables, ui
 
-info, trace = ui.current_trace()
 ui.header("Runner results", "What does each plan's All-to-All really cost over the network, and did the cost model predict it?")
+info, trace = ui.current_trace()
 
 reports = data.bench_reports(info.path, data.stamp(Path(info.path) / "bench"))
 if not reports:
