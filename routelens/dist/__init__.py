@@ -10,6 +10,9 @@ Modules:
     exchange  the All-to-All exchanges (counts, uneven rows)
     layer     one EP MoE layer: layout, dispatch, experts, combine (+ overlap measurement)
     timing    CUDA-event / wall-clock phase timers
+    check     ``--check``: distributed output vs the single-process reference
+    calibration  ``--calibrate``: fit link latency and bandwidth from plain All-to-Alls
+    group     joining torchrun's process group; high-priority NCCL groups
     report    raw per-rank measurements -> report and table
     bench     ``python -m routelens.dist.bench`` (torchrun entry point)
 """

@@ -13,8 +13,6 @@ report to ``RUN/bench/<tag>.json`` (and ``--json``) and prints a table.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,6 +25,8 @@ from ..errors import InputError, PlanError, RoutelensError
 from ..io import atomic_write_json, read_json
 from ..plan import Plan
 from ..trace import Trace
+from .calibration import calibrate, calibration_topology, device_name, load_calibration  # noqa: F401 (public here too)
+from .group import comm_group, init_from_env  # noqa: F401 (public here too)
 from .report import add_ratios, format_table, summarize_plan
 from .routing import (
     CONTIGUOUS,
@@ -167,65 +167,6 @@ def _layer_key(spec: str):
     return int(spec) if spec.isdigit() else spec
 
 
-# --------------------------------------------------------------------------- process group
-def init_from_env(backend: str | None, timeout_s: float | None = None):
-    """Join the process group torchrun set up (or make a world of one); returns ``(rank, world, device)``.
-
-    ``timeout_s`` bounds how long a collective waits for a peer that died (default: torch's).
-    """
-    import datetime
-
-    import torch
-    import torch.distributed as dist
-
-    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast stays off on shared hosts
-    os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if backend == "nccl":
-        if not torch.cuda.is_available():
-            raise InputError("backend nccl needs CUDA GPUs; use --backend gloo on CPU")
-        if local_rank >= torch.cuda.device_count():
-            raise InputError(f"local rank {local_rank} has no GPU (this node has {torch.cuda.device_count()})")
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if not dist.is_initialized():
-        kwargs = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
-        dist.init_process_group(backend, **kwargs)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def comm_group(priority: str):
-    """The process group the replay communicates over: the default one, or (``priority="high"``, NCCL)
-    a new group of all ranks whose NCCL streams run at high CUDA priority, so communication kernels
-    are scheduled ahead of queued compute blocks when both are in flight (overlap). Returns
-    ``(group, priority really used)``."""
-    import torch.distributed as dist
-
-    if priority != "high" or dist.get_backend() != "nccl":
-        return None, "default"
-    options_cls = getattr(getattr(dist, "ProcessGroupNCCL", None), "Options", None)
-    if options_cls is None:
-        return None, "default"
-    try:
-        options = options_cls()
-        options.is_high_priority_stream = True
-        return dist.new_group(backend="nccl", pg_options=options), "high"
-    except Exception as exc:  # an older or newer torch without these options: measure with the default
-        print(f"routelens: warning: no high-priority NCCL group ({exc}); using the default", file=sys.stderr)
-        return None, "default"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --------------------------------------------------------------------------- the replay
 def _dtype(args, device):
     import torch
@@ -361,93 +302,6 @@ def _progress(rank: int, total: int):
     return tqdm(total=total, desc="bench (repeats x plans)", unit="pass")
 
 
-# --------------------------------------------------------------------------- calibration
-def load_calibration(folder: str | os.PathLike, backend: str, world: int) -> dict[str, Any]:
-    """The link numbers fitted by ``--calibrate`` for this back-end and world size, stored in ``folder``.
-
-    Returns ``{"source": path, "topology": {...link overrides...}, ...}``, or ``{"source": "default",
-    "topology": {}}`` when there is none (the plans' nominal link numbers are used).
-    """
-    path = Path(folder) / f"calibration-{backend}-g{world}.json"
-    if not path.is_file():
-        return {"source": "default", "topology": {}}
-    fit = read_json(path, what="calibration")
-    try:
-        overrides = fit.get("topology") or calibration_topology(float(fit["latency_us"]), float(fit["bandwidth_GBps"]),
-                                                                int(fit.get("num_nodes", 1)))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"calibration {path} is malformed: {exc}") from exc
-    return {"source": str(path), "topology": overrides,
-            **{k: fit[k] for k in ("latency_us", "bandwidth_GBps") if k in fit}}
-
-
-def calibration_topology(latency_us: float, bandwidth_GBps: float, num_nodes: int = 1) -> dict[str, float]:
-    """Topology fields a fit replaces: the intra-node link on one node, the inter-node link across nodes
-    (an even All-to-All over several nodes is bound by the slower inter-node links)."""
-    prefix = "inter" if num_nodes > 1 else "intra"
-    return {f"{prefix}_gbps": float(bandwidth_GBps), f"{prefix}_latency_us": float(latency_us)}
-
-
-def calibrate(args, rank: int, world: int, device, group=None) -> dict[str, Any] | None:
-    """Time even ``all_to_all_single`` calls from 4 KiB to ``--calibrate-max-mib`` per peer (×4 steps);
-    fit ``t = α + bytes / β``.
-
-    ``bytes`` is what one rank sends to the others; the fit gives the cost model's link latency and
-    bandwidth (``routelens.placement.cost.estimate_time``: ``latency + max(sent, received) · bytes /
-    bandwidth`` per GPU). Rank 0 returns the fit.
-    """
-    import torch
-
-    from .exchange import all_to_all_rows, sync_peers
-    from .timing import PhaseTimer
-
-    if world < 2:
-        raise InputError("--calibrate needs at least 2 ranks")
-    timer = PhaseTimer(device)
-    points = []
-    max_bytes = args.calibrate_max_mib * 2**20
-    sizes = [4096 * 4 ** i for i in range(16) if 4096 * 4 ** i <= max_bytes]
-    if len(sizes) < 2:
-        raise InputError("--calibrate-max-mib must allow at least two sizes (>= 0.016 MiB)")
-    for per_peer in sizes:
-        elems = per_peer // 4
-        splits = [0 if p == rank else elems for p in range(world)]
-        buf = torch.empty(sum(splits), dtype=torch.float32, device=device)
-        samples = []
-        for it in range(args.warmup + args.repeats):
-            sync_peers(device, group)
-            with timer.phase("a2a"):
-                all_to_all_rows(buf, splits, splits, group)
-            ms = timer.collect()["a2a"]
-            if it >= args.warmup:
-                samples.append(ms)
-        times = torch.tensor([float(np.median(samples))], device=device)
-        import torch.distributed as dist
-
-        dist.all_reduce(times, op=dist.ReduceOp.MAX, group=group)
-        points.append({"bytes_per_rank": per_peer * (world - 1), "ms": float(times.item())})
-    if rank != 0:
-        return None
-    sizes = np.array([p["bytes_per_rank"] for p in points], dtype=np.float64)
-    ms = np.array([p["ms"] for p in points])
-    A = np.stack([np.ones_like(sizes), sizes], 1)
-    # weight by 1/t so the small sizes (latency) count as much as the large ones (bandwidth)
-    coef, *_ = np.linalg.lstsq(A / ms[:, None], np.ones_like(ms), rcond=None)
-    latency_ms, ms_per_byte = max(coef[0], 0.0), max(coef[1], 1e-15)
-    num_nodes = max(1, world // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    latency_us, bandwidth = latency_ms * 1e3, 1.0 / ms_per_byte / 1e6
-    return {"format": "routelens-calibration", "version": 1, "backend": args.backend_resolved, "num_gpus": world,
-            "num_nodes": num_nodes, "latency_us": latency_us, "bandwidth_GBps": bandwidth,
-            "topology": calibration_topology(latency_us, bandwidth, num_nodes), "points": points,
-            "device": _device_name(device), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-
-
-def _device_name(device) -> str:
-    import torch
-
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 # --------------------------------------------------------------------------- report
 def build_report(setup: BenchSetup, args, records: list[dict], routes, world: int, device, calibration) -> dict[str, Any]:
     """The bench report from every rank's record (rank 0)."""
@@ -485,7 +339,7 @@ def build_report(setup: BenchSetup, args, records: list[dict], routes, world: in
         "layers": setup.layers,
         "num_gpus": world,
         "backend": args.backend_resolved,
-        "device": _device_name(device),
+        "device": device_name(device),
         "software": {"torch": torch.__version__,
                      "nccl": ".".join(map(str, torch.cuda.nccl.version())) if device.type == "cuda" else None},
         "hidden_size": setup.hidden_size,
