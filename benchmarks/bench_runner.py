@@ -169,8 +169,50 @@ def make_inputs(argv) -> int:
     return 0
 
 
+def cpu_demo() -> int:
+    """Without arguments (``make bench``): a small CPU sweep, 2 gloo processes on a synthetic trace.
+
+    Contiguous vs the routelens optimizer's plan (fitted on other tokens of the same routing), so the
+    printed ratios are measured against a baseline in the same run. CPU times are noisy; the bytes
+    are exact.
+    """
+    import subprocess
+    import tempfile
+
+    import numpy as np
+
+    from routelens.placement import cost, optimizer
+    from routelens.placement.topology import Topology
+    from routelens.plan import Plan
+    from routelens.synthetic import synthetic_topk_ids
+    from routelens.trace import write_trace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        T, E, k, L, G = 8192, 32, 4, 2, 2
+        ids = [synthetic_topk_ids(2 * T, E, k, num_groups=4, in_group=0.9, seed=layer) for layer in range(L)]
+        weights = [np.full((T, k), 1.0 / k, np.float32) for _ in range(L)]
+        layers = [f"model.layers.{i}.mlp.gate" for i in range(L)]
+        header = {"model": {"id": "synthetic", "family": "synthetic", "architecture": "none",
+                            "config": {"hidden_size": 256, "moe_intermediate_size": 128}},
+                  "layers": layers, "num_experts": E, "top_k": k, "settings": {}, "source": {"kind": "synthetic"}}
+        write_trace(f"{tmp}/run", header, np.zeros(T, np.int32), np.zeros(T, np.int32), np.arange(T, dtype=np.int32),
+                    [a[T:] for a in ids], weights)
+        topo = Topology(num_nodes=1, gpus_per_node=G)
+        model = cost.CostModel(topology=topo, token_bytes=512)
+        tables = {layer: optimizer.optimize_layer(a[:T].astype(np.int64), E, G, model,
+                                                  deadline=time.perf_counter() + 5).table for layer, a in zip(layers, ids)}
+        Plan(tables, E, method="routelens", replica_policy="first").save(f"{tmp}/routelens.json")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "NCCL_NVLS_ENABLE": "0"}
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={G}",
+                               __file__, "--backend", "gloo", "--case", f"{tmp}/run|contiguous,{tmp}/routelens.json",
+                               "--hidden", "256", "--tokens-per-rank", "2048", "--repeats", "3", "--warmup", "1",
+                               "--out", f"{tmp}/out"], env=env).returncode
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        return cpu_demo()
     if argv[:1] == ["make-inputs"]:
         return make_inputs(argv[1:])
     args = parse_args(argv)
