@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from rlapp import charts, data, ui
+from rlapp import charts, data, routing_charts, ui
 
 TOP_PARTNERS = 12
 
@@ -52,7 +52,7 @@ if load[expert] == 0:
     st.info(f"Expert {expert} received no tokens in layer {layer} of this run.")
     st.stop()
 
-colors = charts.community_colors(community)
+colors = routing_charts.community_colors(community)
 left, right = st.columns(2)
 with left:
     conditional = data.layer_matrix(info.path, key, layer, "conditional")[expert].copy()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from rlapp import charts, ui
+from rlapp import charts, routing_charts, ui
 
 ui.header("Cross-layer flow", "When a token leaves one layer's experts, which experts does it meet in the next layer?")
 info, trace = ui.current_trace()
@@ -56,9 +56,9 @@ for j in span:
         e = analysis.experts_of(j)
         groups.append(np.where(analysis.load(j) > 0, np.arange(e), -1))
         names.append([f"L{j} · expert {i}" for i in range(e)])
-        colors.append(charts.community_colors(community))
+        colors.append(routing_charts.community_colors(community))
 transitions = [analysis.transition(j) for j in span[:-1]]
-st.plotly_chart(charts.flow_sankey(span, transitions, groups, names, colors, max_links=max_links), width="stretch")
+st.plotly_chart(routing_charts.flow_sankey(span, transitions, groups, names, colors, max_links=max_links), width="stretch")
 st.caption("Link width = token slot pairs: a token using experts a in layer l and b in layer l + 1 adds one to a → b "
            "(k × k per token). Colours are each layer's co-activation communities; communities are found per layer, "
            "so C1 in one layer has nothing to do with C1 in the next.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from rlapp import charts, data, ui
+from rlapp import charts, data, routing_charts, ui
 
 MATRICES = {"lift": "lift (vs chance)", "conditional": "conditional P(j | i)", "counts": "raw counts"}
 
@@ -35,7 +35,7 @@ cols[5].metric("Next-layer coverage", ui.fmt_float(100 * next_layer["topk_covera
                help="How often a token's experts in the next layer are among the top-k successors of its experts here "
                     f"(chance {ui.fmt_float(100 * (next_layer.get('chance_coverage') or 0), 0, '%')})")
 
-st.plotly_chart(charts.expert_load_bars(load, color=charts.community_colors(community),
+st.plotly_chart(charts.expert_load_bars(load, color=routing_charts.community_colors(community),
                                         title="Tokens per expert (coloured by community)"), width="stretch")
 
 left, right = st.columns([1, 1])
@@ -44,7 +44,7 @@ with left:
     kind = st.segmented_control("Show", list(MATRICES), default="lift", format_func=MATRICES.get, key="matrix_kind",
                                 label_visibility="collapsed", required=True)
     matrix = data.layer_matrix(info.path, key, layer, kind)
-    st.plotly_chart(charts.coactivation_heatmap(matrix, charts.community_order(community, load), community, kind),
+    st.plotly_chart(routing_charts.coactivation_heatmap(matrix, routing_charts.community_order(community, load), community, kind),
                     width="stretch")
     st.caption("Experts reordered by community (outlined); a row's cells are its partners.")
 with right:
@@ -52,11 +52,11 @@ with right:
     min_lift = st.slider("Draw pairs co-activated at least this many times more often than chance", 1.0, 4.0, 1.5, 0.25,
                          key="min_lift")
     layout = data.graph_layout(info.path, key, layer, float(min_lift))
-    st.plotly_chart(charts.coactivation_network(layout["xy"], layout["edges"], load, community, roles), width="stretch")
+    st.plotly_chart(routing_charts.coactivation_network(layout["xy"], layout["edges"], load, community, roles), width="stretch")
     st.caption(f"{len(layout['edges'])} pairs drawn · size = load · colour = community · ◆ specialized, ● collaborative")
 
 st.markdown("##### Collaboration vs specialization")
-st.plotly_chart(charts.collaboration_specialization(
+st.plotly_chart(routing_charts.collaboration_specialization(
     analysis.score(layer, "collaboration"), analysis.score(layer, "specialization"), load, roles, community,
     chance=summary.get("specialization_chance"), threshold=analysis.meta.get("params", {}).get("threshold"),
     top_t=summary.get("top_t")), width="stretch")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from rlapp import charts, data, ui
+from rlapp import charts, data, systems_charts, ui
 
 EXPORTS = [("json", ".json", "routelens plan (.json)"), ("sglang", ".pt", "SGLang --init-expert-location (.pt)"),
            ("vllm", ".pt", "vLLM EPLB state (.pt)")]
@@ -45,7 +45,7 @@ def show_grid(chosen, key: str) -> None:
                              format_func=lambda j: str(j))
     name = chosen.layers[layer]
     table = chosen.gpu_experts[name]
-    st.plotly_chart(charts.plan_grid(table, layer_loads()[trace.layer_index(name)], chosen.gpus_per_node,
+    st.plotly_chart(systems_charts.plan_grid(table, layer_loads()[trace.layer_index(name)], chosen.gpus_per_node,
                                      f"{charts.short_layer(name, layer)}: experts per GPU slot (* = replicated)"),
                     width="stretch")
 
@@ -85,7 +85,7 @@ else:
 
     comparison = ui.attempt(data.plan_vs_baselines, info.path, trace_key, plan_path, plan_key, what="plan evaluation")
     if comparison is not None:
-        st.plotly_chart(charts.plan_metric_ratios(comparison["results"], comparison["label"]), width="stretch")
+        st.plotly_chart(systems_charts.plan_metric_ratios(comparison["results"], comparison["label"]), width="stretch")
         st.caption(f"Scored on {comparison['note']} with the cost model stored in the plan; every baseline was "
                    "fitted on the same tokens as the plan. Same numbers as `routelens plan-eval`.")
         st.dataframe(metrics_table(comparison["results"], comparison["label"]), width="stretch")
@@ -122,7 +122,7 @@ if submitted or st.session_state.get("what_if_args"):
     args = st.session_state["what_if_args"]
     result = ui.guarded(data.what_if, info.path, trace_key, *args, what="what-if placement")
     made = result["plan"]
-    st.plotly_chart(charts.plan_metric_ratios(result["results"], result["label"],
+    st.plotly_chart(systems_charts.plan_metric_ratios(result["results"], result["label"],
                                               title=f"{args[0]} GPUs on {args[1]} node(s), {args[2]} redundant: "
                                                     f"{args[3]} vs contiguous"), width="stretch")
     st.dataframe(metrics_table(result["results"], result["label"]), width="stretch")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from rlapp import charts, data, tables, ui
+from rlapp import data, systems_charts, tables, ui
 from rlapp.runs import rank_by_closeness
 
 SAVINGS = {
@@ -68,7 +68,7 @@ with left:
 with right:
     cost = st.selectbox("Costs (y axis)", list(COSTS), format_func=lambda k: COSTS[k][0])
 y_title, as_change = COSTS[cost]
-st.plotly_chart(charts.tradeoff_curves(rows, saving, cost, SAVINGS[saving], y_title, y_as_change=as_change), width="stretch")
+st.plotly_chart(systems_charts.tradeoff_curves(rows, saving, cost, SAVINGS[saving], y_title, y_as_change=as_change), width="stretch")
 st.caption("Each line is one policy swept over its setting (C2R group size T, GPU limit M, capacity factor); "
            "the star is the unmodified model. Down and to the left is better.")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from rlapp import charts, data, tables, ui
+from rlapp import charts, data, systems_charts, tables, ui
 
 ui.header("Runner results", "What does each plan's All-to-All really cost over the network, and did the cost model predict it?")
 info, trace = ui.current_trace()
@@ -48,9 +48,9 @@ else:
     unit, title = "ms", "All-to-All time (dispatch + combine), all layers"
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(charts.measured_vs_predicted(labels, measured, predicted, unit, title), width="stretch")
+    st.plotly_chart(systems_charts.measured_vs_predicted(labels, measured, predicted, unit, title), width="stretch")
 with right:
-    st.plotly_chart(charts.per_rank_bars(labels, [p["dispatch_tokens_recv"] for p in plans],
+    st.plotly_chart(systems_charts.per_rank_bars(labels, [p["dispatch_tokens_recv"] for p in plans],
                                          [p["predicted"]["dispatch_tokens_recv"] for p in plans],
                                          "token copies", "Dispatch: token copies each GPU receives"),
                     width="stretch")

@@ -11,6 +11,7 @@ model was run on, so sharing them on a network is an explicit choice.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -74,11 +75,10 @@ def run(args) -> int:
     runs_dir = Path(args.runs_dir)
     if not runs_dir.is_dir():
         raise InputError(f"runs folder {runs_dir} does not exist (make a run with: routelens capture --out {runs_dir}/demo)")
-    try:
-        import plotly  # noqa: F401
-        import streamlit  # noqa: F401
-    except ImportError as exc:
-        raise RoutelensError(f"the dashboard needs streamlit and plotly ({exc.name} is missing): pip install 'routelens[app]'") from None
+    missing = [name for name in ("streamlit", "plotly") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RoutelensError(f"the dashboard needs streamlit and plotly ({', '.join(missing)} missing): "
+                             "pip install 'routelens[app]'")
     command = streamlit_command(runs_dir, args.host, args.port)
     print(f"routelens dashboard: http://{args.host}:{args.port}  (runs below {runs_dir.resolve()}; Ctrl-C stops it)",
           flush=True)

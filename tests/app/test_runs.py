@@ -74,7 +74,7 @@ def test_result_files_inside_the_run_then_of_its_model_come_first(tmp_path):
 
 
 def test_community_order_groups_experts_largest_community_first_busiest_first():
-    charts = _load("charts")
+    charts = _load("routing_charts")
     community = np.array([1, 0, 1, -1, 1, 0])
     load = np.array([5, 9, 7, 0, 6, 3])
     order = charts.community_order(community, load).tolist()
@@ -84,14 +84,14 @@ def test_community_order_groups_experts_largest_community_first_busiest_first():
 
 
 def test_sankey_pools_transitions_into_groups_and_keeps_the_strongest_links():
-    charts = _load("charts")
+    charts = _load("routing_charts")
     transitions = [np.array([[4, 0, 1], [0, 2, 0], [3, 0, 5]])]
     groups = [np.array([0, 1, 0]), np.array([0, 1, 1])]
     fig = charts.flow_sankey([0, 1], transitions, groups, [["a0", "a1"], ["b0", "b1"]],
-                             [[charts.ACCENT] * 2, [charts.WARN] * 2])
+                             [["#3b5bdb"] * 2, ["#e8590c"] * 2])
     link = fig.data[0].link
     pooled = {(fig.data[0].node.label[s], fig.data[0].node.label[t]): v for s, t, v in zip(link.source, link.target, link.value)}
     assert pooled == {("a0", "b0"): 7.0, ("a0", "b1"): 6.0, ("a1", "b1"): 2.0}
     strongest = charts.flow_sankey([0, 1], transitions, groups, [["a0", "a1"], ["b0", "b1"]],
-                                   [[charts.ACCENT] * 2, [charts.WARN] * 2], max_links=1)
+                                   [["#3b5bdb"] * 2, ["#e8590c"] * 2], max_links=1)
     assert list(strongest.data[0].link.value) == [7.0]

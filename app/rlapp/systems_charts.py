@@ -1,0 +1,160 @@
+"""Figures of the systems pages: re-routing trade-offs, placement grids and metrics, runner measurements.
+
+Inputs are rows and reports routelens commands wrote (``reroute-eval``, ``plan-eval``, ``bench``)
+or plans and metrics from :mod:`routelens.placement`; these functions only draw them.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .charts import ACCENT, MUTED, QUALITATIVE, SEQUENTIAL, WARN, style
+
+
+def _setting_tag(row: dict) -> str:
+    """The knob of a re-routing setting, short: ``T=16``, ``M=2``, ``×1.25``."""
+    if row.get("top_t") is not None:
+        return f"T={row['top_t']}"
+    if row.get("max_gpus") is not None:
+        return f"M={row['max_gpus']}"
+    if row.get("capacity_factor") is not None:
+        return f"×{row['capacity_factor']:g}"
+    return ""
+
+
+def _policy_family(row: dict) -> str:
+    if row["policy"] == "gpu-limited" and row.get("gpu_score"):
+        return f"gpu-limited ({row['gpu_score']})"
+    return row["policy"]
+
+
+def tradeoff_curves(rows: Sequence[dict], x: str, y: str, x_title: str, y_title: str,
+                    y_as_change: bool = True) -> go.Figure:
+    """One line per re-routing policy through its settings: ``x`` (what it saves) vs ``y`` (what it costs).
+
+    ``rows`` are ``routelens reroute-eval`` result rows; the unmodified model (``policy == "none"``)
+    is the black star every curve starts from. With ``y_as_change`` the y axis is the change of
+    ``y`` relative to the unmodified model, in percent.
+    """
+    def y_value(row):
+        if y_as_change:
+            change = row.get(f"{y}_change")
+            return 100.0 * change if change is not None else np.nan
+        return row.get(y, np.nan)
+
+    fig = go.Figure()
+    families: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["policy"] != "none":
+            families.setdefault(_policy_family(row), []).append(row)
+    for i, (family, members) in enumerate(families.items()):
+        members = sorted(members, key=lambda r: r.get(x, np.nan))
+        fig.add_trace(go.Scatter(
+            x=[r.get(x, np.nan) for r in members], y=[y_value(r) for r in members],
+            mode="lines+markers+text", name=family, line=dict(color=QUALITATIVE[i % len(QUALITATIVE)], width=2),
+            marker=dict(size=9), text=[_setting_tag(r) for r in members], textposition="top center",
+            textfont=dict(size=11, color=QUALITATIVE[i % len(QUALITATIVE)]), customdata=[r["label"] for r in members],
+            hovertemplate="%{customdata}<br>" + x_title + ": %{x:.3g}<br>" + y_title + ": %{y:.3g}<extra></extra>",
+        ))
+    for row in rows:
+        if row["policy"] == "none":
+            fig.add_trace(go.Scatter(
+                x=[row.get(x, np.nan)], y=[y_value(row)], mode="markers", name="unmodified model",
+                marker=dict(symbol="star", size=16, color="black"),
+                hovertemplate="unmodified model<br>" + x_title + ": %{x:.3g}<br>" + y_title + ": %{y:.3g}<extra></extra>",
+            ))
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(title=y_title + (" (% change)" if y_as_change else ""), zeroline=True, zerolinecolor=MUTED)
+    return style(fig, height=440)
+
+
+def measured_vs_predicted(labels: Sequence[str], measured: Sequence[float], predicted: Sequence[float],
+                          unit: str, title: str) -> go.Figure:
+    """Grouped bars per plan: measured next to predicted (same unit)."""
+    fig = go.Figure([
+        go.Bar(name="measured", x=list(labels), y=list(measured), marker_color=ACCENT,
+               hovertemplate="%{x}<br>measured: %{y:.3g} " + unit + "<extra></extra>"),
+        go.Bar(name="predicted (cost model)", x=list(labels), y=list(predicted), marker_color=MUTED,
+               hovertemplate="%{x}<br>predicted: %{y:.3g} " + unit + "<extra></extra>"),
+    ])
+    fig.update_layout(barmode="group", bargap=0.3)
+    fig.update_yaxes(title=unit)
+    return style(fig, title=title)
+
+
+def per_rank_bars(labels: Sequence[str], per_rank: Sequence[Sequence[float]], predicted: Sequence[Sequence[float]] | None,
+                  unit: str, title: str) -> go.Figure:
+    """Bars per GPU (rank), one colour per plan; predicted values as black ticks on the bars."""
+    fig = go.Figure()
+    for i, (label, values) in enumerate(zip(labels, per_rank)):
+        fig.add_trace(go.Bar(name=label, x=[f"GPU {g}" for g in range(len(values))], y=list(values),
+                             marker_color=QUALITATIVE[i % len(QUALITATIVE)], offsetgroup=str(i),
+                             hovertemplate=label + "<br>%{x}: %{y:,.0f} " + unit + "<extra></extra>"))
+        if predicted is not None:
+            fig.add_trace(go.Scatter(x=[f"GPU {g}" for g in range(len(values))], y=list(predicted[i]), mode="markers",
+                                     marker=dict(symbol="line-ew-open", size=18, color="black", line=dict(width=2)),
+                                     showlegend=i == 0, name="predicted", offsetgroup=str(i),
+                                     hovertemplate=label + "<br>%{x} predicted: %{y:,.0f} " + unit + "<extra></extra>"))
+    fig.update_layout(barmode="group", scattermode="group", bargap=0.25)
+    fig.update_yaxes(title=unit)
+    return style(fig, title=title)
+
+
+def plan_grid(table: np.ndarray, expert_load: np.ndarray, gpus_per_node: int, title: str) -> go.Figure:
+    """GPU × slot grid of one layer's plan: each cell an expert, coloured by the tokens it serves.
+
+    A replicated expert's load is shown split evenly over its replicas (what a round-robin
+    replica policy gives); the cost model's per-GPU numbers sit next to the grid.
+    """
+    table = np.asarray(table)
+    load = np.asarray(expert_load, dtype=np.float64)
+    replicas = np.bincount(table.ravel(), minlength=load.size)
+    per_slot = load[table] / np.maximum(replicas[table], 1)
+    labels = [f"GPU {g}" + (f" · node {g // gpus_per_node}" if gpus_per_node < table.shape[0] else "")
+              for g in range(table.shape[0])]
+    text = [[f"{e}" + ("*" if replicas[e] > 1 else "") for e in row] for row in table]
+    fig = go.Figure(go.Heatmap(
+        z=per_slot, x=[f"slot {s}" for s in range(table.shape[1])], y=labels, colorscale=SEQUENTIAL, zmin=0,
+        text=text, texttemplate="%{text}", textfont=dict(size=11 if table.shape[1] <= 16 else 8),
+        customdata=np.stack([table, replicas[table]], axis=-1),
+        colorbar=dict(title="tokens", thickness=12), xgap=2, ygap=2,
+        hovertemplate="%{y}, %{x}: expert %{customdata[0]}<br>%{z:,.0f} tokens"
+                      " (%{customdata[1]} replica(s))<extra></extra>",
+    ))
+    for n in range(1, table.shape[0] // max(gpus_per_node, 1)):
+        fig.add_hline(y=n * gpus_per_node - 0.5, line_color="#212529", line_width=2)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(showticklabels=table.shape[1] <= 16, title=f"{table.shape[1]} slots per GPU")
+    return style(fig, height=max(260, 80 + 30 * table.shape[0]), title=title)
+
+
+PLAN_METRICS = {
+    "gpus_per_token": "GPUs per token",
+    "busiest_gpu_recv": "busiest GPU receive",
+    "compute_imbalance": "compute max/mean",
+    "a2a_us": "est. All-to-All",
+    "layer_us": "est. layer time",
+}
+
+
+def plan_metric_ratios(results: dict[str, dict], highlight: str, baseline: str = "contiguous",
+                       title: str = "Against the baselines: change vs contiguous (lower is better)") -> go.Figure:
+    """Grouped bars: for each metric, every plan's mean over layers as a % change from the baseline's."""
+    base = results[baseline]["mean"]
+    fig = go.Figure()
+    others = [n for n in results if n not in (highlight, baseline)]
+    greys = ["#ced4da", "#adb5bd", "#868e96", "#495057", "#343a40"]
+    for i, name in enumerate(others + [highlight]):
+        change = [100 * (results[name]["mean"].get(k, np.nan) / base[k] - 1) if base.get(k) else np.nan for k in PLAN_METRICS]
+        color = WARN if name == highlight else greys[i % len(greys)]
+        fig.add_trace(go.Bar(name=name, x=list(PLAN_METRICS.values()), y=change, marker_color=color,
+                             text=[f"{c:+.1f}%" for c in change] if name == highlight else None,
+                             textposition="outside", cliponaxis=False,
+                             hovertemplate=name + "<br>%{x}: %{y:+.2f}% vs " + baseline + "<extra></extra>"))
+    fig.add_hline(y=0, line_color="#495057", line_width=1)
+    fig.update_layout(barmode="group", bargap=0.25)
+    fig.update_yaxes(title=f"% change vs {baseline}", zeroline=False)
+    return style(fig, height=400, title=title)
