@@ -154,3 +154,14 @@ def test_chromium_clicks_through_every_page_and_sees_headings_and_charts(runs_di
         context.close()
     for _, heading, _ in PAGES:
         assert (ARTIFACTS / f"{heading.lower().replace(' ', '-')}.png").stat().st_size > 10_000
+
+
+def test_missing_browser_skips_locally_but_fails_on_ci(monkeypatch):
+    """A broken chromium install must be visible on CI, not silently skipped."""
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="chromium"):
+        _need(False, "chromium is not installed at /usr/bin/chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="on CI the browser test must run"):
+        _need(False, "chromium is not installed at /usr/bin/chromium")
+    _need(True, "never shown")  # present: nothing happens
