@@ -40,7 +40,8 @@ sequences = manifest.get("num_sequences")
 cols[3].metric("Tokens", ui.fmt_int(trace.num_tokens),
                help=(f"{sequences:,} windows" if sequences else "") + (f" of {settings['seq_len']} tokens" if settings.get("seq_len") else ""))
 speed = stats.get("tokens_per_s")
-cols[4].metric("Capture speed", ui.fmt_float(speed, 0, " tok/s") if speed else "–",
+speed_text = (f"{speed / 1000:.1f}k tok/s" if speed >= 1000 else f"{speed:,.0f} tok/s") if speed else "–"
+cols[4].metric("Capture speed", speed_text,
                help=f"{stats['wall_s']:.1f} s on {stats.get('device') or 'an unknown device'}" if stats.get("wall_s") else None)
 cols[5].metric("Load imbalance", ui.fmt_float(known[len(known) // 2] if known else None, 2, "×"),
                help="Busiest expert's tokens over the mean expert's, median over layers (1.00 = balanced)")
