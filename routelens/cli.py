@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 
 from .errors import RoutelensError
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except RoutelensError as exc:
         return _fail(str(exc))
+    except BrokenPipeError:
+        # the reader went away (``routelens info RUN | head``): a normal end, not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit-time flush does not fail again
+        return 0
     except KeyboardInterrupt:
         return _fail("interrupted (a capture can continue with --resume)", code=130)
     except OSError as exc:
