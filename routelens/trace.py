@@ -156,10 +156,24 @@ class Trace:
             raise TraceError(f"layer '{layer}' is not in the trace (it has {len(self.layers)} MoE layers)") from None
 
     def fingerprint(self) -> str:
-        """A short hash that changes whenever the trace's content changes (used to cache analyses)."""
+        """A short hash that changes whenever the trace's content changes (used to cache analyses).
+
+        Covers the layers, shard list, capture settings (model, text and token hashes, window size),
+        the run's statistics (a re-capture with the same settings has new timings) and every shard
+        file's size and modification time, so a re-captured or re-routed run is never mistaken for
+        the old one (a copied run may be analysed once more: cheap, and never wrong).
+        """
+        manifest = self.manifest
+        sizes = {}
+        for shard in self.shards:
+            file = self.path / shard["file"] if isinstance(shard, dict) and "file" in shard else None
+            sizes[str(shard.get("file") if isinstance(shard, dict) else shard)] = (
+                (file.stat().st_size, file.stat().st_mtime_ns) if file is not None and file.exists() else None)
         key = json.dumps(
-            {"layers": self.layers, "shards": self.shards, "E": self.num_experts, "k": self.top_k},
-            sort_keys=True,
+            {"layers": self.layers, "shards": self.shards, "E": self.num_experts, "k": self.top_k,
+             "model": manifest.get("model"), "settings": manifest.get("settings"),
+             "source": manifest.get("source"), "stats": manifest.get("stats"), "sizes": sizes},
+            sort_keys=True, default=str,
         )
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 

@@ -68,3 +68,19 @@ def test_nan_weights_are_refused(tmp_path):
     a["topk_weights"][0][3, 1] = np.nan
     with pytest.raises(TraceError, match="NaN"):
         write_trace(tmp_path / "r", a["header"], a["token_ids"], a["seq_ids"], a["positions"], a["topk_ids"], a["topk_weights"])
+
+
+def test_fingerprint_changes_when_a_run_is_recaptured_with_the_same_sizes(tmp_path):
+    """Same layers, experts, k and token count but other routing: cached analyses must not be reused."""
+    first = synthetic_trace_arrays(num_tokens=256, num_layers=2, num_experts=8, top_k=2, seed=1)
+    second = synthetic_trace_arrays(num_tokens=256, num_layers=2, num_experts=8, top_k=2, seed=2)
+    run = tmp_path / "run"
+    args = lambda a: (a["header"], a["token_ids"], a["seq_ids"], a["positions"], a["topk_ids"], a["topk_weights"])
+    before = write_trace(run, *args(first)).fingerprint()
+    assert Trace.open(run).fingerprint() == before  # stable for an unchanged run
+    import shutil, time
+    shutil.rmtree(run)
+    time.sleep(0.01)
+    after = write_trace(run, *args(second)).fingerprint()
+    assert not np.array_equal(Trace.open(run).topk_ids(Trace.open(run).layers[0]), first["topk_ids"][0])
+    assert after != before
