@@ -115,6 +115,8 @@ def capture(
     check_output_folder(out, resume, ctx.world_size)
     if resume:
         _check_resume_settings(out, header, ctx)
+        if ctx.world_size == 1 and _is_finished(out, windows.num_windows):
+            return Trace.open(out)  # nothing to add: leave the manifest (and caches keyed on it) untouched
     ctx.barrier()  # every rank has checked --out before any rank writes into it
     writer = TraceWriter(out, header, resume=resume, rank=ctx.rank, world_size=ctx.world_size)
     prior_stats = _prior_stats(out, ctx)
@@ -294,6 +296,16 @@ def _check_resume_settings(out: Path, header: dict[str, Any], ctx: DistContext) 
 def _short(value: Any) -> str:
     text = str(value)
     return text[:12] + "…" if len(text) > 40 else text
+
+
+def _is_finished(out: Path, num_windows: int) -> bool:
+    """The run in ``out`` is complete and holds all ``num_windows`` windows."""
+    from ..io import read_json
+
+    if not (out / "manifest.json").is_file():
+        return False  # --resume on a new folder starts it
+    manifest = read_json(out / "manifest.json", what="trace manifest")
+    return bool(manifest.get("complete")) and manifest.get("num_sequences") == num_windows
 
 
 def _prior_stats(out: Path, ctx: DistContext) -> dict[str, Any]:

@@ -66,8 +66,10 @@ def test_resume_flag_on_a_finished_run_adds_nothing(checkpoint, tmp_path, capsys
             "--max-tokens", "512", "--no-progress", "--resume"]  # --resume on a new folder starts it
     assert main(args) == 0
     first = Trace.open(tmp_path / "run")
+    manifest = (tmp_path / "run" / "manifest.json").read_bytes()
     assert main(args) == 0
     again = Trace.open(tmp_path / "run")
+    assert (tmp_path / "run" / "manifest.json").read_bytes() == manifest  # untouched: caches keyed on it stay valid
     assert again.num_tokens == first.num_tokens == 512
     assert np.array_equal(again.topk_ids(0), first.topk_ids(0))
 
