@@ -3,6 +3,11 @@
     python benchmarks/bench_capture.py                         # data/demo-moe on CPU
     python benchmarks/bench_capture.py --device cuda --json bench_capture.json
     python benchmarks/bench_capture.py --model Qwen/Qwen3-30B-A3B --device cuda --dtype bfloat16
+    python benchmarks/bench_capture.py --shape qwen3-30b-a3b --layers 8 --device cuda --batch-size 16
+
+``--shape`` times a random-init model with a real model's layer shapes (no download; the demo's
+tokenizer feeds it): the demo model is so small that a GPU forward is launch-bound, so its ratio
+says little about the overhead on the models people capture.
 
 Three modes over the same ``--batches`` batches of ``--batch-size`` windows:
 
@@ -32,9 +37,37 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without installing
 
 
+# Layer shapes of real checkpoints (from their config.json), for --shape.
+SHAPES = {
+    "qwen3-30b-a3b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+                          num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
+                          num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[]),
+    "olmoe-1b-7b": dict(vocab_size=50304, hidden_size=2048, intermediate_size=1024, num_attention_heads=16,
+                        num_key_value_heads=16, num_experts=64, num_experts_per_tok=8),
+}
+
+
+def shaped_model(shape: str, layers: int, device: str | None, dtype: str | None):
+    """A random-init ``shape`` model of ``layers`` decoder layers, built directly on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM, OlmoeConfig, Qwen3MoeConfig
+
+    fields = dict(SHAPES[shape], num_hidden_layers=layers, max_position_embeddings=4096)
+    config = (Qwen3MoeConfig if shape.startswith("qwen3") else OlmoeConfig)(**fields)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_dtype = {"float32": torch.float32, "float16": torch.float16}.get(dtype or "", torch.bfloat16)
+    torch.manual_seed(0)
+    with device:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    return model.eval()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="hub id or checkpoint folder (default: data/demo-moe)")
+    parser.add_argument("--shape", default=None, choices=sorted(SHAPES),
+                        help="a random-init model with these layer shapes instead of --model")
+    parser.add_argument("--layers", type=int, default=8, help="decoder layers of the --shape model (default 8)")
     parser.add_argument("--text", default=None, help="text file (default: bundled corpus)")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"])
@@ -64,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     try:
         name = args.model or str(demo_model_path())
-        model, tokenizer = load_model(name, dtype=args.dtype, device=args.device)
+        if args.shape:
+            _, tokenizer = load_model(name, device="cpu")  # the demo's tokenizer feeds the shaped model
+            model = shaped_model(args.shape, args.layers, args.device, args.dtype)
+            name = f"random-init {args.shape} ({args.layers} layers)"
+        else:
+            model, tokenizer = load_model(name, dtype=args.dtype, device=args.device)
         routing = find_router_sites(model)
         num_windows = args.batches * args.batch_size
         windows = pack_windows(resolve_source(text=args.text), tokenizer, seq_len=args.seq_len,
