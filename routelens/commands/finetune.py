@@ -138,7 +138,8 @@ def format_report(label: str, report: dict) -> str:
         f"  with the policy, before        perplexity {report['constrained_before']:.3f} ({report['cost_before']:+.2%})",
         f"  with the policy, after         perplexity {report['constrained_after']:.3f} ({report['cost_after']:+.2%})",
         f"  fine-tuned model, policy off   perplexity {report['unconstrained_after']:.3f}",
-        f"  recovered {report['recovered']:.0%} of the policy's perplexity cost",
+        f"  recovered {report['recovered']:.0%} of the policy's perplexity cost" if report["recovered"] is not None
+        else "  the policy cost no perplexity before the fine-tune: nothing to recover",
     ]
     if "control" in report:
         control = report["control"]

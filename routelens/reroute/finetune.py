@@ -113,7 +113,7 @@ def measure_recovery(before: Sequence[dict[str, Any]], after: Sequence[dict[str,
         (perplexity under the policy), ``unconstrained_after``, the relative costs against the original
         baseline, and ``recovered``: the share of the constraint's perplexity cost won back,
         ``(before - after) / (before - baseline)`` (1 = fully recovered; > 1 = better than the
-        original model).
+        original model; ``None`` when the policy cost nothing to recover, as JSON has no NaN).
     """
     base = before[0]["perplexity"]
     c_before, c_after = before[1]["perplexity"], after[1]["perplexity"]
@@ -125,7 +125,7 @@ def measure_recovery(before: Sequence[dict[str, Any]], after: Sequence[dict[str,
         "constrained_after": c_after,
         "cost_before": c_before / base - 1.0,
         "cost_after": c_after / base - 1.0,
-        "recovered": (c_before - c_after) / cost if cost > 0 else float("nan"),
+        "recovered": (c_before - c_after) / cost if cost > 0 else None,
         "gpus_per_token_before": before[1].get("gpus_per_token"),
         "gpus_per_token_after": after[1].get("gpus_per_token"),
         "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
