@@ -29,6 +29,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-gpus", type=_positive_int, default=None, help="gpu-limited: M (default G/2)")
     parser.add_argument("--min-gpu-share", type=float, default=None, help="gpu-adaptive: share (default 0.1)")
     parser.add_argument("--capacity-factor", type=float, default=None, help="capacity policies: gamma (default 1.25)")
+    parser.add_argument("--gpu-fill", choices=("best", "drop"), default="best",
+                        help="GPU policies: experts a token loses on GPUs it no longer visits are replaced by the best "
+                        "on the GPUs kept (best, DeepSeek-V2) or dropped (drop) (default best)")
     parser.add_argument("--weights", choices=("renorm", "keep"), default="renorm",
                         help="how re-routed experts are weighted (default renorm)")
     parser.add_argument("--gpus", type=_positive_int, default=8, help="GPUs of the plan the GPU policies use (default 8)")
@@ -92,10 +95,11 @@ def run(args) -> int:
         counts = {layer: coactivation_counts(ids, num_experts) for layer, ids in calibration.items()}
         policy = c2r_policy(counts, args.top_t or max(num_experts // 4, top_k - 1), args.weights)
     elif args.policy == "gpu-limited":
-        policy = gpu_limited_policy(plan, args.max_gpus or max(1, plan.num_gpus // 2), weights=args.weights)
+        policy = gpu_limited_policy(plan, args.max_gpus or max(1, plan.num_gpus // 2), weights=args.weights,
+                                    fill=args.gpu_fill)
     elif args.policy == "gpu-adaptive":
         policy = gpu_adaptive_policy(plan, 0.1 if args.min_gpu_share is None else args.min_gpu_share,
-                                     args.max_gpus, args.weights)
+                                     args.max_gpus, args.weights, args.gpu_fill)
     else:
         policy = capacity_policy(args.policy, args.capacity_factor or 1.25, args.weights)
     control = copy.deepcopy(model) if args.control else None

@@ -35,6 +35,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--min-gpu-share", type=float, default=None,
                         help="gpu-adaptive: share of a token's routing weight a GPU must hold to be visited "
                         "(default 0.1)")
+    parser.add_argument("--gpu-fill", choices=("best", "drop"), default="best",
+                        help="GPU policies: experts a token loses on GPUs it no longer visits are replaced by the best "
+                        "on the GPUs kept (best, DeepSeek-V2) or dropped (drop) (default best)")
     parser.add_argument("--weights", choices=("renorm", "keep"), default="renorm",
                         help="renorm: the model's rule on the new choice (as the papers do); keep: each expert keeps "
                         "the weight the unconstrained router gives it (default renorm)")
@@ -85,10 +88,11 @@ def run(args) -> int:
         counts = {layer: coactivation_counts(calib.topk_ids(layer), trace.num_experts) for layer in trace.layers}
         policy = c2r_policy(counts, args.top_t or max(trace.num_experts // 4, trace.top_k - 1), args.weights)
     elif args.policy == "gpu-limited":
-        policy = gpu_limited_policy(plan, args.max_gpus or max(1, plan.num_gpus // 2), args.gpu_score, args.weights)
+        policy = gpu_limited_policy(plan, args.max_gpus or max(1, plan.num_gpus // 2), args.gpu_score, args.weights,
+                                    args.gpu_fill)
     elif args.policy == "gpu-adaptive":
         share = 0.1 if args.min_gpu_share is None else args.min_gpu_share
-        policy = gpu_adaptive_policy(plan, share, args.max_gpus, args.weights)
+        policy = gpu_adaptive_policy(plan, share, args.max_gpus, args.weights, args.gpu_fill)
     else:
         policy = capacity_policy(args.policy, args.capacity_factor or 1.25, args.weights)
     rules = None

@@ -36,7 +36,10 @@ def add_parser(subparsers) -> None:
                         help="gpu-limited: how GPUs are ranked (default max, DeepSeek-V2)")
     parser.add_argument("--min-gpu-share", default=None, metavar="S[,S...]",
                         help="gpu-adaptive: shares of a token's routing weight a GPU must hold to be visited "
-                        "(default 0.05,0.1,0.15)")
+                        "(default 0.05,0.075,0.1,0.15)")
+    parser.add_argument("--gpu-fill", default=None, metavar="best|drop[,...]",
+                        help="GPU policies: experts a token loses on GPUs it no longer visits are replaced by the best "
+                        "on the GPUs kept (best, DeepSeek-V2) or dropped (drop) (default: both)")
     parser.add_argument("--weights", default=None, metavar="renorm|keep[,...]",
                         help="how re-routed experts are weighted: renorm (the model's rule on the new choice, as "
                         "the papers do) or keep (each expert keeps its unconstrained weight) (default: both)")
@@ -96,6 +99,10 @@ def run(args) -> int:
     shares = _float_list(args.min_gpu_share, "--min-gpu-share", allow_zero=True)
     if any(share > 1 for share in shares):
         raise InputError(f"--min-gpu-share values must lie in [0, 1], got '{args.min_gpu_share}'")
+    fills = _str_list(args.gpu_fill)
+    for fill in fills:
+        if fill not in ("best", "drop"):
+            raise InputError(f"unknown --gpu-fill '{fill}' (best or drop)")
     weightings = _str_list(args.weights) or ["renorm", "keep"]
     for weighting in weightings:
         if weighting not in ("renorm", "keep"):
@@ -129,8 +136,8 @@ def run(args) -> int:
     settings = default_settings(num_experts, top_k, plan.num_gpus, plan.slots_per_gpu, weightings)
     settings = {name: settings[name] for name in policies}
     _override(settings, "c2r", {"top_t": top_ts}, weightings)
-    _override(settings, "gpu-limited", {"max_gpus": gpu_limits, "gpu_score": gpu_scores}, weightings)
-    _override(settings, "gpu-adaptive", {"min_gpu_share": shares}, weightings)
+    _override(settings, "gpu-limited", {"max_gpus": gpu_limits, "gpu_score": gpu_scores, "fill": fills}, weightings)
+    _override(settings, "gpu-adaptive", {"min_gpu_share": shares, "fill": fills}, weightings)
     for name in ("capacity-drop", "capacity-reroute"):
         _override(settings, name, {"capacity_factor": factors}, weightings)
     fitted = build_policies(settings, calibration, num_experts, plan)

@@ -20,6 +20,16 @@ exactly that choice.
 
 :func:`gpu_share_choose` is an adaptive limit: instead of one ``M`` for every token, a token visits
 a GPU only if that GPU holds at least ``min_share`` of its routing weight.
+
+What happens to the experts a token loses on the GPUs it no longer visits (``fill``):
+
+* ``"best"``: they are replaced by the best-scoring experts on the GPUs kept, so the token still
+  uses ``K`` experts (DeepSeek-V2's rule: top-K among the experts of the chosen devices);
+* ``"drop"``: they are dropped (slot ``-1``, weight 0) and the token keeps only its own top-K
+  experts that lie on the GPUs kept. With ``weights="keep"`` the output is the unconstrained
+  output minus exactly the dropped experts' contributions, the smallest change a GPU limit can
+  make to a token; it also saves their expert compute. (routelens's variant, in the spirit of the
+  capacity-aware token drop of arXiv:2503.05066.)
 """
 
 from __future__ import annotations
@@ -28,9 +38,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .scores import as_long_tensor, ranking_scores, rule_scores, topk_choice, weigh
+from .scores import DROPPED, as_long_tensor, ranking_scores, rule_scores, topk_choice, weigh
 
 GPU_SCORES = ("max", "mass")
+GPU_FILLS = ("best", "drop")
 
 
 def holds_matrix(gpu_table: np.ndarray | torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -52,6 +63,7 @@ def gpu_limited_choose(
     max_gpus: int,
     gpu_score: str = "max",
     weights: str = "renorm",
+    fill: str = "best",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-K routing of ``logits [N, E]`` restricted to the experts of ``max_gpus`` GPUs per token.
 
@@ -63,9 +75,12 @@ def gpu_limited_choose(
         gpu_score: ``"max"`` (DeepSeek-V2) or ``"mass"`` (see the module docstring).
         weights: ``renorm`` (the model's rule on the new choice) or ``keep`` (every expert keeps its
             unconstrained weight; see :func:`~routelens.reroute.scores.finish_weights`).
+        fill: ``"best"`` (replace lost experts by the best on the chosen GPUs) or ``"drop"``
+            (keep only the token's own top-K experts on the chosen GPUs; see the module docstring).
 
     Returns:
-        ``(ids [N, K] int64, weights [N, K] float32)`` in descending selection score.
+        ``(ids [N, K] int64, weights [N, K] float32)`` in descending selection score; with
+        ``fill="drop"`` the lost slots are ``-1`` (weight 0).
 
     Raises:
         InputError: ``M`` out of range, too few slots on ``M`` GPUs for ``K`` experts, an unknown
@@ -91,7 +106,7 @@ def gpu_limited_choose(
         # fewer than M GPUs, where the limit does not bind and the top-K is kept whatever they add.
         gpu_rank = gpu_mass(logits, rule, select, gate, table)
     chosen = torch.zeros_like(gpu_rank, dtype=torch.bool).scatter_(1, gpu_rank.topk(max_gpus, dim=-1).indices, True)
-    return _fill_from_gpus(logits, rule, select, gate, table, chosen, weights)
+    return _fill_from_gpus(logits, rule, select, gate, table, chosen, weights, fill)
 
 
 def gpu_mass(logits: torch.Tensor, rule, select: torch.Tensor, gate: torch.Tensor | None,
@@ -104,11 +119,18 @@ def gpu_mass(logits: torch.Tensor, rule, select: torch.Tensor, gate: torch.Tenso
     return mass[:, table].sum(dim=-1)
 
 
-def _fill_from_gpus(logits, rule, select, gate, table, chosen_gpus: torch.Tensor, weights: str):
-    """Top-K among the experts of the ``chosen_gpus [N, G]`` (bool) of each token."""
+def _fill_from_gpus(logits, rule, select, gate, table, chosen_gpus: torch.Tensor, weights: str, fill: str = "best"):
+    """The token's experts on its ``chosen_gpus [N, G]`` (bool): top-K among them (``best``), or its
+    own top-K restricted to them (``drop``)."""
+    if fill not in GPU_FILLS:
+        raise InputError(f"unknown --gpu-fill '{fill}' (choose from {', '.join(GPU_FILLS)})")
     holds = holds_matrix(table, select.shape[1])
     allowed = (chosen_gpus.to(select.dtype) @ holds.to(select.dtype)) > 0  # [N, E]
-    ids = topk_choice(select.masked_fill(~allowed, float("-inf")), rule.top_k)
+    if fill == "best":
+        ids = topk_choice(select.masked_fill(~allowed, float("-inf")), rule.top_k)
+    else:
+        ids = topk_choice(select, rule.top_k)
+        ids = ids.masked_fill(~allowed.gather(1, ids.clamp_min(0)), DROPPED)
     return ids, weigh(logits, select, gate, ids, rule, weights)
 
 
@@ -119,6 +141,7 @@ def gpu_share_choose(
     min_share: float,
     max_gpus: int | None = None,
     weights: str = "renorm",
+    fill: str = "best",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adaptive GPU limit: a token visits a GPU only if it holds ``min_share`` of its routing weight.
 
@@ -140,9 +163,10 @@ def gpu_share_choose(
         min_share: share in ``[0, 1]`` of a token's routing weight a GPU must hold to be visited.
         max_gpus: optional hard cap on GPUs per token.
         weights: ``renorm`` or ``keep`` (see :func:`~routelens.reroute.scores.finish_weights`).
+        fill: ``"best"`` or ``"drop"`` (see the module docstring).
 
     Returns:
-        ``(ids [N, K] int64, weights [N, K] float32)``.
+        ``(ids [N, K] int64, weights [N, K] float32)``; ``-1`` slots (weight 0) with ``fill="drop"``.
     """
     select, gate = rule_scores(logits, rule)
     table = as_long_tensor(gpu_table, select.device)
@@ -161,4 +185,4 @@ def gpu_share_choose(
     chosen = (share >= min_share) & (share > 0) | (rank < fewest)
     if max_gpus is not None:
         chosen &= rank < max_gpus
-    return _fill_from_gpus(logits, rule, select, gate, table, chosen, weights)
+    return _fill_from_gpus(logits, rule, select, gate, table, chosen, weights, fill)

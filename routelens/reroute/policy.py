@@ -13,6 +13,10 @@ The same object drives the trace simulation (``routelens reroute``) and the in-m
 * ``capacity-drop`` / ``capacity-reroute`` (:func:`capacity_policy`): only a capacity factor;
 * ``none``: the model's own routing (the unconstrained baseline).
 
+The GPU policies also take ``fill``: ``best`` (replace the experts a token loses on the GPUs it no
+longer visits by the best on the GPUs kept) or ``drop`` (just drop them; see
+:mod:`~routelens.reroute.gpu_limited`).
+
 Every policy but ``none`` takes ``weights``: ``renorm`` (the model's rule applied to the new
 choice, as the papers do) or ``keep`` (each expert keeps the weight the unconstrained router gives
 it; see :func:`~routelens.reroute.scores.finish_weights`).
@@ -29,7 +33,7 @@ import torch
 from ..errors import InputError
 from .c2r import c2r_choose, collaborators
 from .capacity import capacity_drop_choose, capacity_reroute_choose
-from .gpu_limited import GPU_SCORES, gpu_limited_choose, gpu_share_choose
+from .gpu_limited import GPU_FILLS, GPU_SCORES, gpu_limited_choose, gpu_share_choose
 from .scores import WEIGHTINGS, as_long_tensor, finish_weights, rule_scores, topk_choice
 
 POLICIES = ("none", "c2r", "gpu-limited", "gpu-adaptive", "capacity-drop", "capacity-reroute")
@@ -47,6 +51,7 @@ class Policy:
         min_gpu_share: ``gpu-adaptive``'s share of a token's routing weight a GPU must hold.
         capacity_factor: ``gamma`` for the capacity policies.
         weights: ``renorm`` or ``keep``.
+        fill: the GPU policies' ``best`` or ``drop`` for the experts on GPUs a token no longer visits.
         collaborator_ids: layer -> ``[E, T]`` C2R collaborator table.
         gpu_tables: layer -> ``[G, S]`` placement (``Plan.gpu_experts``).
     """
@@ -58,6 +63,7 @@ class Policy:
     min_gpu_share: float | None = None
     capacity_factor: float | None = None
     weights: str = "renorm"
+    fill: str = "best"
     collaborator_ids: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     gpu_tables: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _on_device: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict, repr=False)
@@ -67,6 +73,8 @@ class Policy:
             raise InputError(f"unknown policy '{self.name}' (choose from {', '.join(POLICIES)})")
         if self.weights not in WEIGHTINGS:
             raise InputError(f"unknown --weights '{self.weights}' (choose from {', '.join(WEIGHTINGS)})")
+        if self.fill not in GPU_FILLS:
+            raise InputError(f"unknown --gpu-fill '{self.fill}' (choose from {', '.join(GPU_FILLS)})")
 
     @property
     def is_identity(self) -> bool:
@@ -79,13 +87,13 @@ class Policy:
             return {}
         knobs: dict[str, Any] = {
             "c2r": {"top_t": self.top_t},
-            "gpu-limited": {"max_gpus": self.max_gpus, "gpu_score": self.gpu_score},
-            "gpu-adaptive": {"min_gpu_share": self.min_gpu_share, "max_gpus": self.max_gpus},
+            "gpu-limited": {"max_gpus": self.max_gpus, "gpu_score": self.gpu_score, "fill": self.fill},
+            "gpu-adaptive": {"min_gpu_share": self.min_gpu_share, "max_gpus": self.max_gpus, "fill": self.fill},
         }.get(self.name, {"capacity_factor": self.capacity_factor})
         return {**knobs, "weights": self.weights}
 
     def label(self) -> str:
-        """Short human name: ``c2r T=16``, ``gpu-limited M=4``, ``gpu-adaptive 0.1 keep``."""
+        """Short human name: ``c2r T=16``, ``gpu-limited M=4``, ``gpu-adaptive 0.1 drop keep``."""
         if self.name == "c2r":
             text = f"c2r T={self.top_t}"
         elif self.name == "gpu-limited":
@@ -96,6 +104,8 @@ class Policy:
             text = f"{self.name} {self.capacity_factor:g}"
         else:
             return "none"
+        if self.name.startswith("gpu-") and self.fill == "drop":
+            text += " drop"
         return text + (" keep" if self.weights == "keep" else "")
 
     def choose(self, layer: str, logits: torch.Tensor, rule) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,10 +122,10 @@ class Policy:
             return c2r_choose(logits, rule, self._table(self.collaborator_ids, layer, logits.device), self.weights)
         if self.name == "gpu-limited":
             return gpu_limited_choose(logits, rule, self._table(self.gpu_tables, layer, logits.device),
-                                      self.max_gpus, self.gpu_score, self.weights)
+                                      self.max_gpus, self.gpu_score, self.weights, self.fill)
         if self.name == "gpu-adaptive":
             return gpu_share_choose(logits, rule, self._table(self.gpu_tables, layer, logits.device),
-                                    self.min_gpu_share, self.max_gpus, self.weights)
+                                    self.min_gpu_share, self.max_gpus, self.weights, self.fill)
         if self.name == "capacity-drop":
             return capacity_drop_choose(logits, rule, self.capacity_factor, self.weights)
         return capacity_reroute_choose(logits, rule, self.capacity_factor, self.weights)
@@ -147,22 +157,24 @@ def c2r_policy(coactivation: Mapping[str, np.ndarray], top_t: int, weights: str 
                   collaborator_ids={layer: collaborators(counts, int(top_t)) for layer, counts in coactivation.items()})
 
 
-def gpu_limited_policy(plan, max_gpus: int, gpu_score: str = "max", weights: str = "renorm") -> Policy:
+def gpu_limited_policy(plan, max_gpus: int, gpu_score: str = "max", weights: str = "renorm",
+                       fill: str = "best") -> Policy:
     """Device-limited routing over ``plan`` (a :class:`routelens.plan.Plan`): at most ``M`` GPUs a token."""
     if gpu_score not in GPU_SCORES:
         raise InputError(f"unknown --gpu-score '{gpu_score}' (choose from {', '.join(GPU_SCORES)})")
     _check_max_gpus(plan, max_gpus)
-    return Policy("gpu-limited", max_gpus=int(max_gpus), gpu_score=gpu_score, weights=weights,
+    return Policy("gpu-limited", max_gpus=int(max_gpus), gpu_score=gpu_score, weights=weights, fill=fill,
                   gpu_tables={layer: np.asarray(table) for layer, table in plan.gpu_experts.items()})
 
 
-def gpu_adaptive_policy(plan, min_gpu_share: float, max_gpus: int | None = None, weights: str = "renorm") -> Policy:
+def gpu_adaptive_policy(plan, min_gpu_share: float, max_gpus: int | None = None, weights: str = "renorm",
+                        fill: str = "best") -> Policy:
     """Adaptive GPU limit over ``plan``: visit a GPU only if it holds ``min_gpu_share`` of a token's weight."""
     if not 0.0 <= float(min_gpu_share) <= 1.0:
         raise InputError(f"--min-gpu-share must lie in [0, 1], got {min_gpu_share}")
     if max_gpus is not None:
         _check_max_gpus(plan, max_gpus)
-    return Policy("gpu-adaptive", min_gpu_share=float(min_gpu_share), weights=weights,
+    return Policy("gpu-adaptive", min_gpu_share=float(min_gpu_share), weights=weights, fill=fill,
                   max_gpus=None if max_gpus is None else int(max_gpus),
                   gpu_tables={layer: np.asarray(table) for layer, table in plan.gpu_experts.items()})
 

@@ -59,7 +59,7 @@ def test_reroute_eval_sweeps_policies_and_writes_rows_and_the_curve(tiny_model, 
     text.write_text(TEXT)
     rows_file, out = tmp_path / "rows.json", tmp_path / "curve"
     code = main(["reroute-eval", str(tiny_model), "--policy", "gpu-limited,capacity-reroute", "--max-gpus", "1,2",
-                 "--gpu-score", "mass", "--capacity-factor", "1.25", "--weights", "keep", "--gpus", "4", "--text", str(text),
+                 "--gpu-score", "mass", "--gpu-fill", "drop", "--capacity-factor", "1.25", "--weights", "keep", "--gpus", "4", "--text", str(text),
                  "--seq-len", "32", "--max-windows", "12", "--batch-size", "3", "--json", str(rows_file),
                  "--out", str(out), "--no-progress"])
     assert code == 0
@@ -70,6 +70,7 @@ def test_reroute_eval_sweeps_policies_and_writes_rows_and_the_curve(tiny_model, 
         assert row["perplexity"] > 1 and row["gpus_per_token"] >= 1
         assert row.get("weights", "keep") == "keep"
     assert rows[1]["gpus_per_token"] == pytest.approx(1.0) and rows[1]["gpu_score"] == "mass"
+    assert rows[1]["fill"] == "drop" and rows[1]["dropped_fraction"] > 0 and rows[1]["label"].endswith("drop keep")
     assert rows[0]["contiguous_gpus_per_token"] >= 1
     assert rows[1]["gpus_per_token_vs_contiguous"] == pytest.approx(1.0 / rows[0]["contiguous_gpus_per_token"] - 1)
     curve = json.loads((out / "tradeoff.json").read_text())

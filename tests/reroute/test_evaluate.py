@@ -51,9 +51,9 @@ def test_sweep_rows_compare_each_policy_with_the_baseline(tiny):
     assert all(ids.shape == (calib.shape[0] * calib.shape[1], 2) for ids in calibration.values())
     plan = fit_plan(calibration, 8, 4)
     settings = default_settings(8, 2, plan.num_gpus, plan.slots_per_gpu)
-    assert [(e["max_gpus"], e["weights"]) for e in settings["gpu-limited"]] == [
-        (1, "renorm"), (2, "renorm"), (1, "keep"), (2, "keep")]
-    assert {e["min_gpu_share"] for e in settings["gpu-adaptive"]} == {0.05, 0.1, 0.15}
+    assert [(e["max_gpus"], e["fill"], e["weights"]) for e in settings["gpu-limited"]] == [
+        (m, fill, w) for w in ("renorm", "keep") for fill in ("best", "drop") for m in (1, 2)]
+    assert {e["min_gpu_share"] for e in settings["gpu-adaptive"]} == {0.05, 0.075, 0.1, 0.15}
     policies = build_policies({"gpu-limited": [{"max_gpus": 1}], "capacity-reroute": [{"capacity_factor": 1.0}],
                                "c2r": [{"top_t": 1}]}, calibration, 8, plan)
     rows = evaluate_policies(model, sites, heldout, policies, plan=plan, batch_size=3, progress=False)

@@ -231,3 +231,38 @@ def test_policy_rejects_unknown_weighting():
 
     with pytest.raises(InputError, match="--weights"):
         Policy("c2r", top_t=2, weights="sideways")
+
+
+# ---------------------------------------------------------------------------- fill="drop"
+def test_gpu_fill_drop_keeps_only_the_model_experts_on_the_gpus_kept():
+    probs = [[0.30, 0.05, 0.02, 0.01, 0.25, 0.24, 0.10, 0.03]]  # top-3 {0, 4, 5}: GPU 0 holds 0.38, GPU 1 0.62
+    rule = RoutingRule("softmax", 8, 3, True)
+    from routelens.reroute import gpu_share_choose
+
+    ids, weights = gpu_share_choose(logits_from_probs(probs), rule, two_gpu_table(), min_share=0.4, weights="keep",
+                                    fill="drop")
+    assert as_sets(ids) == [{4, 5}] and int((ids < 0).sum()) == 1  # expert 0 dropped, not replaced by 6
+    assert float(weights[ids < 0].abs().sum()) == 0.0
+    # keep: each kept expert has exactly its unconstrained weight (the output loses only expert 0's term)
+    assert torch.allclose(weights[ids >= 0].sort().values, torch.tensor([0.24, 0.25]) / 0.79, atol=1e-6)
+    limited, renormed = gpu_limited_choose(logits_from_probs(probs), rule, two_gpu_table(), max_gpus=1,
+                                           gpu_score="max", fill="drop")
+    assert as_sets(limited) == [{0}] and math.isclose(float(renormed.sum()), 1.0, rel_tol=1e-6)
+
+
+def test_gpu_fill_drop_is_the_model_choice_when_nothing_is_cut():
+    rule = RoutingRule("softmax", 8, 3, True)
+    logits = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    ids, _ = gpu_limited_choose(logits, rule, two_gpu_table(), max_gpus=2, fill="drop")
+    assert torch.equal(ids, rule_topk(logits, 3))
+
+
+def rule_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
+    return logits.topk(k, dim=-1).indices
+
+
+def test_policy_rejects_unknown_fill():
+    from routelens.reroute import Policy
+
+    with pytest.raises(InputError, match="--gpu-fill"):
+        Policy("gpu-limited", max_gpus=1, fill="sideways")
