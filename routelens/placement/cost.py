@@ -443,15 +443,16 @@ MEAN_BUSY_WEIGHT = 1.0
 """Weight of the mean GPU busy time next to the bottleneck in :func:`placement_objective`."""
 
 
-def placement_objective(traffic: LayerTraffic, cost: CostModel) -> float:
+def placement_objective(traffic: LayerTraffic, cost: CostModel, mean_weight: float = MEAN_BUSY_WEIGHT) -> float:
     """What the optimizer minimises for one layer (seconds): estimated layer time, plus a small tie-breaker.
 
     ``layer_s`` of :func:`estimate_time` (dispatch + compute + combine, all bottlenecks) plus
-    :data:`MEAN_BUSY_WEIGHT` × the mean over GPUs of their dispatch + combine busy time, so that
-    among placements with the same bottleneck the one moving fewer copies wins.
+    ``mean_weight`` (default :data:`MEAN_BUSY_WEIGHT`) × the mean over GPUs of their dispatch +
+    combine busy time, so that among placements with the same bottleneck the one moving fewer
+    copies wins.
     """
     topo = cost.topology
     volume = np.maximum(traffic.send, traffic.recv).astype(np.float64)
     busy = np.where(volume > 0, topo.latency_s()[None, :] + volume * cost.token_bytes * topo.seconds_per_byte()[None, :], 0.0)
     est = estimate_time(traffic, cost)
-    return est["layer_s"] + MEAN_BUSY_WEIGHT * 2 * float(busy.max(1).mean())
+    return est["layer_s"] + mean_weight * 2 * float(busy.max(1).mean())

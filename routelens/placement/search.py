@@ -79,6 +79,7 @@ class SwapState:
         self.link_seconds = np.asarray(link_seconds, dtype=np.float64)
         self.num_gpus = self.link_seconds.shape[0]
         self.pair_seconds = float(pair_seconds)
+        self.mean_weight = MEAN_WEIGHT
         self.valid = self.item_of >= 0
         self.safe = np.maximum(self.item_of, 0)
         self.keyed = self.safe + (self.batch * self.num_items)[:, None]  # batch-major physical expert
@@ -92,11 +93,12 @@ class SwapState:
         B, n, G = self.num_batches, self.num_items, self.num_gpus
         rows = np.arange(self.item_of.shape[0])
         self.presence = self._presence(rows)
-        # N[i, g] = Σ_{t ∋ i} link[src t, g] - (the part where t is already on g); the first sum
-        # never changes during a search, the second is kept with U and W
-        codes = (self.keyed * G + self.source[:, None])[self.valid]
-        per_source = np.bincount(codes, minlength=B * n * G).reshape(B * n, G).astype(np.float64)
-        self.N_all = per_source @ self.link_seconds
+        if not hasattr(self, "N_all"):
+            # N[i, g] = Σ_{t ∋ i} link[src t, g] - (the part where t is already on g); the first sum
+            # does not depend on where experts are, the second is kept with U and W
+            codes = (self.keyed * G + self.source[:, None])[self.valid]
+            per_source = np.bincount(codes, minlength=B * n * G).reshape(B * n, G).astype(np.float64)
+            self.N_all = per_source @ self.link_seconds
         self.U = np.zeros(B * n)
         self.N_on = np.zeros(B * n * G)
         self.W = np.zeros(B * n * n)
@@ -152,27 +154,27 @@ class SwapState:
         keyed = keyed.astype(code_type)
         if not valid.all():
             keyed = np.where(valid, keyed, 0)
-            visit = visit * valid.any(1, keepdims=True)
-        for x in range(k):
-            # expert in slot x, every GPU its token is on; weight 0 drops the padding
-            weight = visit if valid[:, x].all() else visit * valid[:, x:x + 1]
-            self.N_on += sign * np.bincount((keyed[:, x:x + 1] * G + visited.astype(code_type)).ravel(),
-                                            weights=weight.ravel(), minlength=self.N_on.size)
-            if k > 1:
-                others = np.delete(np.arange(k), x)
-                partner = safe[:, others].astype(code_type)
-                weight = np.repeat(own[:, x:x + 1], k - 1, axis=1) * valid[:, others]
-                self.W += sign * np.bincount((keyed[:, x:x + 1] * n + partner).ravel(), weights=weight.ravel(),
-                                             minlength=self.W.size)
+        # every (expert of the token, GPU the token is on) pair: [a, k, k]
+        weight = visit[:, None, :] if valid.all() else visit[:, None, :] * valid[:, :, None]
+        codes = keyed[:, :, None] * G + visited.astype(code_type)[:, None, :]
+        self.N_on += sign * np.bincount(codes.ravel(), weights=np.broadcast_to(weight, codes.shape).ravel(),
+                                        minlength=self.N_on.size)
+        if k > 1:
+            # every ordered pair of distinct slots (x, y): W[x's expert, y's expert] += own[x]
+            x, y = np.nonzero(~np.eye(k, dtype=bool))
+            partner = safe.astype(code_type)
+            codes = keyed[:, x] * n + partner[:, y]
+            weight = own[:, x] if valid.all() else own[:, x] * valid[:, y]
+            self.W += sign * np.bincount(codes.ravel(), weights=weight.ravel(), minlength=self.W.size)
         hit_codes = ((self.batch[rows][:, None] * G + src) * G + visited)[first]
         self.hits += sign * np.bincount(hit_codes, minlength=self.hits.size)
 
     # ------------------------------------------------------------------ scoring
     def surrogate(self, recv: np.ndarray | None = None, compute: np.ndarray | None = None) -> float:
-        """Mean over batches of ``2·max recv + max compute + MEAN_WEIGHT·2·mean recv`` (seconds)."""
+        """Mean over batches of ``2·max recv + max compute + mean_weight·2·mean recv`` (seconds)."""
         recv = self.recv if recv is None else recv
         compute = self.compute if compute is None else compute
-        return float(np.mean(2 * recv.max(1) + compute.max(1) + MEAN_WEIGHT * 2 * recv.mean(1)))
+        return float(np.mean(2 * recv.max(1) + compute.max(1) + self.mean_weight * 2 * recv.mean(1)))
 
     def _deltas(self) -> np.ndarray:
         """``[B, n, n]`` change of ``recv[b, gpu[i]]`` when ``i`` and ``j`` swap GPUs."""
@@ -197,7 +199,7 @@ class SwapState:
             peak = np.maximum(bottleneck[b], _max_excluding(self.recv[b], p, q))
             busy = np.maximum(compute[b], _max_excluding(self.compute[b], p, q))
             mean = (self.recv[b].sum() + delta_p[b] + delta_p[b].T) / self.num_gpus
-            total = total + 2 * peak + busy + MEAN_WEIGHT * 2 * mean
+            total = total + 2 * peak + busy + self.mean_weight * 2 * mean
         gains = self.surrogate() - total / self.num_batches
         expert = self.item_expert
         allowed = (p != q) & (expert[:, None] != expert[None, :])
