@@ -77,7 +77,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-fit-tokens", type=_positive_int, default=None,
                         help="tokens per layer the optimizer scores on (default 32768, a seeded subsample above)")
     parser.add_argument("--seeds", default=None,
-                        help="optimizer starting placements, comma-separated: coact, lpt, kahypar (default coact,lpt)")
+                        help="optimizer starting placements, comma-separated: kahypar, coact, lpt, mincut (default: "
+                        "kahypar,coact,lpt when mtkahypar is installed and E <= 128, else coact,lpt); with several, "
+                        "the one that holds up best on the last quarter of the fit tokens wins")
+    parser.add_argument("--objective", choices=("a2a", "layer"), default="a2a",
+                        help="optimizer: a2a minimises the estimated dispatch + combine bottleneck (default); layer "
+                        "adds the busiest GPU's expert compute")
     parser.add_argument("--expert-groups", type=_positive_int, default=1,
                         help="eplb: expert groups of the model for the hierarchical policy (DeepSeek-V3: 8)")
     add_cluster_arguments(parser)
@@ -88,7 +93,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..errors import InputError
     from ..placement.export import export_plan
-    from ..placement.optimizer import DEFAULT_SEEDS, MAX_FIT_TOKENS
+    from ..placement.optimizer import MAX_FIT_TOKENS
     from ..placement.place import PlaceSettings, fit_token_range, place
     from ..trace import Trace
 
@@ -103,8 +108,8 @@ def run(args) -> int:
     settings = PlaceSettings(
         method=args.method, redundant=args.redundant, replica_policy=args.policy, seed=args.seed,
         time_budget_s=args.time_budget, max_fit_tokens=args.max_fit_tokens or MAX_FIT_TOKENS,
-        seeds=tuple(s.strip() for s in args.seeds.split(",") if s.strip()) if args.seeds else DEFAULT_SEEDS,
-        num_groups=args.expert_groups,
+        seeds=tuple(s.strip() for s in args.seeds.split(",") if s.strip()) if args.seeds else None,
+        num_groups=args.expert_groups, objective=args.objective,
     )
     settings.check()
     fit = fit_token_range(trace, args.fit_fraction)

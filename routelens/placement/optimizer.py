@@ -1,4 +1,4 @@
-"""The routelens placement optimizer: minimise the estimated All-to-All + compute bottleneck of a layer.
+"""The routelens placement optimizer: minimise the estimated All-to-All bottleneck of a layer.
 
 For one MoE layer with ``E`` experts, ``G`` GPUs of ``S`` slots (``G·S = E + R``, ``R`` redundant):
 
@@ -11,20 +11,30 @@ For one MoE layer with ``E`` experts, ``G`` GPUs of ``S`` slots (``G·S = E + R`
      the experts already there* — a token already sent to that GPU costs nothing more — plus its
      compute (the longest-processing-time rule, made co-activation aware);
    - ``"lpt"`` — plain load-balanced packing (:func:`~routelens.placement.baselines.greedy_table`);
-   - ``"kahypar"`` — Mt-KaHyPar km1 with load weights, when installed and asked for.
+   - ``"kahypar"`` — Mt-KaHyPar km1 with load weights (tokens as hyperedges), tried first by
+     default when installed and ``E <= 128`` (:func:`default_seeds`);
+   - ``"mincut"`` — ``coact`` improved by the swap search with the mean receive volume weighted
+     :data:`FANOUT_WEIGHT` × (fan-out first, balance later); only when asked for.
 
 3. **Local search** (:mod:`.search`) from each seed: rounds of swaps of physical experts
    between GPUs, chosen on exact incremental receive/compute tables and kept only when the full
    cost model's estimate (:func:`~routelens.placement.cost.placement_objective`: dispatch +
-   compute + combine bottleneck, send side, topology and replica choice included) improves.
+   combine bottleneck — and with ``objective="layer"`` the expert-compute straggler —, send side,
+   topology and replica choice included) improves.
 
-The best result over seeds on the fit tokens wins. Everything is deterministic for a given
+4. **Seed selection on a validation block.** Routing drifts along the text, and a search that
+   balances the fit tokens perfectly can overfit them. With several seeds, each is searched on the
+   first 75% of the fit tokens and scored (same cost model) on the last 25%; the seed whose
+   result holds up best there is rebuilt and searched again on all fit tokens.
+
+Everything is deterministic for a given
 ``seed`` (it draws the fit-token subsample); a time budget can cut the search short (then the
 result depends on the machine's speed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,9 +48,25 @@ from .graph import expert_load
 from .search import SwapState, local_search
 
 DEFAULT_SEEDS = ("coact", "lpt")
-SEEDS = ("coact", "lpt", "kahypar")
+SEEDS = ("coact", "lpt", "mincut", "kahypar")
+OBJECTIVES = ("a2a", "layer")
+KAHYPAR_SEED_MAX_EXPERTS = 128  # above this the Mt-KaHyPar start costs more than the whole search
+VALIDATION_FRACTION = 0.25  # last part of the fit tokens that picks among the seeds
+MIN_VALIDATION_TOKENS = 512  # fewer validation tokens than this: no selection, the first seed is searched
+SELECTION_SHARE = 0.6  # of a time budget, spent on trying the seeds
+FANOUT_WEIGHT = 20.0  # mean-volume weight of the "mincut" seed's search: fan-out first, balance later
 MAX_FIT_TOKENS = 32768
 NUM_BATCHES = 1
+
+
+def default_seeds(num_experts: int) -> tuple[str, ...]:
+    """Starts tried by default: Mt-KaHyPar's load-weighted min-cut partition first when installed and
+    ``E <= KAHYPAR_SEED_MAX_EXPERTS``, then ``coact`` and ``lpt``."""
+    from .hypergraph import mtkahypar_available
+
+    if num_experts <= KAHYPAR_SEED_MAX_EXPERTS and mtkahypar_available():
+        return ("kahypar",) + DEFAULT_SEEDS
+    return DEFAULT_SEEDS
 
 
 @dataclass
@@ -58,7 +84,7 @@ class LayerResult:
 
     def info(self) -> dict[str, Any]:
         return {"objective_us": self.objective_s * 1e6, "seed": self.seed_name,
-                "seeds_us": {k: v * 1e6 for k, v in self.seeds.items()}, "rounds": self.rounds,
+                "validation_us": {k: v * 1e6 for k, v in self.seeds.items()}, "rounds": self.rounds,
                 "swaps": self.swaps, "seconds": round(self.seconds, 3), "converged": self.converged}
 
 
@@ -119,10 +145,12 @@ class _Problem:
         spans = zip(self.bounds[:-1], self.bounds[1:])
         hits, pairs = state.batch_hits(), state.batch_compute_pairs()
         traffic = [traffic_from_hits(hits[i], pairs[i], b - a, self.topology) for i, (a, b) in enumerate(spans)]
-        return float(np.mean([placement_objective(t, self.cost) for t in traffic]))
+        return float(np.mean([placement_objective(t, self.cost, state.mean_weight) for t in traffic]))
 
     def refresh(self, state: SwapState) -> SwapState:
-        return self.state(state.table())
+        fresh = self.state(state.table())
+        fresh.mean_weight = state.mean_weight
+        return fresh
 
 
 def coact_seed(problem: _Problem) -> np.ndarray:
@@ -170,6 +198,12 @@ def seed_table(name: str, problem: _Problem, seed: int) -> np.ndarray:
         return coact_seed(problem)
     if name == "lpt":
         return greedy_table(problem.load, problem.num_gpus, problem.num_gpus * problem.slots - problem.num_experts)
+    if name == "mincut":
+        # fan-out first: swap search on (almost) only the mean receive volume, from the greedy seed
+        state = problem.state(coact_seed(problem))
+        state.mean_weight = FANOUT_WEIGHT
+        table, _, _ = local_search(state, problem.objective, refresh=problem.refresh if problem.replicated else None)
+        return table
     if name == "kahypar":
         from .hypergraph import kahypar_table
 
@@ -179,9 +213,9 @@ def seed_table(name: str, problem: _Problem, seed: int) -> np.ndarray:
 
 
 def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: CostModel, redundant: int = 0,
-                   policy: str = "nearest-then-least-loaded", seed: int = 0, seeds=DEFAULT_SEEDS,
+                   policy: str = "nearest-then-least-loaded", seed: int = 0, seeds=None,
                    max_fit_tokens: int | None = MAX_FIT_TOKENS, num_batches: int = NUM_BATCHES,
-                   deadline: float | None = None) -> LayerResult:
+                   objective: str = "a2a", deadline: float | None = None) -> LayerResult:
     """Optimise one layer's placement on its fit tokens.
 
     Args:
@@ -190,7 +224,11 @@ def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: 
         cost: the cluster and token/expert sizes; its topology must have ``G`` GPUs.
         policy: replica policy the plan will be served with.
         seed: draws the subsample of at most ``max_fit_tokens`` tokens the search scores on.
-        seeds: starting placements (see :data:`SEEDS`).
+        seeds: starting placements (see :data:`SEEDS`; default :func:`default_seeds`). With several,
+            each is searched on the first 75% of the fit tokens and the one scoring best on the
+            last 25% is searched again on all of them.
+        objective: ``"a2a"`` minimises the estimated dispatch + combine time (the All-to-All
+            bottleneck); ``"layer"`` adds the busiest GPU's expert compute (the compute straggler).
         deadline: ``time.perf_counter()`` value by which to stop searching (None: converge).
 
     Returns:
@@ -199,24 +237,40 @@ def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: 
     started = time.perf_counter()
     if cost.topology.num_gpus != num_gpus:
         raise InputError(f"the cost model's topology has {cost.topology.num_gpus} GPUs, the placement {num_gpus}")
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown objective '{objective}' (known: {', '.join(OBJECTIVES)})")
+    if objective == "a2a":
+        cost = dataclasses.replace(cost, expert_flops_per_token=0.0)
     ids = np.asarray(topk_ids, dtype=np.int64)
     ids = ids[subsample_tokens(ids.shape[0], max_fit_tokens, seed)]
+    seeds = tuple(seeds) if seeds else default_seeds(num_experts)
     problem = _Problem(ids, num_experts, num_gpus, redundant, cost, policy, num_batches)
-    results: dict[str, tuple[float, np.ndarray]] = {}
-    best: LayerResult | None = None
-    seeds = tuple(seeds)
-    for n, name in enumerate(seeds):
-        share = None
-        if deadline is not None:  # split what is left evenly over the seeds still to run
-            share = time.perf_counter() + max(0.0, deadline - time.perf_counter()) / (len(seeds) - n)
-        table = seed_table(name, problem, seed)
-        state = problem.state(table)
-        found, value, stats = local_search(state, problem.objective, deadline=share,
-                                           refresh=problem.refresh if problem.replicated else None)
-        results[name] = (value, found)
-        if best is None or value < best.objective_s:
-            best = LayerResult(found, value, name, rounds=stats.rounds, swaps=stats.swaps, converged=stats.converged)
-    assert best is not None
-    best.seeds = {name: value for name, (value, _) in results.items()}
-    best.seconds = time.perf_counter() - started
-    return best
+    refresh = problem.refresh if problem.replicated else None
+    cut = int(round(ids.shape[0] * (1 - VALIDATION_FRACTION)))
+    scores: dict[str, float] = {}
+    if len(seeds) > 1 and min(cut, ids.shape[0] - cut) >= MIN_VALIDATION_TOKENS:
+        # seed selection on tokens the search did not see: routing drifts along the text, so the
+        # start that holds up on the last block of the fit tokens is the one to trust
+        train = _Problem(ids[:cut], num_experts, num_gpus, redundant, cost, policy, num_batches)
+        check = _Problem(ids[cut:], num_experts, num_gpus, redundant, cost, policy, 1)
+        selection_end = _share(deadline, SELECTION_SHARE)
+        for n, name in enumerate(seeds):
+            share = _share(selection_end, 1.0 / (len(seeds) - n))  # what is left of the selection time, evenly
+            table, _, _ = local_search(train.state(seed_table(name, train, seed)), train.objective, deadline=share,
+                                       refresh=train.refresh if train.replicated else None)
+            scores[name] = check.objective(check.state(table))
+        chosen = min(scores, key=scores.get)
+    else:
+        chosen = seeds[0]
+    start = seed_table(chosen, problem, seed)  # the chosen start, rebuilt on all fit tokens
+    table, value, stats = local_search(problem.state(start), problem.objective, deadline=deadline, refresh=refresh)
+    return LayerResult(table, value, chosen, seeds=scores, rounds=stats.rounds, swaps=stats.swaps,
+                       seconds=time.perf_counter() - started, converged=stats.converged)
+
+
+def _share(deadline: float | None, fraction: float) -> float | None:
+    """A deadline ``fraction`` of the way from now to ``deadline``."""
+    if deadline is None:
+        return None
+    now = time.perf_counter()
+    return now + max(0.0, deadline - now) * fraction

@@ -10,7 +10,7 @@ this module and :mod:`.evaluate`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from ..plan import Plan
 from .baselines import contiguous_table, eplb_table, greedy_table, random_table, slots_per_gpu
 from .cost import POLICIES, CostModel, score_table
 from .graph import expert_load
-from .optimizer import DEFAULT_SEEDS, MAX_FIT_TOKENS, optimize_layer
+from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_seeds, optimize_layer
 
 METHODS = ("routelens", "contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
 BASELINES = ("contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
@@ -41,8 +41,9 @@ class PlaceSettings:
         seed: random baseline and optimizer subsample seed.
         time_budget_s: optimizer wall-clock budget for the whole plan (None: run to convergence).
         max_fit_tokens: tokens per layer the optimizer scores on (a seeded subsample above this).
-        seeds: optimizer starting placements.
+        seeds: optimizer starting placements (None: :func:`~routelens.placement.optimizer.default_seeds`).
         num_groups: expert groups for EPLB's hierarchical policy (1 = the model has none).
+        objective: optimizer objective, ``"a2a"`` (dispatch + combine) or ``"layer"`` (+ expert compute).
     """
 
     method: str = "routelens"
@@ -51,9 +52,9 @@ class PlaceSettings:
     seed: int = 0
     time_budget_s: float | None = None
     max_fit_tokens: int | None = MAX_FIT_TOKENS
-    seeds: tuple[str, ...] = DEFAULT_SEEDS
+    seeds: tuple[str, ...] | None = None
     num_groups: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
+    objective: str = "a2a"
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -62,6 +63,8 @@ class PlaceSettings:
             raise InputError(f"unknown replica policy '{self.replica_policy}' (known: {', '.join(POLICIES)})")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise InputError(f"--time-budget must be positive, got {self.time_budget_s}")
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"unknown objective '{self.objective}' (known: {', '.join(OBJECTIVES)})")
         if self.max_fit_tokens is not None and self.max_fit_tokens < 1:
             raise InputError(f"--max-fit-tokens must be positive, got {self.max_fit_tokens}")
 
@@ -100,7 +103,8 @@ def layer_table(method: str, topk_ids: np.ndarray, num_experts: int, cost: CostM
     if method == "routelens":
         result = optimize_layer(ids, num_experts, num_gpus, cost, redundant=redundant,
                                 policy=settings.replica_policy, seed=settings.seed, seeds=settings.seeds,
-                                max_fit_tokens=settings.max_fit_tokens, deadline=deadline)
+                                max_fit_tokens=settings.max_fit_tokens, objective=settings.objective,
+                                deadline=deadline)
         return result.table, result.info()
     if method == "contiguous":
         return contiguous_table(num_experts, num_gpus, redundant), {}
@@ -171,7 +175,8 @@ def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] 
         "seconds": round(seconds, 3),
     }
     if info:
-        meta["optimizer"] = {"seeds": list(settings.seeds), "max_fit_tokens": settings.max_fit_tokens,
+        meta["optimizer"] = {"objective": settings.objective, "seeds": list(settings.seeds or default_seeds(num_experts)),
+                             "max_fit_tokens": settings.max_fit_tokens,
                              "time_budget_s": settings.time_budget_s, "layers": info}
     return Plan(gpu_experts=tables, num_experts=num_experts, num_nodes=cost.topology.num_nodes,
                 replica_policy=settings.replica_policy, method=settings.method, meta=meta)
