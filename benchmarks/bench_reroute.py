@@ -93,7 +93,7 @@ def tradeoff(model_path: str, args, text_path: Path) -> dict:
     calibration = calibration_routing(model, sites, calib, batch_size=args.batch_size)
     gpus = min(args.gpus, num_experts)
     plan = fit_plan(calibration, num_experts, gpus, config=config_summary(model.config))
-    settings = default_settings(num_experts, top_k, plan.num_gpus, plan.slots_per_gpu)
+    settings = default_settings(num_experts, top_k, plan.num_gpus, plan.slots_per_gpu, fills=args.gpu_fill.split(","))
     policies = build_policies(settings, calibration, num_experts, plan)
     with torch.inference_mode():
         rows = evaluate_policies(model, sites, heldout, policies, plan=plan, batch_size=args.batch_size,
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--gpu-fill", default="best,drop", help="GPU policies' fill modes to sweep (default best,drop)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"])
     parser.add_argument("--kernel-tokens", type=int, default=16384, help="tokens per policy-kernel call")

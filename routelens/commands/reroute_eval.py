@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
                         "(default 0.05,0.075,0.1,0.15)")
     parser.add_argument("--gpu-fill", default=None, metavar="best|drop[,...]",
                         help="GPU policies: experts a token loses on GPUs it no longer visits are replaced by the best "
-                        "on the GPUs kept (best, DeepSeek-V2) or dropped (drop) (default: both)")
+                        "on the GPUs kept (best, DeepSeek-V2) or dropped (drop) (default best)")
     parser.add_argument("--weights", default=None, metavar="renorm|keep[,...]",
                         help="how re-routed experts are weighted: renorm (the model's rule on the new choice, as "
                         "the papers do) or keep (each expert keeps its unconstrained weight) (default: both)")
@@ -133,7 +133,7 @@ def run(args) -> int:
         from ..capture.engine import config_summary
 
         plan = fit_plan(calibration, num_experts, args.gpus, config=config_summary(model.config))
-    settings = default_settings(num_experts, top_k, plan.num_gpus, plan.slots_per_gpu, weightings)
+    settings = default_settings(num_experts, top_k, plan.num_gpus, plan.slots_per_gpu, weightings, fills or ("best",))
     settings = {name: settings[name] for name in policies}
     _override(settings, "c2r", {"top_t": top_ts}, weightings)
     _override(settings, "gpu-limited", {"max_gpus": gpu_limits, "gpu_score": gpu_scores, "fill": fills}, weightings)

@@ -37,7 +37,6 @@ from .inmodel import RerouteHooks
 from .metrics import changed_fraction, routing_stats
 from .fitting import contiguous_table
 from .policy import Policy, c2r_policy, capacity_policy, gpu_adaptive_policy, gpu_limited_policy, none_policy
-from .gpu_limited import GPU_FILLS
 from .scores import WEIGHTINGS
 
 ROW_CHANGES = ("perplexity", "gpus_per_token", "busiest_gpu_recv", "load_max_over_mean")
@@ -96,13 +95,15 @@ def calibration_routing(model, sites: Sequence[Any], token_ids: np.ndarray, batc
 
 # ---------------------------------------------------------------------------- sweep settings
 def default_settings(num_experts: int, top_k: int, num_gpus: int, slots_per_gpu: int,
-                     weights: Sequence[str] = WEIGHTINGS) -> dict[str, list[dict[str, Any]]]:
+                     weights: Sequence[str] = WEIGHTINGS,
+                     fills: Sequence[str] = ("best",)) -> dict[str, list[dict[str, Any]]]:
     """The settings swept per policy when none are given, each with every ``weights`` mode.
 
     * ``c2r``: ``T`` in ``{E/8, E/4, E/2}`` (at least ``K - 1``, at most ``E - 1``);
     * ``gpu-limited``: ``M`` from the fewest GPUs that hold ``K`` experts up to ``G / 2``;
     * ``gpu-adaptive``: minimum GPU share in ``{0.05, 0.075, 0.1, 0.15}``;
-    * both GPU policies with ``fill`` ``best`` and ``drop``;
+    * both GPU policies with each of ``fills`` (default ``best`` only: on the demo model's held-out
+      text ``drop`` cost more perplexity at the same GPUs per token; see docs/reroute.md);
     * ``capacity-drop``: ``gamma`` in ``{1.0, 1.25, 1.5}``; ``capacity-reroute``: ``{1.0, 1.1, 1.25}``.
     """
     tops = sorted({t for t in (num_experts // 8, num_experts // 4, num_experts // 2)
@@ -113,8 +114,8 @@ def default_settings(num_experts: int, top_k: int, num_gpus: int, slots_per_gpu:
     limits = list(range(fewest, max(num_gpus // 2, fewest) + 1))
     grid = {
         "c2r": [{"top_t": t} for t in tops],
-        "gpu-limited": [{"max_gpus": m, "fill": fill} for fill in GPU_FILLS for m in limits],
-        "gpu-adaptive": [{"min_gpu_share": f, "fill": fill} for fill in GPU_FILLS for f in (0.05, 0.075, 0.1, 0.15)],
+        "gpu-limited": [{"max_gpus": m, "fill": fill} for fill in fills for m in limits],
+        "gpu-adaptive": [{"min_gpu_share": f, "fill": fill} for fill in fills for f in (0.05, 0.075, 0.1, 0.15)],
         "capacity-drop": [{"capacity_factor": f} for f in (1.0, 1.25, 1.5)],
         "capacity-reroute": [{"capacity_factor": f} for f in (1.0, 1.1, 1.25)],
     }

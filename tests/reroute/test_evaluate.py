@@ -50,7 +50,8 @@ def test_sweep_rows_compare_each_policy_with_the_baseline(tiny):
     calibration = calibration_routing(model, sites, calib, batch_size=4)
     assert all(ids.shape == (calib.shape[0] * calib.shape[1], 2) for ids in calibration.values())
     plan = fit_plan(calibration, 8, 4)
-    settings = default_settings(8, 2, plan.num_gpus, plan.slots_per_gpu)
+    assert {e["fill"] for e in default_settings(8, 2, plan.num_gpus, plan.slots_per_gpu)["gpu-limited"]} == {"best"}
+    settings = default_settings(8, 2, plan.num_gpus, plan.slots_per_gpu, fills=("best", "drop"))
     assert [(e["max_gpus"], e["fill"], e["weights"]) for e in settings["gpu-limited"]] == [
         (m, fill, w) for w in ("renorm", "keep") for fill in ("best", "drop") for m in (1, 2)]
     assert {e["min_gpu_share"] for e in settings["gpu-adaptive"]} == {0.05, 0.075, 0.1, 0.15}
