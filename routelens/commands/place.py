@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-METHOD_HELP = ("routelens: the optimizer (estimated All-to-All + compute bottleneck); contiguous: experts in id "
-               "order (the engines' default); random; greedy: load-balanced packing; eplb: DeepSeek EPLB; kahypar / "
-               "kahypar-load: Mt-KaHyPar km1 with unit / load weights (needs mtkahypar)")
+METHOD_HELP = ("routelens: the optimizer (estimated All-to-All bottleneck; --objective layer adds compute); "
+               "contiguous: experts in id order (the engines' default); random; greedy: load-balanced packing; "
+               "eplb: DeepSeek EPLB; kahypar / kahypar-load: Mt-KaHyPar km1 with unit / load weights (needs mtkahypar)")
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
