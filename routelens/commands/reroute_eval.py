@@ -168,7 +168,7 @@ def run(args) -> int:
     atomic_write_json(out / "tradeoff.json", tradeoff)
     if args.json:
         atomic_write_json(args.json, rows)
-    print(format_rows(rows, plan.num_gpus))
+    print(format_rows(rows, plan.num_gpus, f"{plan.method} plan" + (f" {args.plan}" if args.plan else "")))
     best = best_within(rows, 0.01)
     if best is not None:
         versus = best.get("gpus_per_token_vs_contiguous")
@@ -181,7 +181,7 @@ def run(args) -> int:
     return 0
 
 
-def format_rows(rows: list[dict], num_gpus: int) -> str:
+def format_rows(rows: list[dict], num_gpus: int, plan_name: str = "routelens plan") -> str:
     """The result rows as an aligned table (changes relative to the baseline row)."""
     header = ("setting", "perplexity", "accuracy", "agree", "GPUs/token", "vs contiguous", "busiest recv",
               "max/mean load", "dropped")
@@ -206,7 +206,7 @@ def format_rows(rows: list[dict], num_gpus: int) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     base = rows[0]
     reference = base.get("contiguous_gpus_per_token")
-    lines = [f"re-routing trade-off ({num_gpus} GPUs, routelens plan"
+    lines = [f"re-routing trade-off ({num_gpus} GPUs, {plan_name}"
              + (f"; the unconstrained model visits {reference:.2f} GPUs/token on the contiguous layout)"
                 if reference else ")")]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table]
