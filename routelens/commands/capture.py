@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from ._args import positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -22,11 +22,11 @@ def add_parser(subparsers) -> None:
                         "(default: bundled data/corpus/train.txt)")
     source.add_argument("--dataset", metavar="NAME[:CONFIG[:SPLIT]]",
                         help="a Hugging Face dataset, e.g. wikitext:wikitext-2-raw-v1:test (needs 'datasets')")
-    parser.add_argument("--max-tokens", type=_positive_int, default=None,
+    parser.add_argument("--max-tokens", type=positive_int, default=None,
                         help="stop after this many tokens (whole windows; default: all the text, or 65536 tokens "
                         "of the bundled corpus)")
-    parser.add_argument("--seq-len", type=_positive_int, default=256, help="tokens per packed window (default 256)")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="windows per forward pass (default 8)")
+    parser.add_argument("--seq-len", type=positive_int, default=256, help="tokens per packed window (default 256)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)")
     parser.add_argument("--save-logits", action="store_true", help="also record the [tokens, experts] router logits")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default=None,
                         help="weights dtype (default: float32 on CPU, the checkpoint's dtype on GPU)")
@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
                         help="run modeling code shipped with the checkpoint (only for checkpoints you trust)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --out (same model and settings), skipping what it holds")
-    parser.add_argument("--shard-tokens", type=_positive_int, default=65536,
+    parser.add_argument("--shard-tokens", type=positive_int, default=65536,
                         help="tokens per shard file, the unit an interrupted run resumes from (default 65536)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -78,13 +78,3 @@ def _is_rank_zero() -> bool:
     import os
 
     return os.environ.get("RANK", "0") == "0"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from pathlib import Path
+
+from ._args import positive_int
 
 POLICY_CHOICES = ("c2r", "gpu-limited", "gpu-adaptive", "capacity-drop", "capacity-reroute")
 
@@ -24,9 +25,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("model", nargs="?", default=None, help="hub id or checkpoint folder (default: data/demo-moe)")
     parser.add_argument("--out", required=True, help="folder to save the fine-tuned model and finetune.json in (new)")
     parser.add_argument("--policy", required=True, choices=POLICY_CHOICES)
-    parser.add_argument("--group-size", "--top-t", dest="top_t", type=_positive_int, default=None,
+    parser.add_argument("--group-size", "--top-t", dest="top_t", type=positive_int, default=None,
                         help="c2r: T (default E/4)")
-    parser.add_argument("--max-gpus", type=_positive_int, default=None, help="gpu-limited: M (default G/2)")
+    parser.add_argument("--max-gpus", type=positive_int, default=None, help="gpu-limited: M (default G/2)")
     parser.add_argument("--min-gpu-share", type=float, default=None, help="gpu-adaptive: share (default 0.1)")
     parser.add_argument("--capacity-factor", type=float, default=None, help="capacity policies: gamma (default 1.25)")
     parser.add_argument("--gpu-fill", choices=("best", "drop"), default="best",
@@ -34,16 +35,16 @@ def add_parser(subparsers) -> None:
                         "on the GPUs kept (best, DeepSeek-V2) or dropped (drop) (default best)")
     parser.add_argument("--weights", choices=("renorm", "keep"), default="renorm",
                         help="how re-routed experts are weighted (default renorm)")
-    parser.add_argument("--gpus", type=_positive_int, default=8, help="GPUs of the plan the GPU policies use (default 8)")
+    parser.add_argument("--gpus", type=positive_int, default=8, help="GPUs of the plan the GPU policies use (default 8)")
     parser.add_argument("--text", default=None, help="training text (default: bundled data/corpus/train.txt)")
     parser.add_argument("--heldout", default=None, help="held-out text (default: bundled data/corpus/heldout.txt)")
-    parser.add_argument("--seq-len", type=_positive_int, default=256)
-    parser.add_argument("--train-windows", type=_positive_int, default=512, help="training windows to draw from")
-    parser.add_argument("--calib-windows", type=_positive_int, default=32,
+    parser.add_argument("--seq-len", type=positive_int, default=256)
+    parser.add_argument("--train-windows", type=positive_int, default=512, help="training windows to draw from")
+    parser.add_argument("--calib-windows", type=positive_int, default=32,
                         help="training windows that fit C2R groups / the plan (default 32)")
-    parser.add_argument("--eval-windows", type=_positive_int, default=64, help="held-out windows scored (default 64)")
-    parser.add_argument("--steps", type=_positive_int, default=50)
-    parser.add_argument("--batch-size", type=_positive_int, default=8)
+    parser.add_argument("--eval-windows", type=positive_int, default=64, help="held-out windows scored (default 64)")
+    parser.add_argument("--steps", type=positive_int, default=50)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--train", choices=("all", "router", "experts"), default="all",
                         help="parameters to train: all, the routers only, or routers + experts (default all)")
@@ -156,13 +157,3 @@ def _none():
     from ..reroute.policy import none_policy
 
     return none_policy()
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._args import positive_int, positive_float
+
 METHOD_HELP = ("routelens: the optimizer (estimated All-to-All bottleneck; --objective layer adds compute); "
                "contiguous: experts in id order (the engines' default); random; greedy: load-balanced packing; "
                "eplb: DeepSeek EPLB; kahypar / kahypar-load: Mt-KaHyPar km1 with unit / load weights (needs mtkahypar)")
@@ -15,19 +17,19 @@ def add_cluster_arguments(parser: argparse.ArgumentParser, required: bool = True
     from ..placement.topology import LINKS
 
     group = parser.add_argument_group("cluster")
-    group.add_argument("--gpus", type=_positive_int, default=None, help="total GPUs (expert-parallel ranks)")
-    group.add_argument("--nodes", type=_positive_int, default=None, help="nodes the GPUs are spread over (default 1)")
-    group.add_argument("--gpus-per-node", type=_positive_int, default=None, help="GPUs per node")
+    group.add_argument("--gpus", type=positive_int, default=None, help="total GPUs (expert-parallel ranks)")
+    group.add_argument("--nodes", type=positive_int, default=None, help="nodes the GPUs are spread over (default 1)")
+    group.add_argument("--gpus-per-node", type=positive_int, default=None, help="GPUs per node")
     group.add_argument("--intra", choices=sorted(LINKS), default="nvlink", help="link between GPUs of a node (default nvlink)")
     group.add_argument("--inter", choices=sorted(LINKS), default="infiniband", help="link between nodes (default infiniband)")
-    group.add_argument("--intra-gbps", type=_positive_float, default=None, help="override intra-node GB/s per GPU")
-    group.add_argument("--inter-gbps", type=_positive_float, default=None, help="override inter-node GB/s per GPU")
-    group.add_argument("--gpu-tflops", type=_positive_float, default=400.0,
+    group.add_argument("--intra-gbps", type=positive_float, default=None, help="override intra-node GB/s per GPU")
+    group.add_argument("--inter-gbps", type=positive_float, default=None, help="override inter-node GB/s per GPU")
+    group.add_argument("--gpu-tflops", type=positive_float, default=400.0,
                        help="sustained expert-GEMM TFLOP/s per GPU, for the compute term (default 400)")
-    group.add_argument("--hidden-size", type=_positive_int, default=None,
+    group.add_argument("--hidden-size", type=positive_int, default=None,
                        help="hidden size to cost tokens and experts at (default: the model's; a larger one models "
                        "the same routing at production size)")
-    group.add_argument("--dtype-bytes", type=_positive_float, default=2.0,
+    group.add_argument("--dtype-bytes", type=positive_float, default=2.0,
                        help="bytes per hidden value on the wire (default 2: bf16; 1 for fp8 dispatch)")
 
 
@@ -69,12 +71,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--format", choices=("json", "sglang", "vllm"), default="json",
                         help="json: routelens plan; sglang / vllm: the engine's mapping (the JSON plan is written "
                         "next to it as <out>.plan.json)")
-    parser.add_argument("--num-layers", type=_positive_int, default=None,
+    parser.add_argument("--num-layers", type=positive_int, default=None,
                         help="sglang: decoder layers of the model (default: from the trace)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (random baseline, optimizer subsample)")
-    parser.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
+    parser.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                         help="optimizer wall-clock budget for all layers (default: run to convergence)")
-    parser.add_argument("--max-fit-tokens", type=_positive_int, default=None,
+    parser.add_argument("--max-fit-tokens", type=positive_int, default=None,
                         help="tokens per layer the optimizer scores on (default 32768, a seeded subsample above)")
     parser.add_argument("--seeds", default=None,
                         help="optimizer starting placements, comma-separated: kahypar, coact, lpt, mincut (default: "
@@ -83,7 +85,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--objective", choices=("a2a", "layer"), default="a2a",
                         help="optimizer: a2a minimises the estimated dispatch + combine bottleneck (default); layer "
                         "adds the busiest GPU's expert compute")
-    parser.add_argument("--expert-groups", type=_positive_int, default=1,
+    parser.add_argument("--expert-groups", type=positive_int, default=1,
                         help="eplb: expert groups of the model for the hierarchical policy (DeepSeek-V3: 8)")
     add_cluster_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -136,25 +138,8 @@ def run(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value

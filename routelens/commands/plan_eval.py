@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
+from ._args import positive_int
 from .place import add_cluster_arguments, cost_from_args, topology_from_args
 
 
@@ -24,7 +23,7 @@ def add_parser(subparsers) -> None:
                         "kahypar-load when mtkahypar is installed)")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
-    parser.add_argument("--expert-groups", type=_positive_int, default=1, help="eplb: expert groups of the model")
+    parser.add_argument("--expert-groups", type=positive_int, default=1, help="eplb: expert groups of the model")
     add_cluster_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
@@ -106,10 +105,3 @@ def run(args) -> int:
                                       "ratios_to_contiguous": ratios(results)})
         print(f"wrote   {args.json}")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value

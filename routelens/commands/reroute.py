@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from ._args import positive_int, positive_float
 
 POLICY_CHOICES = ("c2r", "gpu-limited", "gpu-adaptive", "capacity-drop", "capacity-reroute")
 
@@ -22,11 +22,11 @@ def add_parser(subparsers) -> None:
                         "on at most --max-gpus GPUs of a plan (DeepSeek-V2 device-limited routing); gpu-adaptive: only GPUs "
                         "holding --min-gpu-share of the token's routing weight; capacity-drop / "
                         "capacity-reroute: cap each expert at --capacity-factor x the mean load (arXiv:2503.05066)")
-    parser.add_argument("--group-size", "--top-t", dest="top_t", type=_positive_int, default=None,
+    parser.add_argument("--group-size", "--top-t", dest="top_t", type=positive_int, default=None,
                         help="c2r: T, collaborators each expert may be paired with (default E/4)")
     parser.add_argument("--calib", metavar="RUN", default=None,
                         help="c2r: trace whose co-activation gives the collaborator groups (default: RUN itself)")
-    parser.add_argument("--max-gpus", type=_positive_int, default=None,
+    parser.add_argument("--max-gpus", type=positive_int, default=None,
                         help="gpu-limited: M, GPUs a token may visit (default: half the plan's GPUs); "
                         "gpu-adaptive: optional cap")
     parser.add_argument("--gpu-score", choices=("max", "mass"), default="max",
@@ -41,14 +41,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--weights", choices=("renorm", "keep"), default="renorm",
                         help="renorm: the model's rule on the new choice (as the papers do); keep: each expert keeps "
                         "the weight the unconstrained router gives it (default renorm)")
-    parser.add_argument("--capacity-factor", type=_positive_float, default=None,
+    parser.add_argument("--capacity-factor", type=positive_float, default=None,
                         help="capacity policies: gamma, capacity = ceil(gamma * tokens * k / experts) (default 1.25)")
     placement = parser.add_mutually_exclusive_group()
     placement.add_argument("--plan", metavar="FILE", default=None,
                            help="placement for gpu-limited and the GPU metrics (routelens place output)")
-    placement.add_argument("--gpus", type=_positive_int, default=8,
+    placement.add_argument("--gpus", type=positive_int, default=8,
                            help="without --plan: fit a routelens plan for this many GPUs on the trace (default 8)")
-    parser.add_argument("--batch-tokens", type=_positive_int, default=4096,
+    parser.add_argument("--batch-tokens", type=positive_int, default=4096,
                         help="tokens per forward pass: the batch that shares expert capacity and over which the "
                         "GPU metrics are taken (default 4096)")
     parser.add_argument("--model", default=None,
@@ -146,24 +146,3 @@ def _model_rules(name: str):
 
     model, _ = load_model(name, device="cpu")
     return [site.rule for site in find_router_sites(model).sites]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import time
 from pathlib import Path
+
+from ._args import positive_int
 
 POLICY_CHOICES = ("c2r", "gpu-limited", "gpu-adaptive", "capacity-drop", "capacity-reroute")
 TRADEOFF_FORMAT = "routelens-reroute-eval"
@@ -47,19 +48,19 @@ def add_parser(subparsers) -> None:
                         help="capacity policies: capacity factors to sweep (default drop 1,1.25,1.5; "
                         "reroute 1,1.1,1.25)")
     placement = parser.add_mutually_exclusive_group()
-    placement.add_argument("--gpus", type=_positive_int, default=8,
+    placement.add_argument("--gpus", type=positive_int, default=8,
                            help="GPUs of the routelens plan fitted on the calibration windows (default 8)")
     placement.add_argument("--plan", metavar="FILE", default=None, help="use this placement instead of fitting one")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--text", metavar="FILE", default=None,
                         help="held-out text, plain or .jsonl (default: bundled data/corpus/heldout.txt)")
     source.add_argument("--dataset", metavar="NAME[:CONFIG[:SPLIT]]", default=None, help="a Hugging Face dataset")
-    parser.add_argument("--seq-len", type=_positive_int, default=256, help="tokens per window (default 256)")
-    parser.add_argument("--max-windows", type=_positive_int, default=256,
+    parser.add_argument("--seq-len", type=positive_int, default=256, help="tokens per window (default 256)")
+    parser.add_argument("--max-windows", type=positive_int, default=256,
                         help="windows to read from the text, calibration and evaluation together (default 256)")
     parser.add_argument("--calib-fraction", type=float, default=0.25,
                         help="share of the windows used to fit C2R groups and the plan (default 0.25)")
-    parser.add_argument("--batch-size", type=_positive_int, default=8,
+    parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="windows per forward pass; capacity is shared over one pass (default 8)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default=None,
                         help="weights dtype (default: float32 on CPU, the checkpoint's dtype on GPU)")
@@ -270,13 +271,3 @@ def _float_list(text, option, allow_zero: bool = False):
     if any(not (v >= 0 if allow_zero else v > 0) or v == float("inf") for v in values):
         raise InputError(f"{option} values must be {'non-negative' if allow_zero else 'positive'}, got '{text}'")
     return values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
