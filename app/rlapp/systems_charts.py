@@ -26,9 +26,19 @@ def _setting_tag(row: dict) -> str:
 
 
 def _policy_family(row: dict) -> str:
-    if row["policy"] == "gpu-limited" and row.get("gpu_score"):
-        return f"gpu-limited ({row['gpu_score']})"
-    return row["policy"]
+    """The curve a row belongs to: its policy and every modifier that is not swept along the curve.
+
+    ``renorm`` weights and ``best`` fill are the defaults and stay unnamed, so a sweep with
+    ``--weights renorm,keep --gpu-fill best,drop`` draws up to four curves per policy, not one zig-zag.
+    """
+    name = row["policy"]
+    if name == "gpu-limited" and row.get("gpu_score"):
+        name += f" ({row['gpu_score']})"
+    if row.get("fill") == "drop":
+        name += " fill=drop"
+    if row.get("weights") == "keep":
+        name += " keep"
+    return name
 
 
 def tradeoff_curves(rows: Sequence[dict], x: str, y: str, x_title: str, y_title: str,

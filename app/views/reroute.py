@@ -69,8 +69,9 @@ with right:
     cost = st.selectbox("Costs (y axis)", list(COSTS), format_func=lambda k: COSTS[k][0])
 y_title, as_change = COSTS[cost]
 st.plotly_chart(systems_charts.tradeoff_curves(rows, saving, cost, SAVINGS[saving], y_title, y_as_change=as_change), width="stretch")
-st.caption("Each line is one policy swept over its setting (C2R group size T, GPU limit M, capacity factor); "
-           "the star is the unmodified model. Down and to the left is better.")
+st.caption("Each line is one policy swept over its setting (C2R group size T, GPU limit M, GPU share, capacity "
+           "factor); `keep` lines keep the unconstrained weights, `fill=drop` lines drop lost experts instead of "
+           "replacing them. The star is the unmodified model. Down and to the left is better.")
 
 st.subheader("All settings")
 st.dataframe(tables.tradeoff_table(rows), hide_index=True, width="stretch")

@@ -143,6 +143,13 @@ def test_rerouting_page_plots_every_setting_and_names_the_best_within_one_percen
     (curves,) = _charts(at)
     plotted = sum(len(trace["x"]) for trace in curves["data"])
     assert plotted == len(rows)
+    # a curve follows one knob: renorm and keep weights (swept both ways by default) are separate curves
+    by_label = {row["label"]: row for row in rows}
+    lines = [trace for trace in curves["data"] if trace["name"] != "unmodified model"]
+    assert {row["weights"] for row in rows if row["policy"] != "none"} == {"renorm", "keep"}
+    for trace in lines:
+        members = [by_label[label] for label in trace["customdata"]]
+        assert len({(r["policy"], r["weights"], r.get("fill")) for r in members}) == 1, trace["name"]
     best = best_within(rows, 0.01)
     message = " ".join(s.value for s in at.success) + " ".join(w.value for w in at.warning)
     assert (best["label"] in message) if best else ("No setting stays within 1%" in message)
