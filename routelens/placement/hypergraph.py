@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import InputError, RoutelensError
-from .baselines import pack_physical, replica_counts, slots_per_gpu
+from .baselines import replica_counts, slots_per_gpu
 from .graph import coactivation
 
 INSTALL_HINT = "pip install 'routelens[partition]' (or pip install mtkahypar)"

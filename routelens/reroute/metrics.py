@@ -19,7 +19,6 @@ most of its remaining experts first, lower GPU id on ties).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .scores import as_long_tensor

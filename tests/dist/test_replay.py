@@ -164,10 +164,15 @@ def test_calibration_sweep_fits_latency_and_bandwidth(trace_dir, tmp_path):
     assert fit["latency_us"] >= 0 and fit["bandwidth_GBps"] > 0
     sizes = [p["bytes_per_rank"] for p in fit["points"]]
     assert sizes == [4096 * 4 ** i for i in range(5)] and all(p["ms"] > 0 for p in fit["points"])
-    # the fit explains the largest message within a factor of two (it is a least-squares line)
-    largest = fit["points"][-1]
-    model_ms = fit["latency_us"] * 1e-3 + largest["bytes_per_rank"] / (fit["bandwidth_GBps"] * 1e9) * 1e3
-    assert 0.5 < model_ms / largest["ms"] < 2.0
+    # the reported link terms are the 1/t-weighted least-squares line through the recorded points (timings on a
+    # shared CPU are noisy, so the test checks the fit itself, not how well a line explains them)
+    sizes_arr = np.array(sizes, dtype=np.float64)
+    ms = np.array([p["ms"] for p in fit["points"]])
+    A = np.stack([np.ones_like(sizes_arr), sizes_arr], 1) / ms[:, None]
+    coef, *_ = np.linalg.lstsq(A, np.ones_like(ms), rcond=None)
+    assert fit["latency_us"] == pytest.approx(max(coef[0], 0.0) * 1e3, rel=1e-9, abs=1e-9)
+    assert fit["bandwidth_GBps"] == pytest.approx(1.0 / max(coef[1], 1e-15) / 1e6, rel=1e-9)
+    assert fit["topology"]["intra_gbps"] == pytest.approx(fit["bandwidth_GBps"])
 
 
 @pytest.mark.multigpu

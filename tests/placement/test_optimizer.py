@@ -11,7 +11,7 @@ from routelens.placement.cost import (CostModel, assign_replicas, layer_traffic,
                                       score_table)
 from routelens.placement.graph import expert_load
 from routelens.placement.optimizer import _Problem, optimize_layer, seed_table
-from routelens.placement.search import SwapState, local_search
+from routelens.placement.search import local_search
 from routelens.placement.topology import Topology
 from routelens.synthetic import synthetic_topk_ids
 
