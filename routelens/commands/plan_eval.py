@@ -68,18 +68,12 @@ def run(args) -> int:
     else:
         names = [b for b in BASELINES if mtkahypar_available() or not b.startswith("kahypar")]
     held, note = eval_token_index(trace, plan)
-    origin = plan.meta.get("trace") or {}
-    if origin.get("fingerprint") == trace.fingerprint():
-        fit = tuple(origin.get("fit_tokens") or (0, trace.num_tokens))
-        fit_note = f"baselines fitted on the plan's fit tokens [{fit[0]}, {fit[1]})"
-    else:
-        fit = (0, trace.num_tokens)
-        fit_note = "baselines fitted on all tokens of this trace (in-sample for them; the plan came from elsewhere)"
+    fit_trace, fit, fit_note = _baseline_fit(trace, plan, Trace)
     plans = {}
     for name in names:
         settings = PlaceSettings(method=name, redundant=plan.num_redundant, replica_policy=plan.replica_policy,
                                  seed=args.seed, num_groups=args.expert_groups)
-        plans[name] = place(trace, cost, settings, fit=fit, progress=False)
+        plans[name] = place(fit_trace, cost, settings, fit=fit, progress=False)
     label = f"plan ({plan.method})"
     plans[label] = plan
     results = compare_plans(plans, trace, held, cost, progress=not args.no_progress)
@@ -105,3 +99,32 @@ def run(args) -> int:
                                       "ratios_to_contiguous": ratios(results)})
         print(f"wrote   {args.json}")
     return 0
+
+
+def _baseline_fit(trace, plan, trace_cls):
+    """Where the baselines are fitted: on the very tokens the plan was fitted on, whenever they can be found.
+
+    Returns ``(trace to fit on, (start, end) token range, note)``. A plan fitted on this trace: its fit
+    range. A plan fitted on another trace that is still where the plan says, unchanged (same
+    fingerprint): that trace's fit range, so plan and baselines see the same tokens and are scored
+    on the same unseen ones. Otherwise the baselines fit on this trace's tokens, in-sample for them
+    (an advantage the note names).
+    """
+    origin = plan.meta.get("trace") or {}
+    if origin.get("fingerprint") == trace.fingerprint():
+        fit = tuple(origin.get("fit_tokens") or (0, trace.num_tokens))
+        return trace, fit, f"baselines fitted on the plan's fit tokens [{fit[0]}, {fit[1]})"
+    source = None
+    if origin.get("path"):
+        try:
+            candidate = trace_cls.open(origin["path"])
+            if candidate.fingerprint() == origin.get("fingerprint") and candidate.layers == trace.layers:
+                source = candidate
+        except Exception:  # moved, deleted or changed: fall back to this trace, and say so
+            source = None
+    if source is not None:
+        fit = tuple(origin.get("fit_tokens") or (0, source.num_tokens))
+        return source, fit, f"baselines fitted on the plan's own fit tokens [{fit[0]}, {fit[1]}) of {source.path}"
+    return trace, (0, trace.num_tokens), ("baselines fitted on all tokens of this trace (in-sample for them: the plan's "
+                                          "own trace is not found unchanged)")
+

@@ -31,6 +31,37 @@ def test_place_then_plan_eval(synthetic_trace, tmp_path, capsys):
     assert results["plan (routelens)"]["mean"]["gpus_per_token"] < results["contiguous"]["mean"]["gpus_per_token"]
 
 
+def test_plan_eval_on_another_trace_fits_baselines_on_the_plans_own_tokens(synthetic_trace, tmp_path, capsys):
+    """A plan fitted on trace A and scored on trace B: the baselines fit on A too (same tokens as the plan), not
+    in-sample on B; once A is gone the fallback is in-sample on B, and the output says which."""
+    import shutil
+
+    from routelens.synthetic import synthetic_trace_arrays
+    from routelens.trace import write_trace
+
+    arrays = synthetic_trace_arrays(num_tokens=4096, num_layers=4, num_experts=16, top_k=2, seed=7)
+    other = write_trace(tmp_path / "other", arrays["header"], arrays["token_ids"], arrays["seq_ids"],
+                        arrays["positions"], arrays["topk_ids"], arrays["topk_weights"])
+    plan_path = tmp_path / "p.json"
+    assert main(["place", str(synthetic_trace.path), "--gpus", "4", "--fit-fraction", "1", "--out", str(plan_path),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+
+    def evaluate(report):
+        assert main(["plan-eval", str(other.path), str(plan_path), "--baselines", "contiguous,greedy",
+                     "--json", str(report), "--no-progress"]) == 0
+        return capsys.readouterr().out, json.loads(report.read_text())["results"]
+
+    text, fair = evaluate(tmp_path / "fair.json")
+    assert "scored  all tokens" in text and f"plan's own fit tokens [0, 4096) of {synthetic_trace.path}" in text
+    shutil.rmtree(synthetic_trace.path)
+    text, in_sample = evaluate(tmp_path / "in_sample.json")
+    assert "in-sample for them" in text
+    # greedy packs by load: fitted on A's loads it differs from greedy fitted on B's own (scored) loads
+    assert fair["greedy"]["mean"] != in_sample["greedy"]["mean"]
+    assert fair["plan (routelens)"]["mean"] == in_sample["plan (routelens)"]["mean"]
+
+
 def test_place_writes_sglang_and_vllm_files(synthetic_trace, tmp_path, capsys):
     out = tmp_path / "loc.pt"
     assert main(["place", str(synthetic_trace.path), "--nodes", "2", "--gpus-per-node", "2", "--redundant", "4",
