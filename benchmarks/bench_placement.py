@@ -11,6 +11,8 @@ baseline measured in the same run (goal: <= 60 s).
     .venv/bin/python benchmarks/bench_placement.py --trace runs/demo --oracle --json out.json  # demo + synthetic
     .venv/bin/python benchmarks/bench_placement.py --tiny --no-synthetic --scale-layers 0     # tiny test models
     .venv/bin/python benchmarks/bench_placement.py --quick                                    # synthetic only, fast
+    .venv/bin/python benchmarks/bench_placement.py --pair runs/train-all runs/heldout-all --no-synthetic --oracle
+        # fit on one text (the whole training corpus), score on another (the held-out corpus)
 
 Each row prints whether the two goals are met and, where one is missed, why, from the row's own
 numbers: few experts per GPU, no co-activation structure (min-cut fan-out no lower than
@@ -132,17 +134,27 @@ def goal_notes(row: dict) -> list[str]:
                              f"{row['oracle_recv']:.3f} T/G, goal <= {(1 + goal) * ref:.3f}")
             else:
                 notes.append(f"lost to routing drift vs {name}: fitted on the scored tokens the optimizer gets "
-                             f"{row['oracle_recv']:.3f} T/G (goal <= {(1 + goal) * ref:.3f}), fitted on the other half "
+                             f"{row['oracle_recv']:.3f} T/G (goal <= {(1 + goal) * ref:.3f}), fitted on the other tokens "
                              f"{mine:.3f}")
     if not notes and row.get("oracle_recv") is None:
         notes.append("no reason found in the row's numbers; --oracle shows whether it is reachable in-sample")
     return notes
 
 
-def bench_trace(trace: Trace, gpu_counts: list[int], hidden: int, max_fit_tokens: int, oracle: bool = False) -> list[dict]:
+def bench_trace(trace: Trace, gpu_counts: list[int], hidden: int, max_fit_tokens: int, oracle: bool = False,
+                score_trace: Trace | None = None) -> list[dict]:
+    """Every method fitted on the first half of ``trace``, scored on the second half; or, with ``score_trace``,
+    fitted on all of ``trace`` and scored on all of ``score_trace`` (another text through the same model)."""
     rows = []
-    fit = fit_token_range(trace, 0.5)
-    held = np.arange(fit[1], trace.num_tokens)
+    if score_trace is None:
+        score_trace, fit = trace, fit_token_range(trace, 0.5)
+        held = np.arange(fit[1], trace.num_tokens)
+        label = trace.model_id or str(trace.path)
+    else:
+        if score_trace.layers != trace.layers or score_trace.num_experts != trace.num_experts:
+            raise SystemExit(f"{score_trace.path} is not routed by the same model as {trace.path}")
+        fit, held = (0, trace.num_tokens), np.arange(score_trace.num_tokens)
+        label = f"{Path(trace.path).name} -> {Path(score_trace.path).name}"
     for gpus, redundant in gpu_counts_for(trace.num_experts, gpu_counts):
         topology = make_topology(gpus, gpus_per_node=min(gpus, 8))
         cost = CostModel.for_model(trace.config, topology, hidden_size=hidden)
@@ -152,9 +164,9 @@ def bench_trace(trace: Trace, gpu_counts: list[int], hidden: int, max_fit_tokens
             started = time.perf_counter()
             plans[method] = place(trace, cost, settings, fit=fit, progress=False)
             seconds[method] = time.perf_counter() - started
-        results = compare_plans(plans, trace, held, cost, progress=False)
+        results = compare_plans(plans, score_trace, held, cost, progress=False)
         base = results["contiguous"]["mean"]
-        row = {"trace": trace.model_id or str(trace.path), "E": trace.num_experts, "k": trace.top_k, "gpus": gpus,
+        row = {"trace": label, "E": trace.num_experts, "k": trace.top_k, "gpus": gpus,
                "nodes": topology.num_nodes, "redundant": redundant, "fit_tokens": fit[1], "held_out": int(held.size),
                "routelens_s": seconds["routelens"], "methods": {}}
         for method, result in results.items():
@@ -172,7 +184,7 @@ def bench_trace(trace: Trace, gpu_counts: list[int], hidden: int, max_fit_tokens
         row["a2a_vs_best"] = row["methods"]["routelens"]["a2a_us"] / row["methods"][best_a2a]["a2a_us"] - 1
         row["goal_vs_contiguous_met"] = row["vs_contiguous"] <= GOAL_VS_CONTIGUOUS
         row["goal_vs_best_met"] = row["vs_best"] <= GOAL_VS_BEST
-        row["oracle_recv"] = oracle_recv(trace, held, cost, redundant, max_fit_tokens) if oracle else None
+        row["oracle_recv"] = oracle_recv(score_trace, held, cost, redundant, max_fit_tokens) if oracle else None
         row["notes"] = goal_notes(row) if not (row["goal_vs_contiguous_met"] and row["goal_vs_best_met"]) else []
         rows.append(row)
         print_row(row)
@@ -246,6 +258,9 @@ def _load() -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace", action="append", default=[], help="trace folder (repeatable), e.g. the demo trace")
+    parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("FIT", "HELD"),
+                        help="fit on all of trace FIT, score on all of trace HELD (e.g. the training corpus and the "
+                        "held-out corpus through the same model); repeatable")
     parser.add_argument("--tiny", action="store_true", help="also capture and place tiny random-init test models")
     parser.add_argument("--gpus", type=int, nargs="+", default=[4, 8, 16, 64])
     parser.add_argument("--hidden-size", type=int, default=4096, help="token size the times are estimated at")
@@ -269,6 +284,9 @@ def main(argv=None) -> int:
             traces.append(synthetic_trace(Path(tmp) / "synthetic", 64, 8, 32768, 4, seed=1))
         if args.tiny:
             traces.extend(tiny_model_traces(Path(tmp), 16384))
+        for fit_path, held_path in args.pair:
+            rows.extend(bench_trace(Trace.open(fit_path), args.gpus, args.hidden_size, args.max_fit_tokens, args.oracle,
+                                    score_trace=Trace.open(held_path)))
         for trace in traces:
             rows.extend(bench_trace(trace, args.gpus, args.hidden_size, args.max_fit_tokens, args.oracle))
     met_contig = [r for r in rows if r["goal_vs_contiguous_met"]]
