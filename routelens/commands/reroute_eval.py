@@ -176,7 +176,10 @@ def run(args) -> int:
         print(f"fewest GPUs per token within 1% perplexity: {best['label']} "
               f"({best['gpus_per_token']:.2f} GPUs/token, {best.get('gpus_per_token_change', 0):+.1%} vs the same plan"
               + ("" if versus is None else f", {versus:+.1%} vs contiguous")
-              + f"; perplexity {best.get('perplexity_change', 0):+.2%})")
+              + f"; perplexity {best.get('perplexity_change', 0):+.2%}"
+              + ("" if best.get("perplexity_change_ci95") is None else
+                 " [{:+.2%}, {:+.2%}] 95% paired bootstrap over windows".format(*best["perplexity_change_ci95"]))
+              + ")")
     print(f"scored {rows[0]['eval_tokens']:,} held-out tokens x {len(rows)} settings in {elapsed:.0f}s; "
           f"trade-off curve in {out / 'tradeoff.json'}")
     return 0
@@ -184,7 +187,7 @@ def run(args) -> int:
 
 def format_rows(rows: list[dict], num_gpus: int, plan_name: str = "routelens plan") -> str:
     """The result rows as an aligned table (changes relative to the baseline row)."""
-    header = ("setting", "perplexity", "accuracy", "agree", "GPUs/token", "vs contiguous", "busiest recv",
+    header = ("setting", "perplexity", "95% CI", "accuracy", "agree", "GPUs/token", "vs contiguous", "busiest recv",
               "max/mean load", "dropped")
     table = [header]
     for r in rows:
@@ -193,9 +196,11 @@ def format_rows(rows: list[dict], num_gpus: int, plan_name: str = "routelens pla
             return "" if value is None or r["policy"] == "none" else f" ({value:+.1%})"
 
         versus = r.get("gpus_per_token_vs_contiguous")
+        interval = r.get("perplexity_change_ci95")
         table.append((
             r["label"],
             f"{r['perplexity']:.3f}{change('perplexity')}",
+            "" if interval is None else f"[{interval[0]:+.1%}, {interval[1]:+.1%}]",
             f"{r['next_token_accuracy']:.3f}",
             f"{r['agreement']:.3f}",
             f"{r.get('gpus_per_token', float('nan')):.2f}{change('gpus_per_token')}",

@@ -158,6 +158,7 @@ class _Totals:
     """Running sums of one policy setting over the evaluation batches."""
 
     nll: float = 0.0
+    window_nll: list[float] = field(default_factory=list)
     correct: int = 0
     agree: int = 0
     kl: float = 0.0
@@ -177,7 +178,9 @@ def _score_batch(logits: torch.Tensor, targets: torch.Tensor, base_logprobs: tor
                  base_top1: torch.Tensor | None, totals: _Totals) -> torch.Tensor:
     """Add one batch's next-token metrics; returns this run's log-probabilities ``[B, L-1, V]``."""
     logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    totals.nll += float(-logprobs.gather(-1, targets[..., None]).sum())
+    per_window = -logprobs.gather(-1, targets[..., None])[..., 0].sum(-1)  # [B]
+    totals.nll += float(per_window.sum())
+    totals.window_nll.extend(per_window.double().cpu().tolist())
     top1 = logprobs.argmax(-1)
     totals.correct += int((top1 == targets).sum())
     totals.predicted += int(targets.numel())
@@ -283,6 +286,11 @@ def _rows(runs: Sequence[Policy], totals: Sequence[_Totals]) -> list[dict[str, A
         row["forward_s"] = t.seconds
         rows.append(row)
     base = rows[0]
+    base_windows = np.asarray(totals[0].window_nll)
+    for row, t in zip(rows, totals):
+        if row is not base and len(t.window_nll) == base_windows.size:
+            low, high = paired_change_ci(base_windows, np.asarray(t.window_nll), t.predicted / len(t.window_nll))
+            row["perplexity_change_ci95"] = [low, high]
     for row in rows:
         for key in ROW_CHANGES:
             if key in row and key in base and base[key]:
@@ -292,6 +300,29 @@ def _rows(runs: Sequence[Policy], totals: Sequence[_Totals]) -> list[dict[str, A
             if key in row and reference:
                 row[f"{key}_vs_contiguous"] = row[key] / reference - 1.0
     return rows
+
+
+def paired_change_ci(base_window_nll: np.ndarray, policy_window_nll: np.ndarray, tokens_per_window: float,
+                     resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the relative perplexity change, pairing each window with itself.
+
+    ``base_window_nll``, ``policy_window_nll``: ``[W]`` summed next-token NLL per evaluation window,
+    the same windows in the same order, each with ``tokens_per_window`` scored tokens. The windows
+    are resampled with replacement ``resamples`` times (seeded); on each resample the change is
+    ``exp((policy NLL - baseline NLL) / tokens) - 1``, the ratio of the two perplexities on it.
+    Pairing removes the windows' own difficulty, so the interval says how consistently the policy
+    costs what it costs. Windows of one batch share expert capacity, so under the capacity policies
+    they are not quite independent.
+    """
+    base = np.asarray(base_window_nll, dtype=np.float64)
+    policy = np.asarray(policy_window_nll, dtype=np.float64)
+    if base.shape != policy.shape or base.size == 0:
+        raise ValueError("the baseline and the policy must be scored on the same windows")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, base.size, size=(resamples, base.size))
+    difference = (policy - base)[picks].sum(1) / (base.size * tokens_per_window)
+    low, high = np.quantile(np.expm1(difference), [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 def best_within(rows: Sequence[dict[str, Any]], max_perplexity_change: float = 0.01,

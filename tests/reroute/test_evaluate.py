@@ -12,7 +12,8 @@ from routelens.capture.adapters import find_router_sites
 from routelens.errors import InputError
 from routelens.reroute import capacity_policy
 from routelens.reroute.evaluate import (
-    best_within, build_policies, calibration_routing, default_settings, evaluate_policies, split_windows,
+    best_within, build_policies, calibration_routing, default_settings, evaluate_policies, paired_change_ci,
+    split_windows,
 )
 from routelens.reroute.fitting import fit_plan
 
@@ -67,6 +68,27 @@ def test_sweep_rows_compare_each_policy_with_the_baseline(tiny):
         assert row["perplexity"] > 0 and 0 <= row["agreement"] <= 1 and row["kl_to_baseline"] >= -1e-6
         assert "perplexity_change" in row and 0 <= row["changed_fraction"] <= 1
     assert c2r["top_t"] == 1 and limited["max_gpus"] == 1 and reroute["capacity_factor"] == 1.0
+    # every policy row carries a paired interval around its own perplexity change; the baseline none
+    assert "perplexity_change_ci95" not in base
+    for row in rows[1:]:
+        low, high = row["perplexity_change_ci95"]
+        assert low <= row["perplexity_change"] + 1e-12 and row["perplexity_change"] <= high + 1e-12
+
+
+def test_paired_interval_is_the_point_when_every_window_costs_the_same_and_widens_with_noise():
+    base = np.array([50.0, 80.0, 65.0, 90.0])
+    tokens = 10
+    # the same extra NLL in every window: every resample gives the same change, exp(2 / 10) - 1
+    low, high = paired_change_ci(base, base + 2.0, tokens)
+    assert low == pytest.approx(math.expm1(0.2)) and high == pytest.approx(math.expm1(0.2))
+    # the same mean extra NLL spread unevenly over the windows: a real interval around the point
+    low, high = paired_change_ci(base, base + np.array([0.0, 4.0, -2.0, 6.0]), tokens)
+    assert low < math.expm1(0.2) < high and low < high
+    # the windows' own difficulty does not enter: other baseline NLLs, same per-window differences, same interval
+    other = np.array([10.0, 300.0, 20.0, 150.0])
+    assert paired_change_ci(other, other + np.array([0.0, 4.0, -2.0, 6.0]), tokens) == pytest.approx((low, high))
+    with pytest.raises(ValueError):
+        paired_change_ci(base, base[:3], tokens)
 
 
 def test_capacity_is_shared_over_one_forward_pass(tiny):
