@@ -29,6 +29,10 @@ def tradeoff_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame([{name: row.get(key) for key, name in TRADEOFF_COLUMNS.items()} for row in rows])
     for column in PERCENT_COLUMNS:
         frame[column] = (frame[column].astype(float) * 100).round(2)
+    # the paired bootstrap interval of the perplexity change (rows of older result files have none)
+    intervals = [row.get("perplexity_change_ci95") for row in rows]
+    frame.insert(frame.columns.get_loc("Δ perplexity") + 1, "Δ perplexity 95% CI",
+                 ["" if ci is None else f"{100 * ci[0]:+.2f} … {100 * ci[1]:+.2f}" for ci in intervals])
     return frame.rename(columns={c: f"{c} %" for c in PERCENT_COLUMNS})
 
 

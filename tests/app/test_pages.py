@@ -150,6 +150,13 @@ def test_rerouting_page_plots_every_setting_and_names_the_best_within_one_percen
     for trace in lines:
         members = [by_label[label] for label in trace["customdata"]]
         assert len({(r["policy"], r["weights"], r.get("fill")) for r in members}) == 1, trace["name"]
+    # the table lists every row, with the paired interval of each policy's perplexity change
+    (table,) = at.dataframe
+    frame = table.value
+    assert len(frame) == len(rows)
+    low, high = rows[1]["perplexity_change_ci95"]
+    assert frame["Δ perplexity 95% CI"].iloc[1] == f"{100 * low:+.2f} … {100 * high:+.2f}"
+    assert frame["Δ perplexity 95% CI"].iloc[0] == ""
     best = best_within(rows, 0.01)
     message = " ".join(s.value for s in at.success) + " ".join(w.value for w in at.warning)
     assert (best["label"] in message) if best else ("No setting stays within 1%" in message)
