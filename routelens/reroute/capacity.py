@@ -122,9 +122,9 @@ def capacity_reroute_choose(logits: torch.Tensor, rule, capacity_factor: float,
         pending_token, pending_slot, best = pending_token[placeable], pending_slot[placeable], best[placeable]
         # two pending slots of one token may propose the same expert: only the first competes
         pair = pending_token * num_experts + best
-        first = torch.full((int(pair.max()) + 1,), pair.numel(), dtype=torch.long, device=pair.device)
-        first.scatter_reduce_(0, pair, torch.arange(pair.numel(), device=pair.device), reduce="amin")
-        unique = first[pair] == torch.arange(pair.numel(), device=pair.device)
+        sorted_pair, order = torch.sort(pair, stable=True)  # equal pairs keep their slot order
+        unique = torch.zeros_like(placeable[placeable])
+        unique[order] = torch.cat([sorted_pair.new_ones(1, dtype=torch.bool), sorted_pair[1:] != sorted_pair[:-1]])
         accepted = torch.zeros_like(unique)
         accepted[unique] = capacity_keep(best[unique, None], ranking[pending_token[unique], best[unique]][:, None],
                                          room, num_experts)[:, 0]
