@@ -48,7 +48,42 @@ class BatchRouting:
     logits: list[np.ndarray] | None
 
 
-class RouterRecorder:
+class SiteHooks:
+    """A forward hook on every router site while in a ``with`` block, one call list per site.
+
+    Subclasses say what a hook does with ``_hook(j, site, calls)``, which returns the hook
+    ``(module, args, kwargs, output) -> new output or None``; what it appends to ``calls`` (the
+    site's list in ``self._calls``) is theirs to read back. Leaving the block removes every hook
+    and forgets what was kept, also after a failed forward.
+    """
+
+    def __init__(self, sites: Sequence[Any]):
+        self.sites = list(sites)
+        self._calls: list[list[Any]] = [[] for _ in self.sites]
+        self._handles: list[Any] = []
+
+    def __enter__(self):
+        for j, site in enumerate(self.sites):
+            hook = self._hook(j, site, self._calls[j])
+            self._handles.append(site.module.register_forward_hook(hook, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.clear()
+
+    def _hook(self, j: int, site: Any, calls: list[Any]):
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        """Forget what was kept (e.g. after a failed forward)."""
+        for calls in self._calls:
+            calls.clear()
+
+
+class RouterRecorder(SiteHooks):
     """Context manager that hooks ``sites`` and collects their outputs forward by forward.
 
     Example:
@@ -58,35 +93,14 @@ class RouterRecorder:
     """
 
     def __init__(self, sites: Sequence[Any], keep_logits: bool = False):
-        self.sites = list(sites)
+        super().__init__(sites)
         self.keep_logits = keep_logits
-        self._calls: list[list[Any]] = [[] for _ in self.sites]
-        self._handles: list[Any] = []
 
-    def __enter__(self) -> "RouterRecorder":
-        for j, site in enumerate(self.sites):
-            self._handles.append(site.module.register_forward_hook(self._make_hook(j), with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.clear()
-
-    def _make_hook(self, j: int):
-        site = self.sites[j]
-        calls = self._calls[j]
-
+    def _hook(self, j: int, site: Any, calls: list[Any]):
         def hook(module, args, kwargs, output):
             calls.append(site.unpack(args, kwargs, output))
 
         return hook
-
-    def clear(self) -> None:
-        """Forget what was recorded (e.g. after a failed forward)."""
-        for calls in self._calls:
-            calls.clear()
 
     def take(self, expected_tokens: int | None = None) -> list[LayerRouting]:
         """Per layer, the routing of everything since the last ``take``, concatenated over calls.

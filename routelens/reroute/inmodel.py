@@ -23,11 +23,12 @@ from typing import Any, Sequence
 
 import torch
 
+from ..capture.hooks import SiteHooks
 from ..errors import RoutelensError
 from .policy import Policy
 
 
-class RerouteHooks:
+class RerouteHooks(SiteHooks):
     """Context manager that routes every MoE layer of a model with ``policy`` and records the choice.
 
     Args:
@@ -37,27 +38,11 @@ class RerouteHooks:
     """
 
     def __init__(self, sites: Sequence[Any], policy: Policy, record: bool = True):
-        self.sites = list(sites)
+        super().__init__(sites)
         self.policy = policy
         self.record = record
-        self._chosen: list[list[torch.Tensor]] = [[] for _ in self.sites]
-        self._handles: list[Any] = []
 
-    def __enter__(self) -> "RerouteHooks":
-        for j, site in enumerate(self.sites):
-            self._handles.append(site.module.register_forward_hook(self._make_hook(j), with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.clear()
-
-    def _make_hook(self, j: int):
-        site = self.sites[j]
-        chosen = self._chosen[j]
-
+    def _hook(self, j: int, site: Any, chosen: list[torch.Tensor]):
         def hook(module, args, kwargs, output):
             decision = site.unpack(args, kwargs, output)
             if self.policy.is_identity:
@@ -73,14 +58,10 @@ class RerouteHooks:
 
         return hook
 
-    def clear(self) -> None:
-        for calls in self._chosen:
-            calls.clear()
-
     def take(self) -> list[torch.Tensor]:
         """Per layer, the ``[N, K]`` ids chosen since the last ``take`` (``-1`` = dropped)."""
         taken = []
-        for site, calls in zip(self.sites, self._chosen):
+        for site, calls in zip(self.sites, self._calls):
             if not calls:
                 raise RoutelensError(f"router {site.name} was not called during the forward pass")
             taken.append(calls[0] if len(calls) == 1 else torch.cat(calls))
