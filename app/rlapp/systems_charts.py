@@ -60,13 +60,18 @@ def tradeoff_curves(rows: Sequence[dict], x: str, y: str, x_title: str, y_title:
     for row in rows:
         if row["policy"] != "none":
             families.setdefault(_policy_family(row), []).append(row)
-    for i, (family, members) in enumerate(families.items()):
+    # colour = the policy, line style = its modifiers (keep weights dashed, fill=drop dotted)
+    colours: dict[str, str] = {}
+    for family, members in families.items():
         members = sorted(members, key=lambda r: r.get(x, np.nan))
+        policy = members[0]["policy"]
+        colour = colours.setdefault(policy, QUALITATIVE[len(colours) % len(QUALITATIVE)])
+        dash = "dot" if members[0].get("fill") == "drop" else "dash" if members[0].get("weights") == "keep" else "solid"
         fig.add_trace(go.Scatter(
             x=[r.get(x, np.nan) for r in members], y=[y_value(r) for r in members],
-            mode="lines+markers+text", name=family, line=dict(color=QUALITATIVE[i % len(QUALITATIVE)], width=2),
+            mode="lines+markers+text", name=family, line=dict(color=colour, width=2, dash=dash),
             marker=dict(size=9), text=[_setting_tag(r) for r in members], textposition="top center",
-            textfont=dict(size=11, color=QUALITATIVE[i % len(QUALITATIVE)]), customdata=[r["label"] for r in members],
+            textfont=dict(size=11, color=colour), customdata=[r["label"] for r in members],
             hovertemplate="%{customdata}<br>" + x_title + ": %{x:.3g}<br>" + y_title + ": %{y:.3g}<extra></extra>",
         ))
     for row in rows:

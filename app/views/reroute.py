@@ -58,7 +58,10 @@ cols[2].metric("Baseline GPUs / token", ui.fmt_float(baseline and baseline.get("
 best = data.best_setting(rows, 0.01)
 if best is not None:
     st.success(f"Fewest GPUs per token within 1% perplexity: **{best['label']}** — {best['gpus_per_token']:.2f} GPUs/token "
-               f"({100 * best.get('gpus_per_token_change', 0):+.1f}%), perplexity {100 * best.get('perplexity_change', 0):+.2f}%.")
+               f"({100 * best.get('gpus_per_token_change', 0):+.1f}%), perplexity {100 * best.get('perplexity_change', 0):+.2f}%"
+               + ("" if not best.get("perplexity_change_ci95") else
+                  " (95% interval {:+.2f}% … {:+.2f}%)".format(*(100 * v for v in best["perplexity_change_ci95"])))
+               + ".")
 else:
     st.warning("No setting stays within 1% of the unmodified model's perplexity.")
 
@@ -70,8 +73,8 @@ with right:
 y_title, as_change = COSTS[cost]
 st.plotly_chart(systems_charts.tradeoff_curves(rows, saving, cost, SAVINGS[saving], y_title, y_as_change=as_change), width="stretch")
 st.caption("Each line is one policy swept over its setting (C2R group size T, GPU limit M, GPU share, capacity "
-           "factor); `keep` lines keep the unconstrained weights, `fill=drop` lines drop lost experts instead of "
-           "replacing them. The star is the unmodified model. Down and to the left is better.")
+           "factor); one colour per policy, dashed: `keep` (the unconstrained weights), dotted: `fill=drop` (lost "
+           "experts dropped instead of replaced). The star is the unmodified model. Down and to the left is better.")
 
 st.subheader("All settings")
 st.dataframe(tables.tradeoff_table(rows), hide_index=True, width="stretch")
