@@ -10,6 +10,7 @@ pinned buffers, ``non_blocking`` copies, one event per device (one host sync per
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -48,7 +49,7 @@ class BatchRouting:
     logits: list[np.ndarray] | None
 
 
-class SiteHooks:
+class SiteHooks(ABC):
     """A forward hook on every router site while in a ``with`` block, one call list per site.
 
     Subclasses say what a hook does with ``_hook(j, site, calls)``, which returns the hook
@@ -74,8 +75,9 @@ class SiteHooks:
         self._handles.clear()
         self.clear()
 
+    @abstractmethod
     def _hook(self, j: int, site: Any, calls: list[Any]):
-        raise NotImplementedError
+        """The forward hook of site ``j``; it may append to ``calls``."""
 
     def clear(self) -> None:
         """Forget what was kept (e.g. after a failed forward)."""
