@@ -85,6 +85,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--objective", choices=("a2a", "layer"), default="a2a",
                         help="optimizer: a2a minimises the estimated dispatch + combine bottleneck (default); layer "
                         "adds the busiest GPU's expert compute")
+    parser.add_argument("--kicks", type=int, default=None, metavar="N",
+                        help="optimizer: N restarts of the swap search from the best placement after a few random "
+                        "swaps, each kept only if the estimate improves (default 16 when E <= 128, else 0)")
     parser.add_argument("--expert-groups", type=positive_int, default=1,
                         help="eplb: expert groups of the model for the hierarchical policy (DeepSeek-V3: 8)")
     add_cluster_arguments(parser)
@@ -111,7 +114,7 @@ def run(args) -> int:
         method=args.method, redundant=args.redundant, replica_policy=args.policy, seed=args.seed,
         time_budget_s=args.time_budget, max_fit_tokens=args.max_fit_tokens or MAX_FIT_TOKENS,
         seeds=tuple(s.strip() for s in args.seeds.split(",") if s.strip()) if args.seeds else None,
-        num_groups=args.expert_groups, objective=args.objective,
+        num_groups=args.expert_groups, objective=args.objective, kicks=args.kicks,
     )
     settings.check()
     fit = fit_token_range(trace, args.fit_fraction)

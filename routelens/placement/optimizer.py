@@ -27,8 +27,14 @@ For one MoE layer with ``E`` experts, ``G`` GPUs of ``S`` slots (``G·S = E + R`
    first 75% of the fit tokens and scored (same cost model) on the last 25%; the seed whose
    result holds up best there is rebuilt and searched again on all fit tokens.
 
+5. **Kicks** (iterated local search). A swap search stops in a local minimum of a bottleneck
+   objective: no single swap lowers the busiest GPU. ``kicks`` times, the best placement so far
+   gets a few random swaps and is searched again; the result is kept when the cost model's estimate
+   on the fit tokens improves (default :data:`DEFAULT_KICKS` when ``E <= 128``, none above, where a
+   layer's search is costly and the scale budget matters).
+
 Everything is deterministic for a given
-``seed`` (it draws the fit-token subsample); a time budget can cut the search short (then the
+``seed`` (it draws the fit-token subsample and the kicks); a time budget can cut the search short (then the
 result depends on the machine's speed).
 """
 
@@ -57,6 +63,9 @@ SELECTION_SHARE = 0.6  # of a time budget, spent on trying the seeds
 FANOUT_WEIGHT = 20.0  # mean-volume weight of the "mincut" seed's search: fan-out first, balance later
 MAX_FIT_TOKENS = 32768
 NUM_BATCHES = 1
+DEFAULT_KICKS = 16  # random restarts of the local search from the best placement (E <= KICKS_MAX_EXPERTS)
+KICKS_MAX_EXPERTS = 128
+KICK_SWAPS = 12  # random swaps per kick
 
 
 def default_seeds(num_experts: int) -> tuple[str, ...]:
@@ -81,11 +90,14 @@ class LayerResult:
     swaps: int = 0
     seconds: float = 0.0
     converged: bool = True
+    kicks: int = 0
+    kicks_kept: int = 0
 
     def info(self) -> dict[str, Any]:
         return {"objective_us": self.objective_s * 1e6, "seed": self.seed_name,
                 "validation_us": {k: v * 1e6 for k, v in self.seeds.items()}, "rounds": self.rounds,
-                "swaps": self.swaps, "seconds": round(self.seconds, 3), "converged": self.converged}
+                "swaps": self.swaps, "kicks": self.kicks, "kicks_kept": self.kicks_kept,
+                "seconds": round(self.seconds, 3), "converged": self.converged}
 
 
 def subsample_tokens(num_tokens: int, max_tokens: int | None, seed: int) -> np.ndarray:
@@ -215,7 +227,7 @@ def seed_table(name: str, problem: _Problem, seed: int) -> np.ndarray:
 def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: CostModel, redundant: int = 0,
                    policy: str = "nearest-then-least-loaded", seed: int = 0, seeds=None,
                    max_fit_tokens: int | None = MAX_FIT_TOKENS, num_batches: int = NUM_BATCHES,
-                   objective: str = "a2a", deadline: float | None = None) -> LayerResult:
+                   objective: str = "a2a", deadline: float | None = None, kicks: int | None = None) -> LayerResult:
     """Optimise one layer's placement on its fit tokens.
 
     Args:
@@ -230,6 +242,7 @@ def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: 
         objective: ``"a2a"`` minimises the estimated dispatch + combine time (the All-to-All
             bottleneck); ``"layer"`` adds the busiest GPU's expert compute (the compute straggler).
         deadline: ``time.perf_counter()`` value by which to stop searching (None: converge).
+        kicks: random restarts of the search from the best placement (None: :func:`default_kicks`).
 
     Returns:
         :class:`LayerResult` with the ``[G, S]`` table and the objective on the (subsampled) fit tokens.
@@ -264,8 +277,47 @@ def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: 
         chosen = seeds[0]
     start = seed_table(chosen, problem, seed)  # the chosen start, rebuilt on all fit tokens
     table, value, stats = local_search(problem.state(start), problem.objective, deadline=deadline, refresh=refresh)
+    kicks = default_kicks(num_experts) if kicks is None else int(kicks)
+    kept = 0
+    if kicks > 0:
+        table, value, kept = kick_search(problem, table, value, kicks, np.random.default_rng(seed), deadline)
     return LayerResult(table, value, chosen, seeds=scores, rounds=stats.rounds, swaps=stats.swaps,
-                       seconds=time.perf_counter() - started, converged=stats.converged)
+                       seconds=time.perf_counter() - started, converged=stats.converged, kicks=kicks, kicks_kept=kept)
+
+
+def default_kicks(num_experts: int) -> int:
+    """Kicks tried by default: :data:`DEFAULT_KICKS` up to ``E = 128``, none above."""
+    return DEFAULT_KICKS if num_experts <= KICKS_MAX_EXPERTS else 0
+
+
+def kick_search(problem: _Problem, table: np.ndarray, value: float, kicks: int, rng: np.random.Generator,
+                deadline: float | None = None) -> tuple[np.ndarray, float, int]:
+    """Iterated local search: ``kicks`` times, perturb the best ``[G, S]`` table by :data:`KICK_SWAPS`
+    random swaps of experts between GPUs (never two replicas of one expert on a GPU), search again,
+    keep it if ``problem.objective`` improves.
+
+    Returns:
+        ``(best table, its objective, kicks that improved it)``.
+    """
+    refresh = problem.refresh if problem.replicated else None
+    best_table, best, kept = table, value, 0
+    for _ in range(kicks):
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+        state = problem.state(best_table)
+        for _ in range(KICK_SWAPS):
+            i, j = (int(x) for x in rng.choice(state.num_items, size=2, replace=False))
+            p, q = int(state.gpu_of_item[i]), int(state.gpu_of_item[j])
+            a, b = int(state.item_expert[i]), int(state.item_expert[j])
+            if p == q or a == b or state.holds[a, q] or state.holds[b, p]:
+                continue
+            state.apply([(i, j)])
+        if refresh is not None:
+            state = refresh(state)
+        candidate, candidate_value, _ = local_search(state, problem.objective, deadline=deadline, refresh=refresh)
+        if candidate_value < best - 1e-12 * max(1.0, abs(best)):
+            best_table, best, kept = candidate, candidate_value, kept + 1
+    return best_table, best, kept
 
 
 def _share(deadline: float | None, fraction: float) -> float | None:

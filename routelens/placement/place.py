@@ -21,7 +21,7 @@ from ..plan import Plan
 from .baselines import contiguous_table, eplb_table, greedy_table, random_table, slots_per_gpu
 from .cost import POLICIES, CostModel, score_table
 from .graph import expert_load
-from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_seeds, optimize_layer
+from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_kicks, default_seeds, optimize_layer
 
 METHODS = ("routelens", "contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
 BASELINES = ("contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
@@ -44,6 +44,8 @@ class PlaceSettings:
         seeds: optimizer starting placements (None: :func:`~routelens.placement.optimizer.default_seeds`).
         num_groups: expert groups for EPLB's hierarchical policy (1 = the model has none).
         objective: optimizer objective, ``"a2a"`` (dispatch + combine) or ``"layer"`` (+ expert compute).
+        kicks: optimizer restarts from the best placement after random swaps (None:
+            :func:`~routelens.placement.optimizer.default_kicks`; 0 = plain local search).
     """
 
     method: str = "routelens"
@@ -55,6 +57,7 @@ class PlaceSettings:
     seeds: tuple[str, ...] | None = None
     num_groups: int = 1
     objective: str = "a2a"
+    kicks: int | None = None
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -65,6 +68,8 @@ class PlaceSettings:
             raise InputError(f"--time-budget must be positive, got {self.time_budget_s}")
         if self.objective not in OBJECTIVES:
             raise InputError(f"unknown objective '{self.objective}' (known: {', '.join(OBJECTIVES)})")
+        if self.kicks is not None and self.kicks < 0:
+            raise InputError(f"--kicks must be 0 or more, got {self.kicks}")
         if self.max_fit_tokens is not None and self.max_fit_tokens < 1:
             raise InputError(f"--max-fit-tokens must be positive, got {self.max_fit_tokens}")
 
@@ -104,7 +109,7 @@ def layer_table(method: str, topk_ids: np.ndarray, num_experts: int, cost: CostM
         result = optimize_layer(ids, num_experts, num_gpus, cost, redundant=redundant,
                                 policy=settings.replica_policy, seed=settings.seed, seeds=settings.seeds,
                                 max_fit_tokens=settings.max_fit_tokens, objective=settings.objective,
-                                deadline=deadline)
+                                deadline=deadline, kicks=settings.kicks)
         return result.table, result.info()
     if method == "contiguous":
         return contiguous_table(num_experts, num_gpus, redundant), {}
@@ -177,6 +182,7 @@ def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] 
     if info:
         meta["optimizer"] = {"objective": settings.objective, "seeds": list(settings.seeds or default_seeds(num_experts)),
                              "max_fit_tokens": settings.max_fit_tokens,
+                             "kicks": settings.kicks if settings.kicks is not None else default_kicks(num_experts),
                              "time_budget_s": settings.time_budget_s, "layers": info}
     return Plan(gpu_experts=tables, num_experts=num_experts, num_nodes=cost.topology.num_nodes,
                 replica_policy=settings.replica_policy, method=settings.method, meta=meta)

@@ -85,6 +85,7 @@ def test_place_writes_sglang_and_vllm_files(synthetic_trace, tmp_path, capsys):
     (["--gpus", "4", "--format", "sglang"], "writes a .pt or .json file"),
     (["--nodes", "2"], "give the cluster size"),
     (["--gpus", "4", "--nodes", "3"], "cannot be split evenly over 3 nodes"),
+    (["--gpus", "4", "--kicks", "-1"], "--kicks must be 0 or more"),
 ])
 def test_place_errors_are_one_line(synthetic_trace, tmp_path, capsys, argv, message):
     out = tmp_path / "p.txt"

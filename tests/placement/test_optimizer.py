@@ -10,7 +10,7 @@ from routelens.placement.baselines import contiguous_table, greedy_table
 from routelens.placement.cost import (CostModel, assign_replicas, layer_traffic, placement_objective,
                                       score_table)
 from routelens.placement.graph import expert_load
-from routelens.placement.optimizer import _Problem, optimize_layer, seed_table
+from routelens.placement.optimizer import _Problem, default_kicks, kick_search, optimize_layer, seed_table
 from routelens.placement.search import local_search
 from routelens.placement.topology import Topology
 from routelens.synthetic import synthetic_topk_ids
@@ -92,6 +92,34 @@ def test_is_reproducible_and_honours_replicas_and_nodes():
     assert set(first.table.ravel().tolist()) == set(range(32))
     lpt = score_table(ids, greedy_table(expert_load(ids, 32), 8, 8), cost)
     assert score_table(ids, first.table, cost)["layer_us"] < lpt["layer_us"]
+
+
+@pytest.mark.parametrize("redundant", [0, 8])
+def test_kicks_never_lose_to_the_plain_search_and_keep_the_plan_valid(redundant):
+    ids = _planted(8)[:3000]
+    cost = CostModel(Topology(1, 8), token_bytes=8192)
+    problem = _Problem(ids, 32, 8, redundant, cost, "nearest-then-least-loaded", 1)
+    refresh = problem.refresh if redundant else None
+    table, value, _ = local_search(problem.state(seed_table("lpt", problem, 0)), problem.objective, refresh=refresh)
+    kicked, kicked_value, kept = kick_search(problem, table, value, 24, np.random.default_rng(0))
+    # the answer is the best table seen: never worse, and its value is the cost model's on that table
+    assert kicked_value <= value and kicked_value == pytest.approx(problem.objective(problem.state(kicked)))
+    assert (kept > 0) == (kicked_value < value)
+    slots = (32 + redundant) // 8
+    assert kicked.shape == (8, slots) and all(len(set(row.tolist())) == slots for row in kicked)
+    assert set(kicked.ravel().tolist()) == set(range(32))
+    again = kick_search(problem, table, value, 24, np.random.default_rng(0))
+    assert np.array_equal(again[0], kicked)  # seeded: the same kicks, the same answer
+
+
+def test_kicks_default_on_up_to_128_experts_and_zero_turns_them_off():
+    assert default_kicks(64) > 0 and default_kicks(128) > 0 and default_kicks(256) == 0
+    ids = _planted(9)[:2000]
+    cost = CostModel(Topology(1, 8), token_bytes=8192)
+    plain = optimize_layer(ids, 32, 8, cost, seeds=("lpt",), kicks=0)
+    kicked = optimize_layer(ids, 32, 8, cost, seeds=("lpt",), kicks=16)
+    assert plain.kicks == 0 and plain.info()["kicks_kept"] == 0 and kicked.info()["kicks"] == 16
+    assert kicked.objective_s <= plain.objective_s
 
 
 def test_seed_selection_scores_each_start_on_the_last_quarter_with_the_cost_model():
