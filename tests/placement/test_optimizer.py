@@ -91,7 +91,8 @@ def test_is_reproducible_and_honours_replicas_and_nodes():
     assert all(len(set(row.tolist())) == 5 for row in first.table)
     assert set(first.table.ravel().tolist()) == set(range(32))
     lpt = score_table(ids, greedy_table(expert_load(ids, 32), 8, 8), cost)
-    assert score_table(ids, first.table, cost)["layer_us"] < lpt["layer_us"]
+    # the default objective is the All-to-All (compute is --objective layer's business, tested below)
+    assert score_table(ids, first.table, cost)["a2a_us"] < 0.8 * lpt["a2a_us"]
 
 
 @pytest.mark.parametrize("redundant", [0, 8])
