@@ -57,7 +57,7 @@ def parse_args(argv=None):
 
 
 def bench_namespace(trace: str, plans: list[str], hidden: int, tokens: int, args, overlap: bool, check: bool):
-    from routelens.dist.bench import add_bench_arguments
+    from routelens.runner.bench import add_bench_arguments
 
     parser = argparse.ArgumentParser()
     add_bench_arguments(parser)
@@ -72,8 +72,8 @@ def run_config(ns, rank, world, device, calibration=None, group=None):
     import torch
     import torch.distributed as dist
 
-    from routelens.dist.bench import build_report, load_calibration, prepare, replay
-    from routelens.dist.check import check_outputs
+    from routelens.runner.bench import build_report, load_calibration, prepare, replay
+    from routelens.runner.check import check_outputs
 
     setup = prepare(ns, world)
     record, outputs, routes = replay(setup, ns, rank, world, device, group=group, keep_outputs=ns.check)
@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch.distributed as dist
 
-    from routelens.dist.bench import init_from_env
+    from routelens.runner.bench import init_from_env
 
     start = time.time()
     rank, world, device = init_from_env(args.backend, timeout_s=180)
@@ -229,7 +229,7 @@ def main(argv=None) -> int:
     overlap_at = {tuple(map(int, s.split(":"))) for s in args.overlap_at}
     check_at = {tuple(map(int, s.split(":"))) for s in args.check_at}
     results, table, failures = [], [], []
-    from routelens.dist.bench import comm_group
+    from routelens.runner.bench import comm_group
 
     groups = {"default": (None, "default")}
     if "high" in args.overlap_priorities:
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     calibration = None
     fit = None
     if args.calibrate:
-        from routelens.dist.bench import calibrate
+        from routelens.runner.bench import calibrate
 
         cal_args = argparse.Namespace(calibrate_max_mib=256.0, repeats=10, warmup=3, backend_resolved=backend)
         fit = [calibrate(cal_args, rank, world, device)]

@@ -2,7 +2,7 @@
 
 The pipeline passes one object from stage to stage:
 ``Trace`` (capture) → analysis results (``routelens.graphs``) → ``Plan`` (``routelens.placement``)
-→ run results (``routelens.dist``).
+→ run results (``routelens.runner``).
 """
 
 from .errors import NotMoEError, PlanError, RoutelensError, TraceError

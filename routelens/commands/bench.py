@@ -1,7 +1,7 @@
 """``routelens bench RUN --plans ... --gpus N``: replay a trace across GPUs and measure each plan's All-to-All.
 
 Checks the trace and plans here (one-line errors), then starts ``torchrun`` with
-``python -m routelens.dist.bench`` on ``N`` local processes (NCCL on GPUs, gloo on CPU). Under an
+``python -m routelens.runner.bench`` on ``N`` local processes (NCCL on GPUs, gloo on CPU). Under an
 existing ``torchrun`` (multi-node) it runs in this process instead.
 """
 
@@ -18,7 +18,7 @@ SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "N
 
 
 def add_parser(subparsers) -> None:
-    from ..dist.bench import add_bench_arguments
+    from ..runner.bench import add_bench_arguments
 
     parser = subparsers.add_parser(
         "bench",
@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:  # already inside torchrun: be one rank
-        from ..dist.bench import main as bench_main
+        from ..runner.bench import main as bench_main
 
         return bench_main(child_argv(args))
     gpus = resolve_gpus(args)
@@ -47,11 +47,11 @@ def run(args) -> int:
             raise InputError(f"--gpus {gpus} with nccl needs {gpus} CUDA devices, this node has "
                              f"{torch.cuda.device_count()} (use --backend gloo for CPU processes)")
     if not args.calibrate:
-        from ..dist.bench import prepare
+        from ..runner.bench import prepare
 
         prepare(args, gpus)  # trace, plans, sizes: fail here with one line, before any process starts
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-               "-m", "routelens.dist.bench", *child_argv(args, backend)]
+               "-m", "routelens.runner.bench", *child_argv(args, backend)]
     env = {**os.environ, **SAFE_ENV}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // gpus)))
     completed = subprocess.run(command, env=env)
@@ -74,7 +74,7 @@ def resolve_gpus(args) -> int:
         if args.gpus < 1:
             raise InputError(f"--gpus must be >= 1, got {args.gpus}")
         return args.gpus
-    from ..dist.routing import CONTIGUOUS
+    from ..runner.routing import CONTIGUOUS
     from ..plan import Plan
 
     for spec in args.plans:
@@ -88,7 +88,7 @@ def resolve_gpus(args) -> int:
 
 
 def child_argv(args, backend: str | None = None) -> list[str]:
-    """The ``routelens.dist.bench`` arguments equivalent to the parsed ``args``."""
+    """The ``routelens.runner.bench`` arguments equivalent to the parsed ``args``."""
     argv = [args.run, "--plans", *args.plans]
     backend = backend or args.backend
     if backend:

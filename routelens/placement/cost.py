@@ -8,7 +8,7 @@ All-to-All ends when the busiest GPU has sent and received its share over its sl
 placement is scored by its bottleneck, not by its average.
 
 Every function here is a pure, deterministic function of numpy arrays, so the distributed runner
-(:mod:`routelens.dist`) reproduces the cost model's bytes exactly:
+(:mod:`routelens.runner`) reproduces the cost model's bytes exactly:
 
 - :func:`token_source_gpu` — where tokens start: token ``t`` of ``T`` on GPU ``t·G // T``;
 - :func:`assign_replicas` — which GPU serves each ``(token, slot)`` under a replica policy;

@@ -4,7 +4,7 @@ Two link classes connect the GPUs: *intra*-node (NVLink or PCIe, between GPUs of
 *inter*-node (InfiniBand or Ethernet, between nodes). GPUs ``[n·M, (n+1)·M)`` form node ``n``
 (``M`` = GPUs per node), the rank order ``torchrun`` gives them. Numbers are per GPU and per
 direction; the presets are nominal figures of current hardware, meant to be overridden with
-measured ones (``routelens.dist`` measures them).
+measured ones (``routelens.runner`` measures them).
 
 =============  ============  =========  ======================================================
 link           GB/s per GPU  latency    what it stands for

@@ -1,7 +1,7 @@
 """``--check``: prove the distributed replay computes the single-process MoE, on the machine at hand.
 
 Every rank's tokens and outputs are gathered on rank 0 and compared, layer by layer and plan by
-plan, with :func:`routelens.dist.experts.reference_moe` over all tokens (float32 arithmetic on the
+plan, with :func:`routelens.runner.experts.reference_moe` over all tokens (float32 arithmetic on the
 same weights). The relative error ``‖out − ref‖ / ‖ref‖`` must stay under the dtype's tolerance:
 float32 lands near 1e-7, bfloat16 near 4e-3 (inputs, weights and partial sums are rounded to bf16).
 """

@@ -26,7 +26,7 @@ HIDDEN, INTER = 32, 16
 
 @pytest.fixture(scope="module")
 def trace_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dist") / "run"
+    path = tmp_path_factory.mktemp("runner") / "run"
     a = synthetic_trace_arrays(num_tokens=1536, num_layers=2, num_experts=16, top_k=4, seed=5)
     write_trace(path, a["header"], a["token_ids"], a["seq_ids"], a["positions"], a["topk_ids"], a["topk_weights"],
                 shard_tokens=700)
@@ -44,7 +44,7 @@ def _permuted_plan(trace, num_gpus, path, seed):
 def _torchrun(nproc, *args, timeout=90):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NCCL_NVLS_ENABLE": "0"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "routelens.dist.bench", *map(str, args)]
+           "-m", "routelens.runner.bench", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -88,7 +88,7 @@ def test_two_ranks_replay_equals_reference_and_traffic_equals_cost_model(trace_d
     index = np.arange(trace.num_tokens)
     contiguous = report["plans"][0]
     assert contiguous["label"] == "contiguous" and report["baseline"] == "contiguous"
-    from routelens.dist.routing import contiguous_plan
+    from routelens.runner.routing import contiguous_plan
 
     _assert_traffic_matches(contiguous, _expected(trace, contiguous_plan(trace.layers, 16, 2), index, 2), HIDDEN * 4)
     _assert_traffic_matches(report["plans"][1], _expected(trace, permuted, index, 2), HIDDEN * 4)

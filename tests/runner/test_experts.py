@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from routelens.dist.experts import (
+from routelens.runner.experts import (
     load_expert_bank,
     random_expert_bank,
     reference_moe,
     run_experts,
     run_experts_loop,
 )
-from routelens.dist.layer import LocalRoute, build_layout, expert_partials
+from routelens.runner.layer import LocalRoute, build_layout, expert_partials
 from routelens.errors import InputError
 
 

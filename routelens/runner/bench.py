@@ -1,9 +1,9 @@
-"""``python -m routelens.dist.bench``: replay a trace under several plans and measure the All-to-All.
+"""``python -m routelens.runner.bench``: replay a trace under several plans and measure the All-to-All.
 
 Launched by ``torchrun`` (``routelens bench --gpus N`` starts it for you)::
 
-    torchrun --nproc-per-node 8 -m routelens.dist.bench runs/qwen3 --plans contiguous plans/qwen3-8.json
-    torchrun --nnodes 2 --nproc-per-node 8 -m routelens.dist.bench runs/qwen3 --plans ...   # multi-node
+    torchrun --nproc-per-node 8 -m routelens.runner.bench runs/qwen3 --plans contiguous plans/qwen3-8.json
+    torchrun --nnodes 2 --nproc-per-node 8 -m routelens.runner.bench runs/qwen3 --plans ...   # multi-node
 
 Every rank replays every MoE layer of the trace for every plan, interleaved (plan order rotates
 each repeat), so the plans share the machine's state and their ratios are fair. Rank 0 writes the
@@ -45,7 +45,7 @@ BENCH_VERSION = 1
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments shared by ``routelens bench`` and ``python -m routelens.dist.bench``."""
+    """Arguments shared by ``routelens bench`` and ``python -m routelens.runner.bench``."""
     parser.add_argument("run", help="trace folder (from routelens capture)")
     parser.add_argument("--plans", nargs="+", default=[CONTIGUOUS], metavar="PLAN",
                         help="plan files and/or 'contiguous' (default: contiguous); the first is the baseline")
@@ -223,7 +223,7 @@ def replay(setup: BenchSetup, args, rank: int, world: int, device, group=None, k
         ``(record, outputs, routes)``: ``record[label]`` holds ``send_counts``/``recv_counts`` ``[L][G]`` and
         ``times`` ``{phase: [R][L]}`` ms; ``outputs[label][j]`` is layer ``j``'s ``[n, H]`` output
         from the first pass (only with ``keep_outputs``), plus ``outputs["x"]`` the input tokens;
-        ``routes[label]`` the host-side :class:`~routelens.dist.routing.LayerRoute` of every layer.
+        ``routes[label]`` the host-side :class:`~routelens.runner.routing.LayerRoute` of every layer.
     """
     import torch
 
@@ -423,7 +423,7 @@ def run_in_group(args, rank: int, world: int, device, group=None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m routelens.dist.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m routelens.runner.bench", description=__doc__.splitlines()[0])
     add_bench_arguments(parser)
     args = parser.parse_args(argv)
     import torch.distributed as dist

@@ -11,7 +11,7 @@ Each rank holds ``n`` tokens ``x [n, H]`` and, from the trace and the plan, each
    each copy's expert outputs, weighted, into one partial result per copy;
 4. **combine**: ``all_to_all_single`` of the partial results back to their tokens, summed there.
 
-The output equals :func:`routelens.dist.experts.reference_moe` on the gathered tokens (tests check).
+The output equals :func:`routelens.runner.experts.reference_moe` on the gathered tokens (tests check).
 With ``shortcut`` weights the layer also runs a dense MLP on the same tokens (the shortcut path of
 ScMoE / a shared expert), first alone, then overlapped with a second dispatch on a second stream, to
 measure how much of the All-to-All can hide behind independent compute.

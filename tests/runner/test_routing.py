@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from routelens.dist.routing import (
+from routelens.runner.routing import (
     contiguous_plan,
     dispatch_matrix_from_destinations,
     plan_routes,

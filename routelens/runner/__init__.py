@@ -14,7 +14,7 @@ Modules:
     calibration  ``--calibrate``: fit link latency and bandwidth from plain All-to-Alls
     group     joining torchrun's process group; high-priority NCCL groups
     report    raw per-rank measurements -> report and table
-    bench     ``python -m routelens.dist.bench`` (torchrun entry point)
+    bench     ``python -m routelens.runner.bench`` (torchrun entry point)
 """
 
 from .routing import (
