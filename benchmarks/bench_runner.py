@@ -61,7 +61,7 @@ def bench_namespace(trace: str, plans: list[str], hidden: int, tokens: int, args
 
     parser = argparse.ArgumentParser()
     add_bench_arguments(parser)
-    argv = [trace, "--plans", *plans, "--hidden-size", str(hidden), "--tokens-per-rank", str(tokens),
+    argv = [trace, *plans, "--hidden-size", str(hidden), "--tokens-per-rank", str(tokens),
             "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
     argv += ["--overlap"] * overlap + ["--check"] * check
     return parser.parse_args(argv)

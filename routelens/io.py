@@ -62,10 +62,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as JSON text, numpy scalars and arrays and paths included (NaN/inf are refused: they are not JSON).
+
+    Raises:
+        ValueError: ``obj`` holds NaN or inf.
+    """
+    return json.dumps(obj, indent=indent, allow_nan=False, default=_json_default)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
-    """Atomically write ``obj`` as JSON (NaN/inf are refused: they are not JSON)."""
-    text = json.dumps(obj, indent=indent, allow_nan=False, default=_json_default)
-    return atomic_write_text(path, text + "\n")
+    """Atomically write ``obj`` as JSON (:func:`json_text`)."""
+    return atomic_write_text(path, json_text(obj, indent) + "\n")
 
 
 def atomic_save_npy(path: str | os.PathLike, array) -> Path:

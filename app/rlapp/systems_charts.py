@@ -29,7 +29,7 @@ def _policy_family(row: dict) -> str:
     """The curve a row belongs to: its policy and every modifier that is not swept along the curve.
 
     ``renorm`` weights and ``best`` fill are the defaults and stay unnamed, so a sweep with
-    ``--weights renorm,keep --gpu-fill best,drop`` draws up to four curves per policy, not one zig-zag.
+    ``--routing-weights renorm,keep --gpu-fill best,drop`` draws up to four curves per policy, not one zig-zag.
     """
     name = row["policy"]
     if name == "gpu-limited" and row.get("gpu_score"):

@@ -13,7 +13,7 @@ info, trace = ui.current_trace()
 
 reports = data.bench_reports(info.path, data.stamp(Path(info.path) / "bench"))
 if not reports:
-    ui.missing("runner results", f"routelens bench {info.path} --plans contiguous PLAN.json --gpus 8",
+    ui.missing("runner results", f"routelens bench {info.path} contiguous PLAN.json --gpus 8",
                why="no bench report in its bench/ folder (on a CPU machine add --backend gloo)")
     st.stop()
 

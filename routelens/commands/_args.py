@@ -1,11 +1,20 @@
-"""Argument types shared by the commands: argparse reports their errors as one line and exits with 2."""
+"""What every command's options share: argument types, ``--json``/``--layers``, and deprecated spellings.
+
+The conventions themselves (one option per concept, one meaning per option) are listed in docs/cli.md.
+Argument types raise ``argparse.ArgumentTypeError``: argparse reports them as one line and exits with 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
+
+from ..errors import InputError
+from ..layer_selection import parse_layer_spec
 
 
+# --------------------------------------------------------------------------- argument types
 def positive_int(text: str) -> int:
     """A whole number >= 1 (token counts, GPUs, windows, steps)."""
     try:
@@ -14,6 +23,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0 (redundant slots, warm-up repeats, restarts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -26,3 +46,132 @@ def positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def layer_selection(text: str) -> str:
+    """``--layers``: checks the syntax of :mod:`routelens.layer_selection` now, returns the text unchanged.
+
+    Whether the layers exist is checked against the trace when the command opens it.
+    """
+    try:
+        parse_layer_spec(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+LAYERS_HELP = ("indices and ranges, e.g. 0,2,5-7 (-1 is the last MoE layer), or router paths "
+               "(model.layers.3.mlp.gate); default: all")
+
+
+def add_layers_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--layers SPEC``, the same syntax in every command (:mod:`routelens.layer_selection`)."""
+    parser.add_argument("--layers", type=layer_selection, default=None, metavar="SPEC", help=f"{what}: {LAYERS_HELP}")
+
+
+def add_no_progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+# --------------------------------------------------------------------------- --json FILE ('-' = stdout)
+STDOUT = "-"
+_BARE = object()  # what a bare --json (no FILE) parses to before the action turns it into STDOUT
+
+
+class _JsonTarget(argparse.Action):
+    """``--json FILE``; a bare ``--json`` (the spelling of routelens 0.x) still means stdout, with a note."""
+
+    shows_one_value = True  # HelpFormatter shows "--json FILE", never the deprecated bare form
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values is _BARE:
+            deprecation_note(parser.prog, "a bare --json", f"--json {STDOUT}")
+            values = STDOUT
+        setattr(namespace, self.dest, values)
+
+
+def add_json_argument(parser: argparse.ArgumentParser, what: str, *, bare_means_stdout: bool = False,
+                      dest: str = "json") -> None:
+    """``--json FILE``: write ``what`` as JSON to FILE; ``-`` prints it to stdout instead of the text report.
+
+    Args:
+        bare_means_stdout: also accept ``--json`` without a value (meaning ``-``) for one release, with a
+            deprecation note: ``info``, ``analyze`` and ``compare`` had a ``--json`` switch.
+    """
+    help_text = (f"write {what} as JSON to FILE ('{STDOUT}': print the JSON to stdout instead of the text "
+                 "report)")
+    if bare_means_stdout:
+        parser.add_argument("--json", dest=dest, metavar="FILE", nargs="?", const=_BARE, default=None,
+                            action=_JsonTarget, help=help_text)
+    else:
+        parser.add_argument("--json", dest=dest, metavar="FILE", default=None, help=help_text)
+
+
+def write_json_output(target: str | None, payload) -> bool:
+    """Write ``payload`` where ``--json`` says: nothing for None, stdout for ``-``, else FILE (atomically).
+
+    Returns:
+        True when the JSON went to stdout: the caller then prints nothing else there.
+
+    Raises:
+        RoutelensError: FILE cannot be written (one line).
+    """
+    from ..io import atomic_write_json, json_text
+
+    if target is None:
+        return False
+    if target == STDOUT:
+        print(json_text(payload))
+        return True
+    atomic_write_json(target, payload)
+    return False
+
+
+# --------------------------------------------------------------------------- deprecated spellings
+def deprecation_note(prog: str, old: str, new: str) -> None:
+    """The one line a deprecated spelling prints on stderr, naming the spelling that replaces it."""
+    print(f"{prog}: warning: {old} is deprecated and goes away in the next release; use {new}", file=sys.stderr)
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling, accepted for one release: hidden from ``--help``, a note on stderr when used.
+
+    It stores into the new option's ``dest`` (or its own ``dest`` when the value needs converting,
+    e.g. windows into tokens); ``extend=True`` appends to a list instead (``bench --plans``).
+    """
+
+    def __init__(self, option_strings, dest, new_spelling: str, extend: bool = False, **kwargs):
+        kwargs["help"] = argparse.SUPPRESS
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_spelling = new_spelling
+        self.extend = extend
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        deprecation_note(parser.prog, option_string, self.new_spelling)
+        if self.extend:
+            values = [*(getattr(namespace, self.dest, None) or []), *values]
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(parser, old: str, new: str, *, action: type[DeprecatedAlias] = DeprecatedAlias,
+                         **kwargs) -> None:
+    """Accept ``old`` as a hidden spelling of the option ``new`` (already added to ``parser``) for one release.
+
+    Without ``kwargs`` the alias takes what ``new`` takes (type, choices, nargs) and stores into its dest.
+    With them (``dest=``, ``type=``, ...) it is its own option whose value the command converts; ``new``
+    is then only the spelling the note names.
+    """
+    if not kwargs:
+        target = parser._option_string_actions[new]  # argparse keeps options here for every group too
+        kwargs = {"dest": target.dest, "type": target.type, "choices": target.choices, "nargs": target.nargs,
+                  "metavar": target.metavar, "default": argparse.SUPPRESS}
+    parser.add_argument(old, action=action, new_spelling=new, **kwargs)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, showing ``--json FILE`` where the bare ``--json`` is still (quietly) accepted."""
+
+    def _format_args(self, action, default_metavar):
+        if getattr(action, "shows_one_value", False):
+            return self._metavar_formatter(action, default_metavar)(1)[0]
+        return super()._format_args(action, default_metavar)

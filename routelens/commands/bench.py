@@ -1,4 +1,4 @@
-"""``routelens bench RUN --plans ... --gpus N``: replay a trace across GPUs and measure each plan's All-to-All.
+"""``routelens bench RUN [PLAN ...] --gpus N``: replay a trace across GPUs and measure each plan's All-to-All.
 
 Checks the trace and plans here (one-line errors), then starts ``torchrun`` with
 ``python -m routelens.runner.bench`` on ``N`` local processes (NCCL on GPUs, gloo on CPU). Under an
@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from ..errors import InputError
+from ._args import positive_int
 
 # NVLink multicast stays off in everything we launch: on shared multi-GPU hosts it can take the GPUs down.
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -25,10 +26,10 @@ def add_parser(subparsers) -> None:
         help="replay a trace across GPUs (torchrun) and measure the All-to-All bytes and time of each plan",
         description="Replay every MoE layer of a trace with expert parallelism under each plan (interleaved), "
         "measure dispatch/combine bytes and time per rank, compare with the cost model, and write "
-        "RUN/bench/<tag>.json. Launches torchrun itself; runs on NCCL (GPU) or gloo (CPU).",
+        "<tag>.json into --out (default RUN/bench). Launches torchrun itself; runs on NCCL (GPU) or gloo (CPU).",
     )
     add_bench_arguments(parser)
-    parser.add_argument("--gpus", type=int, default=None,
+    parser.add_argument("--gpus", type=positive_int, default=None,
                         help="processes to launch on this node (default: the plans' GPU count, else all local GPUs)")
     parser.set_defaults(func=run)
 
@@ -71,13 +72,11 @@ def _default_backend() -> str:
 def resolve_gpus(args) -> int:
     """``--gpus``, else the first plan file's GPU count, else the local CUDA device count."""
     if args.gpus is not None:
-        if args.gpus < 1:
-            raise InputError(f"--gpus must be >= 1, got {args.gpus}")
         return args.gpus
     from ..runner.routing import CONTIGUOUS
     from ..plan import Plan
 
-    for spec in args.plans:
+    for spec in args.plans:  # the PLAN arguments (none: contiguous, no GPU count)
         if spec != CONTIGUOUS:
             return Plan.load(spec).num_gpus
     import torch
@@ -89,24 +88,24 @@ def resolve_gpus(args) -> int:
 
 def child_argv(args, backend: str | None = None) -> list[str]:
     """The ``routelens.runner.bench`` arguments equivalent to the parsed ``args``."""
-    argv = [args.run, "--plans", *args.plans]
+    argv = [args.run, *args.plans]
     backend = backend or args.backend
     if backend:
         argv += ["--backend", backend]
     options = {
         "--json": args.json_out, "--hidden-size": args.hidden_size, "--intermediate-size": args.intermediate_size,
         "--tokens-per-rank": args.tokens_per_rank, "--repeats": args.repeats, "--warmup": args.warmup,
-        "--shortcut-intermediate": args.shortcut_intermediate, "--weights": args.weights, "--dtype": args.dtype,
-        "--expert-kernel": args.expert_kernel, "--out-dir": args.out_dir, "--seed": args.seed,
+        "--shortcut-intermediate": args.shortcut_intermediate, "--model": args.model, "--dtype": args.dtype,
+        "--expert-kernel": args.expert_kernel, "--out": args.out, "--seed": args.seed,
         "--calibrate-max-mib": args.calibrate_max_mib, "--comm-priority": args.comm_priority,
     }
     for flag, value in options.items():
         if value is not None:
             argv += [flag, str(value)]
     if args.layers:
-        argv += ["--layers", *args.layers]
+        argv.append(f"--layers={args.layers}")  # "=": a selection may start with "-" (-4--1)
     for flag, value in (("--overlap", args.overlap), ("--no-sync", args.no_sync), ("--calibrate", args.calibrate),
-                        ("--check", args.check)):
+                        ("--check", args.check), ("--no-progress", args.no_progress)):
         if value:
             argv.append(flag)
     return argv

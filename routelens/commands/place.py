@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._args import positive_int, positive_float
+from ._args import add_deprecated_alias, add_no_progress_argument, non_negative_int, positive_float, positive_int
 
 METHOD_HELP = ("routelens: the optimizer (estimated All-to-All bottleneck; --objective layer adds compute); "
                "contiguous: experts in id order (the engines' default); random; greedy: load-balanced packing; "
@@ -58,13 +58,16 @@ def add_parser(subparsers) -> None:
         "trace's tokens (the rest is kept for plan-eval). Writes a routelens plan (JSON) or the file SGLang "
         "(--init-expert-location) or vLLM (EPLB state) load.",
     )
-    parser.add_argument("run", help="trace folder (routelens capture output)")
-    parser.add_argument("--out", required=True, help="plan file to write (.json; .pt or .json for --format sglang/vllm)")
+    parser.add_argument("run", metavar="RUN", help="trace folder written by routelens capture")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="plan file to write (.json; .pt or .json for --format sglang/vllm)")
     parser.add_argument("--method", default="routelens", help=METHOD_HELP + " (default routelens)")
-    parser.add_argument("--redundant", type=_non_negative_int, default=0,
+    parser.add_argument("--redundant", type=non_negative_int, default=0,
                         help="redundant expert slots per layer (E + R must be a multiple of the GPU count)")
-    parser.add_argument("--policy", default="nearest-then-least-loaded",
-                        help="how a token picks among replicas: nearest-then-least-loaded (default), round-robin, first")
+    parser.add_argument("--replica-policy", default="nearest-then-least-loaded", metavar="POLICY",
+                        help="how a token picks among an expert's replicas: nearest-then-least-loaded (default), "
+                        "round-robin, first")
+    add_deprecated_alias(parser, "--policy", "--replica-policy")
     parser.add_argument("--fit-fraction", type=float, default=0.5,
                         help="fit on this first fraction of the trace's tokens, keep the rest held out for plan-eval "
                         "(default 0.5; use 1 for a production plan and evaluate on another trace)")
@@ -73,25 +76,27 @@ def add_parser(subparsers) -> None:
                         "next to it as <out>.plan.json)")
     parser.add_argument("--num-layers", type=positive_int, default=None,
                         help="sglang: decoder layers of the model (default: from the trace)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (random baseline, optimizer subsample)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the random baseline and the optimizer's subsample (default 0)")
     parser.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                         help="optimizer wall-clock budget for all layers (default: run to convergence)")
     parser.add_argument("--max-fit-tokens", type=positive_int, default=None,
                         help="tokens per layer the optimizer scores on (default 32768, a seeded subsample above)")
-    parser.add_argument("--seeds", default=None,
+    parser.add_argument("--starts", default=None, metavar="METHODS",
                         help="optimizer starting placements, comma-separated: kahypar, coact, lpt, mincut (default: "
                         "kahypar,coact,lpt when mtkahypar is installed and E <= 128, else coact,lpt); with several, "
                         "the one that holds up best on the last quarter of the fit tokens wins")
+    add_deprecated_alias(parser, "--seeds", "--starts")
     parser.add_argument("--objective", choices=("a2a", "layer"), default="a2a",
                         help="optimizer: a2a minimises the estimated dispatch + combine bottleneck (default); layer "
                         "adds the busiest GPU's expert compute")
-    parser.add_argument("--kicks", type=int, default=None, metavar="N",
+    parser.add_argument("--kicks", type=non_negative_int, default=None, metavar="N",
                         help="optimizer: N restarts of the swap search from the best placement after a few random "
                         "swaps, each kept only if the estimate improves (default 16 when E <= 128, else 0)")
     parser.add_argument("--expert-groups", type=positive_int, default=1,
                         help="eplb: expert groups of the model for the hierarchical policy (DeepSeek-V3: 8)")
     add_cluster_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -111,9 +116,9 @@ def run(args) -> int:
     topology = topology_from_args(args)
     cost = cost_from_args(args, trace, topology)
     settings = PlaceSettings(
-        method=args.method, redundant=args.redundant, replica_policy=args.policy, seed=args.seed,
+        method=args.method, redundant=args.redundant, replica_policy=args.replica_policy, seed=args.seed,
         time_budget_s=args.time_budget, max_fit_tokens=args.max_fit_tokens or MAX_FIT_TOKENS,
-        seeds=tuple(s.strip() for s in args.seeds.split(",") if s.strip()) if args.seeds else None,
+        seeds=tuple(s.strip() for s in args.starts.split(",") if s.strip()) if args.starts else None,
         num_groups=args.expert_groups, objective=args.objective, kicks=args.kicks,
     )
     settings.check()
@@ -140,9 +145,3 @@ def run(args) -> int:
         print(f"next    routelens plan-eval {args.run} {written[-1]}")
     return 0
 
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._args import positive_int
+from ._args import add_json_argument, add_no_progress_argument, positive_int, write_json_output
 from .place import add_cluster_arguments, cost_from_args, topology_from_args
 
 
@@ -16,16 +16,16 @@ def add_parser(subparsers) -> None:
         "tokens), compute imbalance, inter-node share and the estimated All-to-All and layer time, with ratios "
         "to contiguous.",
     )
-    parser.add_argument("run", help="trace folder to score on")
-    parser.add_argument("plan", help="routelens plan file (routelens place output)")
-    parser.add_argument("--baselines", default=None,
+    parser.add_argument("run", metavar="RUN", help="trace folder to score on")
+    parser.add_argument("plan", metavar="PLAN", help="routelens plan file (routelens place output)")
+    parser.add_argument("--baselines", default=None, metavar="METHODS",
                         help="comma-separated baselines (default: contiguous,random,greedy,eplb and kahypar, "
                         "kahypar-load when mtkahypar is installed)")
-    parser.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    add_json_argument(parser, "every number (per layer too)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the random baseline (default 0)")
     parser.add_argument("--expert-groups", type=positive_int, default=1, help="eplb: expert groups of the model")
     add_cluster_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_no_progress_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -33,7 +33,6 @@ def run(args) -> int:
     import numpy as np
 
     from ..errors import InputError
-    from ..io import atomic_write_json
     from ..placement.cost import CostModel
     from ..placement.evaluate import compare_plans, eval_token_index, format_comparison, ratios
     from ..placement.hypergraph import mtkahypar_available
@@ -77,6 +76,10 @@ def run(args) -> int:
     label = f"plan ({plan.method})"
     plans[label] = plan
     results = compare_plans(plans, trace, held, cost, progress=not args.no_progress)
+    report = {"trace": str(trace.path), "plan": str(args.plan), "scored_on": note,
+              "eval_tokens": int(np.asarray(held).size), "results": results, "ratios_to_contiguous": ratios(results)}
+    if write_json_output(args.json, report):
+        return 0
     topo = cost.topology
     print(f"trace   {trace.path}: {len(trace.layers)} layers, E={trace.num_experts}, top-{trace.top_k}")
     print(f"scored  {note}; {fit_note}")
@@ -94,9 +97,6 @@ def run(args) -> int:
         print(f"busiest-GPU receive: plan {mine:.3f} vs best baseline {best} {baseline_recv[best]:.3f} "
               f"({100 * (mine / baseline_recv[best] - 1):+.1f}%)")
     if args.json:
-        atomic_write_json(args.json, {"trace": str(trace.path), "plan": str(args.plan), "scored_on": note,
-                                      "eval_tokens": int(np.asarray(held).size), "results": results,
-                                      "ratios_to_contiguous": ratios(results)})
         print(f"wrote   {args.json}")
     return 0
 

@@ -6,7 +6,7 @@ import re
 import time
 from pathlib import Path
 
-from ._args import positive_int
+from ._args import add_deprecated_alias, add_json_argument, add_no_progress_argument, positive_int, write_json_output
 
 POLICY_CHOICES = ("c2r", "gpu-limited", "gpu-adaptive", "capacity-drop", "capacity-reroute")
 TRADEOFF_FORMAT = "routelens-reroute-eval"
@@ -20,16 +20,17 @@ def add_parser(subparsers) -> None:
         "files) and measure what they cost: perplexity and next-token accuracy on held-out text, agreement with the "
         "unmodified model, and what they save under a routelens plan for --gpus GPUs: GPUs per token, the busiest "
         "GPU's receive volume, max/mean expert load. C2R groups and the plan are fitted on the first "
-        "--calib-fraction of the windows and everything is scored on the rest. Without --policy every policy is "
+        "--fit-fraction of the windows and everything is scored on the rest. Without --policy every policy is "
         "swept over its default settings.",
     )
-    parser.add_argument("model", nargs="?", default=None,
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL",
                         help="hub id or checkpoint folder (default: bundled data/demo-moe)")
     parser.add_argument("--policy", action="append", default=None, metavar="POLICY",
                         help=f"policy to sweep, repeatable or comma-separated ({', '.join(POLICY_CHOICES)}; "
                         "default: all)")
-    parser.add_argument("--group-size", "--top-t", dest="top_t", default=None, metavar="T[,T...]",
+    parser.add_argument("--group-size", dest="top_t", default=None, metavar="T[,T...]",
                         help="c2r: group sizes T to sweep (default E/8, E/4, E/2)")
+    add_deprecated_alias(parser, "--top-t", "--group-size")
     parser.add_argument("--max-gpus", default=None, metavar="M[,M...]",
                         help="gpu-limited: GPU limits M to sweep (default: from the fewest GPUs that hold k experts "
                         "to --gpus - 1)")
@@ -41,25 +42,31 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--gpu-fill", default=None, metavar="best|drop[,...]",
                         help="GPU policies: experts a token loses on GPUs it no longer visits are replaced by the best "
                         "on the GPUs kept (best, DeepSeek-V2) or dropped (drop) (default best)")
-    parser.add_argument("--weights", default=None, metavar="renorm|keep[,...]",
-                        help="how re-routed experts are weighted: renorm (the model's rule on the new choice, as "
-                        "the papers do) or keep (each expert keeps its unconstrained weight) (default: both)")
+    parser.add_argument("--routing-weights", default=None, metavar="renorm|keep[,...]",
+                        help="routing weights of the re-routed experts to sweep: renorm (the model's rule on the new "
+                        "choice, as the papers do) or keep (each expert keeps its unconstrained weight) (default: both)")
+    add_deprecated_alias(parser, "--weights", "--routing-weights")
     parser.add_argument("--capacity-factor", default=None, metavar="F[,F...]",
                         help="capacity policies: capacity factors to sweep (default drop 1,1.25,1.5; "
                         "reroute 1,1.1,1.25)")
     placement = parser.add_mutually_exclusive_group()
     placement.add_argument("--gpus", type=positive_int, default=8,
-                           help="GPUs of the routelens plan fitted on the calibration windows (default 8)")
+                           help="GPUs of the routelens plan fitted on the --fit-fraction windows (default 8)")
     placement.add_argument("--plan", metavar="FILE", default=None, help="use this placement instead of fitting one")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--text", metavar="FILE", default=None,
                         help="held-out text, plain or .jsonl (default: bundled data/corpus/heldout.txt)")
     source.add_argument("--dataset", metavar="NAME[:CONFIG[:SPLIT]]", default=None, help="a Hugging Face dataset")
     parser.add_argument("--seq-len", type=positive_int, default=256, help="tokens per window (default 256)")
-    parser.add_argument("--max-windows", type=positive_int, default=256,
-                        help="windows to read from the text, calibration and evaluation together (default 256)")
-    parser.add_argument("--calib-fraction", type=float, default=0.25,
-                        help="share of the windows used to fit C2R groups and the plan (default 0.25)")
+    parser.add_argument("--max-tokens", type=positive_int, default=65536,
+                        help="tokens of text to read (whole windows of --seq-len), fit and evaluation windows "
+                        "together (default 65536: 256 windows of 256)")
+    add_deprecated_alias(parser, "--max-windows", "--max-tokens (windows x --seq-len)", dest="max_windows",
+                         type=positive_int, default=None, metavar="N")
+    parser.add_argument("--fit-fraction", type=float, default=0.25,
+                        help="first fraction of the windows that C2R groups and the plan are fitted on; the rest "
+                        "is scored (default 0.25)")
+    add_deprecated_alias(parser, "--calib-fraction", "--fit-fraction")
     parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="windows per forward pass; capacity is shared over one pass (default 8)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default=None,
@@ -67,11 +74,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run modeling code shipped with the checkpoint (only for checkpoints you trust)")
-    parser.add_argument("--json", metavar="FILE", default=None, help="write the result rows (a JSON list) here")
+    add_json_argument(parser, "the result rows (a list)")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="folder for the trade-off curve (tradeoff.json) and the fitted plan (plan.json) the "
                         "dashboard reads (default runs/reroute-eval-<model>)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_no_progress_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -89,8 +96,8 @@ def run(args) -> int:
     from ..reroute.fitting import fit_plan
 
     policies = _policy_names(args.policy)
-    if not 0.0 < args.calib_fraction < 1.0:
-        raise InputError(f"--calib-fraction must lie strictly between 0 and 1, got {args.calib_fraction}")
+    if not 0.0 < args.fit_fraction < 1.0:
+        raise InputError(f"--fit-fraction must lie strictly between 0 and 1, got {args.fit_fraction}")
     top_ts = _int_list(args.top_t, "--group-size")
     gpu_limits = _int_list(args.max_gpus, "--max-gpus")
     gpu_scores = _str_list(args.gpu_score) or ["max"]
@@ -104,10 +111,11 @@ def run(args) -> int:
     for fill in fills:
         if fill not in ("best", "drop"):
             raise InputError(f"unknown --gpu-fill '{fill}' (best or drop)")
-    weightings = _str_list(args.weights) or ["renorm", "keep"]
+    weightings = _str_list(args.routing_weights) or ["renorm", "keep"]
     for weighting in weightings:
         if weighting not in ("renorm", "keep"):
-            raise InputError(f"unknown --weights '{weighting}' (renorm or keep)")
+            raise InputError(f"unknown --routing-weights '{weighting}' (renorm or keep)")
+    max_tokens = args.max_windows * args.seq_len if args.max_windows else args.max_tokens
     factors = _float_list(args.capacity_factor, "--capacity-factor")
     model_name = args.model or str(demo_model_path())
     started = time.perf_counter()
@@ -123,8 +131,8 @@ def run(args) -> int:
         source = _bundled_heldout(file_source, resolve_source)
     else:
         source = resolve_source(args.text, args.dataset)
-    windows = pack_windows(source, tokenizer, seq_len=args.seq_len, max_tokens=args.max_windows * args.seq_len)
-    calib, heldout = split_windows(windows.token_ids, args.calib_fraction)
+    windows = pack_windows(source, tokenizer, seq_len=args.seq_len, max_tokens=max_tokens)
+    calib, heldout = split_windows(windows.token_ids, args.fit_fraction)
     progress = not args.no_progress
     calibration = calibration_routing(model, sites, calib, batch_size=args.batch_size, progress=progress)
     if args.plan:
@@ -167,8 +175,8 @@ def run(args) -> int:
     }
     plan.save(out / "plan.json")
     atomic_write_json(out / "tradeoff.json", tradeoff)
-    if args.json:
-        atomic_write_json(args.json, rows)
+    if write_json_output(args.json, rows):
+        return 0
     print(format_rows(rows, plan.num_gpus, f"{plan.method} plan" + (f" {args.plan}" if args.plan else "")))
     best = best_within(rows, 0.01)
     if best is not None:

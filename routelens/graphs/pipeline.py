@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError, TraceError
+from ..layer_selection import select_layers
 from ..trace import Trace
 from . import layer as L
 from .analysis import Analysis
@@ -23,39 +24,18 @@ FORMAT_NAME = "routelens-analysis"
 FORMAT_VERSION = 1
 
 
-def parse_layers(spec: str | Sequence[int] | None, num_layers: int) -> list[int]:
-    """Layer selection ``"0-11"``, ``"0,2,5-7"``, ``"-4--1"`` (from the end) or None (all) → indices.
+def parse_layers(spec: str | Sequence[int | str] | None, layers: Sequence[str] | int) -> list[int]:
+    """Layer selection ``"0-11"``, ``"0,2,5-7"``, ``"-4--1"`` (from the end), router paths or None (all) → indices.
+
+    The syntax is :mod:`routelens.layer_selection`'s, shared by every command's ``--layers``.
+
+    Args:
+        spec: the selection; layers: the trace's router paths (or their number).
 
     Raises:
         InputError: malformed, empty, or out of ``[0, num_layers)`` (one line naming the range).
     """
-    if spec is None or (isinstance(spec, str) and spec.strip() in ("", "all")):
-        return list(range(num_layers))
-    if not isinstance(spec, str):
-        chosen = [int(x) for x in spec]
-    else:
-        chosen = []
-        for part in spec.split(","):
-            part = part.strip()
-            try:
-                if "-" in part[1:]:
-                    cut = part.index("-", 1)
-                    lo, hi = int(part[:cut]), int(part[cut + 1:])
-                    lo, hi = (lo + num_layers if lo < 0 else lo), (hi + num_layers if hi < 0 else hi)
-                    if hi < lo:
-                        raise InputError(f"layer range {part!r} is empty (end before start)")
-                    chosen.extend(range(lo, hi + 1))
-                else:
-                    v = int(part)
-                    chosen.append(v + num_layers if v < 0 else v)
-            except ValueError:
-                raise InputError(f"cannot read layer selection {spec!r}: use e.g. 0-11 or 0,2,5-7") from None
-    bad = [v for v in chosen if not 0 <= v < num_layers]
-    if bad:
-        raise InputError(f"layer {bad[0]} out of bounds in --layers {spec}: the trace has {num_layers} MoE layers (0-{num_layers - 1})")
-    if not chosen:
-        raise InputError(f"--layers {spec} selects no layer")
-    return sorted(set(chosen))
+    return select_layers(spec, layers)
 
 
 def layer_num_experts(trace: Trace, j: int) -> int:
@@ -131,11 +111,11 @@ def analyze_trace(
     started = time.perf_counter()
     if trace.num_tokens == 0:
         raise TraceError(f"trace {trace.path} holds no tokens")
-    chosen = parse_layers(layers, len(trace.layers))
+    chosen = parse_layers(layers, trace.layers)
     e_max, k = trace.num_experts, trace.top_k
     e_min = min(layer_num_experts(trace, j) for j in chosen)
     if top_t is not None and not 1 <= top_t <= max(e_min - 1, 1):
-        raise InputError(f"--top-t {top_t} must lie in [1, {e_min - 1}] for layers of {e_min} experts")
+        raise InputError(f"--group-size {top_t} must lie in [1, {e_min - 1}] for layers of {e_min} experts")
     num_tokens = trace.num_tokens
     token_ids = trace.token_ids
     vocab, freq = np.unique(token_ids, return_counts=True)

@@ -224,7 +224,7 @@ def ensure_analysis(
         ``(analysis, computed)``: ``computed`` is False when the stored one was reused.
     """
     trace = Trace.open(run_path)
-    chosen = parse_layers(layers, len(trace.layers))
+    chosen = parse_layers(layers, trace.layers)
     wanted = analysis_params(trace, chosen, params.get("top_t"), params.get("threshold", 0.5), params.get("seed", 0),
                              params.get("resolution", 1.0), params.get("max_vocab", 4096), params.get("tokenizer_path"))
     if not force:

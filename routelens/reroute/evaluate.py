@@ -50,7 +50,7 @@ def split_windows(token_ids: np.ndarray, calib_fraction: float) -> tuple[np.ndar
         InputError: ``calib_fraction`` outside (0, 1) or too few windows for both parts.
     """
     if not 0.0 < calib_fraction < 1.0:
-        raise InputError(f"--calib-fraction must lie strictly between 0 and 1, got {calib_fraction}")
+        raise InputError(f"--fit-fraction must lie strictly between 0 and 1, got {calib_fraction}")
     num = int(token_ids.shape[0])
     num_calib = int(round(num * calib_fraction))
     if num_calib < 1 or num - num_calib < 1:

@@ -72,7 +72,7 @@ class Policy:
         if self.name not in POLICIES:
             raise InputError(f"unknown policy '{self.name}' (choose from {', '.join(POLICIES)})")
         if self.weights not in WEIGHTINGS:
-            raise InputError(f"unknown --weights '{self.weights}' (choose from {', '.join(WEIGHTINGS)})")
+            raise InputError(f"unknown --routing-weights '{self.weights}' (choose from {', '.join(WEIGHTINGS)})")
         if self.fill not in GPU_FILLS:
             raise InputError(f"unknown --gpu-fill '{self.fill}' (choose from {', '.join(GPU_FILLS)})")
 

@@ -128,7 +128,7 @@ def weigh(logits: torch.Tensor, select: torch.Tensor, gate: torch.Tensor | None,
         return finish_weights(logits, gate, ids, rule)
     if weights == "keep":
         return finish_weights(logits, gate, ids, rule, reference_ids=topk_choice(select, rule.top_k))
-    raise InputError(f"unknown --weights '{weights}' (choose from {', '.join(WEIGHTINGS)})")
+    raise InputError(f"unknown --routing-weights '{weights}' (choose from {', '.join(WEIGHTINGS)})")
 
 
 def as_long_tensor(values, device=None) -> torch.Tensor:

@@ -2,12 +2,12 @@
 
 Launched by ``torchrun`` (``routelens bench --gpus N`` starts it for you)::
 
-    torchrun --nproc-per-node 8 -m routelens.runner.bench runs/qwen3 --plans contiguous plans/qwen3-8.json
-    torchrun --nnodes 2 --nproc-per-node 8 -m routelens.runner.bench runs/qwen3 --plans ...   # multi-node
+    torchrun --nproc-per-node 8 -m routelens.runner.bench runs/qwen3 contiguous plans/qwen3-8.json
+    torchrun --nnodes 2 --nproc-per-node 8 -m routelens.runner.bench runs/qwen3 PLAN ...   # multi-node
 
 Every rank replays every MoE layer of the trace for every plan, interleaved (plan order rotates
 each repeat), so the plans share the machine's state and their ratios are fair. Rank 0 writes the
-report to ``RUN/bench/<tag>.json`` (and ``--json``) and prints a table.
+report to ``RUN/bench/<tag>.json`` (or ``--out DIR``; and ``--json FILE``) and prints a table.
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from ..commands._args import (STDOUT, DeprecatedAlias, add_deprecated_alias, add_json_argument, add_layers_argument,
+                              add_no_progress_argument, non_negative_int, positive_float, positive_int,
+                              write_json_output)
 from ..errors import InputError, PlanError, RoutelensError
 from ..io import atomic_write_json, read_json
+from ..layer_selection import select_layers
 from ..plan import Plan
 from ..trace import Trace
 from .calibration import calibrate, calibration_topology, device_name, load_calibration  # noqa: F401 (public here too)
@@ -45,29 +49,35 @@ BENCH_VERSION = 1
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments shared by ``routelens bench`` and ``python -m routelens.runner.bench``."""
-    parser.add_argument("run", help="trace folder (from routelens capture)")
-    parser.add_argument("--plans", nargs="+", default=[CONTIGUOUS], metavar="PLAN",
-                        help="plan files and/or 'contiguous' (default: contiguous); the first is the baseline")
+    """Arguments shared by ``routelens bench`` and ``python -m routelens.runner.bench`` (docs/cli.md)."""
+    parser.add_argument("run", metavar="RUN", help="trace folder written by routelens capture")
+    parser.add_argument("plans", nargs="*", metavar="PLAN",
+                        help="plan files and/or 'contiguous', the first one the baseline (default: contiguous)")
+    add_deprecated_alias(parser, "--plans", "PLAN arguments after RUN (routelens bench RUN PLAN [PLAN ...])",
+                         action=_OldPlans, dest="plans", nargs="+", extend=True, default=argparse.SUPPRESS)
     parser.add_argument("--backend", choices=("nccl", "gloo"), default=None,
                         help="torch.distributed back-end (default: nccl with CUDA, else gloo)")
-    parser.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="also write the report here")
-    parser.add_argument("--hidden-size", type=int, default=None, help="hidden size of the replayed tokens (default: the model's)")
-    parser.add_argument("--intermediate-size", type=int, default=None,
+    add_json_argument(parser, "the report (also written to --out)", dest="json_out")
+    parser.add_argument("--hidden-size", type=positive_int, default=None,
+                        help="hidden size of the replayed tokens (default: the model's)")
+    parser.add_argument("--intermediate-size", type=positive_int, default=None,
                         help="expert intermediate size (default: the model's, scaled with --hidden-size)")
-    parser.add_argument("--tokens-per-rank", type=int, default=None,
-                        help="replay this many tokens per rank, tiling the trace's tokens (default: the trace's T split over ranks)")
-    parser.add_argument("--layers", nargs="+", default=None, help="replay only these MoE layers (names or indices)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed repeats (median reported; default 10)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up repeats (default 3)")
+    parser.add_argument("--tokens-per-rank", type=positive_int, default=None,
+                        help="replay this many tokens per rank, tiling the trace's tokens (default: the trace's T "
+                        "split over ranks)")
+    add_layers_argument(parser, "MoE layers to replay")
+    parser.add_argument("--repeats", type=positive_int, default=10, help="timed repeats (median reported; default 10)")
+    parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed warm-up repeats (default 3)")
     parser.add_argument("--overlap", action="store_true",
                         help="also measure the dispatch overlapped with a dense shortcut MLP on a second stream")
     parser.add_argument("--comm-priority", choices=("default", "high"), default="default",
                         help="NCCL streams at high CUDA priority (helps the All-to-All overlap compute; NCCL only)")
-    parser.add_argument("--shortcut-intermediate", type=int, default=None,
+    parser.add_argument("--shortcut-intermediate", type=positive_int, default=None,
                         help="intermediate size of the shortcut MLP (default: the model's dense MLP, scaled)")
-    parser.add_argument("--weights", default=None, metavar="CHECKPOINT",
-                        help="read expert weights from this local checkpoint (default: random, the model's shapes)")
+    parser.add_argument("--model", default=None, metavar="MODEL",
+                        help="the trace's model as a local checkpoint folder: replay its own experts (default: "
+                        "random experts of the model's shapes)")
+    add_deprecated_alias(parser, "--weights", "--model")
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
                         help="dtype of tokens and experts (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--expert-kernel", choices=("auto", "grouped_mm", "loop"), default="auto",
@@ -76,12 +86,30 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no peer barrier before each All-to-All (phases then include the skew of the phase before)")
     parser.add_argument("--calibrate", action="store_true",
                         help="sweep plain all_to_all_single sizes, fit the cost model's latency and bandwidth, store them")
-    parser.add_argument("--calibrate-max-mib", type=float, default=64.0,
+    parser.add_argument("--calibrate-max-mib", type=positive_float, default=64.0,
                         help="largest message per peer of the calibration sweep, MiB (default 64)")
     parser.add_argument("--check", action="store_true",
                         help="also gather the outputs and compare them with a single-process reference (small runs)")
-    parser.add_argument("--out-dir", default=None, help="folder for the report (default: RUN/bench)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens and weights")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="folder to write the report (and the calibration) in (default: RUN/bench)")
+    add_deprecated_alias(parser, "--out-dir", "--out")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the random tokens and experts (default 0)")
+    add_no_progress_argument(parser)
+
+
+def plan_specs(args: argparse.Namespace) -> list[str]:
+    """The plans to replay: the PLAN arguments, or ``contiguous`` alone when none is given."""
+    return list(args.plans) or [CONTIGUOUS]
+
+
+class _OldPlans(DeprecatedAlias):
+    """``--plans A B`` of routelens 0.x; ``--plans A B RUN`` (which swallowed RUN) is a one-line error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, "run", None) is None and (Path(values[-1]) / "manifest.json").is_file():
+            parser.error(f"--plans took the trace folder {values[-1]} for a plan; write: "
+                         f"{parser.prog} {values[-1]} {' '.join(values[:-1])}")
+        super().__call__(parser, namespace, values, option_string)
 
 
 # --------------------------------------------------------------------------- set-up (any process)
@@ -111,11 +139,11 @@ def prepare(args: argparse.Namespace, num_gpus: int) -> BenchSetup:
     trace = Trace.open(args.run)
     if trace.num_tokens == 0:
         raise InputError(f"trace {args.run} holds no tokens")
-    layers = trace.layers if not args.layers else [trace.layers[trace.layer_index(_layer_key(l))] for l in args.layers]
+    layers = [trace.layers[j] for j in select_layers(args.layers, trace.layers)]
     if num_gpus < 1:
         raise InputError(f"need at least one rank, got {num_gpus}")
     plans: dict[str, Plan] = {}
-    for spec in args.plans:
+    for spec in plan_specs(args):
         if spec in plans:
             raise InputError(f"plan '{spec}' is listed twice")
         if spec == CONTIGUOUS:
@@ -134,8 +162,8 @@ def prepare(args: argparse.Namespace, num_gpus: int) -> BenchSetup:
 
     config = trace.config
     model_hidden = _config_int(config, "hidden_size")
-    if args.weights:
-        ckpt_config = read_json(Path(args.weights) / "config.json", what="checkpoint config")
+    if args.model:
+        ckpt_config = read_json(Path(args.model) / "config.json", what="checkpoint config")
         text = ckpt_config.get("text_config", ckpt_config)
         model_hidden = int(text.get("hidden_size", model_hidden or 0)) or model_hidden
         if args.hidden_size and args.hidden_size != model_hidden:
@@ -163,10 +191,6 @@ def prepare(args: argparse.Namespace, num_gpus: int) -> BenchSetup:
                       token_index, model_hidden)
 
 
-def _layer_key(spec: str):
-    return int(spec) if spec.isdigit() else spec
-
-
 # --------------------------------------------------------------------------- the replay
 def _dtype(args, device):
     import torch
@@ -180,15 +204,15 @@ def build_banks(setup: BenchSetup, routes: dict[str, list], rank: int, args, dev
     """One expert bank per replayed layer for this rank: every expert it serves under any plan.
 
     Random weights are drawn once per expert and shared by all layers (timing does not depend on
-    the values, and memory stays one bank); ``--weights`` reads each layer's own experts.
+    the values, and memory stays one bank); ``--model`` reads each layer's own experts from the checkpoint.
     """
     from .experts import load_expert_bank, random_expert_bank
 
     E = setup.trace.num_experts
     held = [sorted({int(e) for plan in setup.plans.values() for e in plan.gpu_experts[layer][rank]})
             for layer in setup.layers]
-    if args.weights:
-        return [load_expert_bank(args.weights, layer, E, experts=ex, dtype=dtype, device=device)
+    if args.model:
+        return [load_expert_bank(args.model, layer, E, experts=ex, dtype=dtype, device=device)
                 for layer, ex in zip(setup.layers, held)]
     union = sorted(set().union(*map(set, held)))
     bank = random_expert_bank(E, setup.hidden_size, setup.intermediate_size, experts=union, seed=args.seed,
@@ -254,7 +278,7 @@ def replay(setup: BenchSetup, args, rank: int, world: int, device, group=None, k
     }
     outputs: dict[str, Any] = {"x": x} if keep_outputs else {}
     timer = PhaseTimer(device)
-    progress = _progress(rank, (args.warmup + args.repeats) * len(labels))
+    progress = None if args.no_progress else _progress(rank, (args.warmup + args.repeats) * len(labels))
     for it in range(args.warmup + args.repeats):
         order = labels[it % len(labels):] + labels[: it % len(labels)]
         for label in order:
@@ -354,7 +378,7 @@ def build_report(setup: BenchSetup, args, records: list[dict], routes, world: in
         "comm_priority": getattr(args, "comm_priority_used", "default"),
         "overlap": bool(args.overlap),
         "shortcut_intermediate": setup.shortcut_intermediate if args.overlap else None,
-        "weights": str(args.weights) if args.weights else "random",
+        "weights": str(args.model) if args.model else "random",
         "expert_kernel": kernel_in_use(device, dtype, args.expert_kernel),
         "calibration": calibration,
         "baseline": baseline,
@@ -371,15 +395,14 @@ def run_in_group(args, rank: int, world: int, device, group=None) -> int:
     """The whole bench inside an initialised process group (every rank calls it)."""
     import torch.distributed as dist
 
-    out_dir = Path(args.out_dir) if args.out_dir else Path(args.run) / "bench"
+    out_dir = Path(args.out) if args.out else Path(args.run) / "bench"
     if args.calibrate:
         fit = calibrate(args, rank, world, device, group)
         if rank == 0:
             path = atomic_write_json(out_dir / f"calibration-{args.backend_resolved}-g{world}.json", fit)
-            print(f"calibration ({world} ranks, {args.backend_resolved}): latency {fit['latency_us']:.1f} us, "
-                  f"bandwidth {fit['bandwidth_GBps']:.2f} GB/s per rank -> {path}")
-            if args.json_out:
-                atomic_write_json(args.json_out, fit)
+            if not write_json_output(args.json_out, fit):
+                print(f"calibration ({world} ranks, {args.backend_resolved}): latency {fit['latency_us']:.1f} us, "
+                      f"bandwidth {fit['bandwidth_GBps']:.2f} GB/s per rank -> {path}")
         return 0
     setup = prepare(args, world)
     if group is None:
@@ -400,14 +423,13 @@ def run_in_group(args, rank: int, world: int, device, group=None) -> int:
     if check is not None:
         report["check"] = check
     path = atomic_write_json(out_dir / f"{report_tag(args, world, setup)}.json", report)
-    if args.json_out:
-        atomic_write_json(args.json_out, report)
-    print(f"routelens bench: {len(setup.layers)} layers x {setup.num_tokens} tokens on {world} ranks "
-          f"({args.backend_resolved}, {report['device']}), hidden {setup.hidden_size} {report['dtype']}, "
-          f"median of {args.repeats}; baseline {report['baseline']}")
-    print(format_table(report))
-    print(f"report: {path}")
-    if check is not None:
+    if not write_json_output(args.json_out, report):
+        print(f"routelens bench: {len(setup.layers)} layers x {setup.num_tokens} tokens on {world} ranks "
+              f"({args.backend_resolved}, {report['device']}), hidden {setup.hidden_size} {report['dtype']}, "
+              f"median of {args.repeats}; baseline {report['baseline']}")
+        print(format_table(report))
+        print(f"report: {path}")
+    if check is not None and args.json_out != STDOUT:
         worst = max(p["max_relative_error"] for p in check["plans"].values())
         print(f"check vs single-process reference: max relative error {worst:.2e} "
               f"(tolerance {check['tolerance']:.0e}) -> {'passed' if check['passed'] else 'FAILED'}")

@@ -229,7 +229,7 @@ def test_keep_weights_for_a_softmax_over_the_chosen_logits():
 def test_policy_rejects_unknown_weighting():
     from routelens.reroute import Policy
 
-    with pytest.raises(InputError, match="--weights"):
+    with pytest.raises(InputError, match="--routing-weights"):
         Policy("c2r", top_t=2, weights="sideways")
 
 
