@@ -25,9 +25,9 @@ from typing import Sequence, Union
 from .errors import InputError
 
 # An index, or a range of two indices (either may be negative): "5", "-1", "0-11", "-4--1".
-_RANGE = re.compile(r"^(-?\d+)(?:-(-?\d+))?$")
+_RANGE = re.compile(r"(-?\d+)(?:-(-?\d+))?")
 # A router module path: dotted Python names and decimal parts, starting with a letter or "_".
-_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 LayerItem = Union[int, tuple[int, int], str]
 """One item of a selection: an index, an inclusive ``(first, last)`` range, or a router path."""
@@ -50,11 +50,11 @@ def parse_layer_spec(text: str) -> tuple[LayerItem, ...]:
         return ()
     items: list[LayerItem] = []
     for part in (p.strip() for p in text.split(",")):
-        match = _RANGE.match(part)
+        match = _RANGE.fullmatch(part)
         if match:
             first, last = match.groups()
             items.append(int(first) if last is None else (int(first), int(last)))
-        elif _PATH.match(part):
+        elif _PATH.fullmatch(part):
             items.append(part)
         else:
             raise InputError(f"cannot read layer selection {text!r}: use indices and ranges (0,2,5-7; -1 is the "

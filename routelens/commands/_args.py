@@ -90,8 +90,7 @@ class _JsonTarget(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_json_argument(parser: argparse.ArgumentParser, what: str, *, bare_means_stdout: bool = False,
-                      dest: str = "json") -> None:
+def add_json_argument(parser: argparse.ArgumentParser, what: str, *, bare_means_stdout: bool = False) -> None:
     """``--json FILE``: write ``what`` as JSON to FILE; ``-`` prints it to stdout instead of the text report.
 
     Args:
@@ -101,10 +100,10 @@ def add_json_argument(parser: argparse.ArgumentParser, what: str, *, bare_means_
     help_text = (f"write {what} as JSON to FILE ('{STDOUT}': print the JSON to stdout instead of the text "
                  "report)")
     if bare_means_stdout:
-        parser.add_argument("--json", dest=dest, metavar="FILE", nargs="?", const=_BARE, default=None,
-                            action=_JsonTarget, help=help_text)
+        parser.add_argument("--json", metavar="FILE", nargs="?", const=_BARE, default=None, action=_JsonTarget,
+                            help=help_text)
     else:
-        parser.add_argument("--json", dest=dest, metavar="FILE", default=None, help=help_text)
+        parser.add_argument("--json", metavar="FILE", default=None, help=help_text)
 
 
 def write_json_output(target: str | None, payload) -> bool:

@@ -93,7 +93,7 @@ def child_argv(args, backend: str | None = None) -> list[str]:
     if backend:
         argv += ["--backend", backend]
     options = {
-        "--json": args.json_out, "--hidden-size": args.hidden_size, "--intermediate-size": args.intermediate_size,
+        "--json": args.json, "--hidden-size": args.hidden_size, "--intermediate-size": args.intermediate_size,
         "--tokens-per-rank": args.tokens_per_rank, "--repeats": args.repeats, "--warmup": args.warmup,
         "--shortcut-intermediate": args.shortcut_intermediate, "--model": args.model, "--dtype": args.dtype,
         "--expert-kernel": args.expert_kernel, "--out": args.out, "--seed": args.seed,

@@ -26,19 +26,19 @@ def add_parser(subparsers) -> None:
                         help="hub id or checkpoint folder (default: bundled data/demo-moe)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder to save the fine-tuned model and finetune.json in (new or empty)")
-    parser.add_argument("--policy", required=True, choices=POLICY_CHOICES,
+    parser.add_argument("--policy", required=True, choices=POLICY_CHOICES, metavar="POLICY",
                         help="re-routing policy active during the fine-tune: c2r, gpu-limited, gpu-adaptive, "
                         "capacity-drop, capacity-reroute (see routelens reroute --help)")
     parser.add_argument("--group-size", dest="top_t", type=positive_int, default=None, metavar="T",
                         help="c2r: T, collaborators each expert may be paired with (default E/4)")
     add_deprecated_alias(parser, "--top-t", "--group-size")
-    parser.add_argument("--max-gpus", type=positive_int, default=None,
+    parser.add_argument("--max-gpus", type=positive_int, default=None, metavar="M",
                         help="gpu-limited: M, GPUs a token may visit (default: half the plan's GPUs); gpu-adaptive: "
                         "optional cap")
-    parser.add_argument("--min-gpu-share", type=float, default=None,
+    parser.add_argument("--min-gpu-share", type=float, default=None, metavar="S",
                         help="gpu-adaptive: share of a token's routing weight a GPU must hold to be visited "
                         "(default 0.1)")
-    parser.add_argument("--capacity-factor", type=positive_float, default=None,
+    parser.add_argument("--capacity-factor", type=positive_float, default=None, metavar="F",
                         help="capacity policies: gamma, capacity = ceil(gamma * tokens * k / experts) (default 1.25)")
     parser.add_argument("--gpu-fill", choices=("best", "drop"), default="best",
                         help="GPU policies: experts a token loses on GPUs it no longer visits are replaced by the best "
@@ -99,9 +99,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"output folder {out} already exists and is not empty; choose another --out")
-    train_windows = args.train_windows or _whole_windows(args.train_tokens, args.seq_len, "--train-tokens")
-    calib_windows = args.calib_windows or _whole_windows(args.fit_tokens, args.seq_len, "--fit-tokens")
-    eval_windows = args.eval_windows or _whole_windows(args.eval_tokens, args.seq_len, "--eval-tokens")
+    train_windows, calib_windows, eval_windows = window_counts(args)
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     model_name = args.model or str(demo_model_path())
@@ -179,6 +177,19 @@ def format_report(label: str, report: dict) -> str:
         lines.append(f"  control (same steps, no policy): unconstrained {control['unconstrained']:.3f}, "
                      f"with the policy {control['constrained']:.3f}")
     return "\n".join(lines)
+
+
+def window_counts(args) -> tuple[int, int, int]:
+    """Training, fit and evaluation windows of ``--seq-len`` tokens from ``--train/fit/eval-tokens``.
+
+    The deprecated ``--train/calib/eval-windows`` give window counts directly.
+
+    Raises:
+        InputError: a token count below one window.
+    """
+    return (args.train_windows or _whole_windows(args.train_tokens, args.seq_len, "--train-tokens"),
+            args.calib_windows or _whole_windows(args.fit_tokens, args.seq_len, "--fit-tokens"),
+            args.eval_windows or _whole_windows(args.eval_tokens, args.seq_len, "--eval-tokens"))
 
 
 def _whole_windows(tokens: int, seq_len: int, option: str) -> int:

@@ -90,7 +90,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--objective", choices=("a2a", "layer"), default="a2a",
                         help="optimizer: a2a minimises the estimated dispatch + combine bottleneck (default); layer "
                         "adds the busiest GPU's expert compute")
-    parser.add_argument("--kicks", type=non_negative_int, default=None, metavar="N",
+    parser.add_argument("--kicks", type=int, default=None, metavar="N",  # PlaceSettings.check() refuses < 0
                         help="optimizer: N restarts of the swap search from the best placement after a few random "
                         "swaps, each kept only if the estimate improves (default 16 when E <= 128, else 0)")
     parser.add_argument("--expert-groups", type=positive_int, default=1,

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
         "change against the original routing.",
     )
     parser.add_argument("run", metavar="RUN", help="trace folder captured with --save-logits")
-    parser.add_argument("--policy", required=True, choices=POLICY_CHOICES,
+    parser.add_argument("--policy", required=True, choices=POLICY_CHOICES, metavar="POLICY",
                         help="c2r: top-1 then K-1 of its Top-T collaborators (arXiv:2504.01337); gpu-limited: experts "
                         "on at most --max-gpus GPUs of a plan (DeepSeek-V2 device-limited routing); gpu-adaptive: only GPUs "
                         "holding --min-gpu-share of the token's routing weight; capacity-drop / "
@@ -30,13 +30,13 @@ def add_parser(subparsers) -> None:
                         help="c2r: trace whose co-activation the collaborator groups are fitted on (default: RUN "
                         "itself)")
     add_deprecated_alias(parser, "--calib", "--fit-trace")
-    parser.add_argument("--max-gpus", type=positive_int, default=None,
+    parser.add_argument("--max-gpus", type=positive_int, default=None, metavar="M",
                         help="gpu-limited: M, GPUs a token may visit (default: half the plan's GPUs); "
                         "gpu-adaptive: optional cap")
     parser.add_argument("--gpu-score", choices=("max", "mass"), default="max",
                         help="gpu-limited: pick the GPUs with the best single expert (max, DeepSeek-V2) or with the "
                         "most weight of the token's own top-k (mass) (default max)")
-    parser.add_argument("--min-gpu-share", type=float, default=None,
+    parser.add_argument("--min-gpu-share", type=float, default=None, metavar="S",
                         help="gpu-adaptive: share of a token's routing weight a GPU must hold to be visited "
                         "(default 0.1)")
     parser.add_argument("--gpu-fill", choices=("best", "drop"), default="best",
@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
                         "(as the papers do); keep: each expert keeps the weight the unconstrained router gives it "
                         "(default renorm)")
     add_deprecated_alias(parser, "--weights", "--routing-weights")
-    parser.add_argument("--capacity-factor", type=positive_float, default=None,
+    parser.add_argument("--capacity-factor", type=positive_float, default=None, metavar="F",
                         help="capacity policies: gamma, capacity = ceil(gamma * tokens * k / experts) (default 1.25)")
     placement = parser.add_mutually_exclusive_group()
     placement.add_argument("--plan", metavar="FILE", default=None,

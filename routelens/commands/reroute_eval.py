@@ -115,7 +115,7 @@ def run(args) -> int:
     for weighting in weightings:
         if weighting not in ("renorm", "keep"):
             raise InputError(f"unknown --routing-weights '{weighting}' (renorm or keep)")
-    max_tokens = args.max_windows * args.seq_len if args.max_windows else args.max_tokens
+    max_tokens = text_tokens(args)
     factors = _float_list(args.capacity_factor, "--capacity-factor")
     model_name = args.model or str(demo_model_path())
     started = time.perf_counter()
@@ -191,6 +191,11 @@ def run(args) -> int:
     print(f"scored {rows[0]['eval_tokens']:,} held-out tokens x {len(rows)} settings in {elapsed:.0f}s; "
           f"trade-off curve in {out / 'tradeoff.json'}")
     return 0
+
+
+def text_tokens(args) -> int:
+    """Tokens of text to read: ``--max-tokens``, or the deprecated ``--max-windows`` times ``--seq-len``."""
+    return args.max_windows * args.seq_len if args.max_windows else args.max_tokens
 
 
 def format_rows(rows: list[dict], num_gpus: int, plan_name: str = "routelens plan") -> str:

@@ -57,7 +57,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                          action=_OldPlans, dest="plans", nargs="+", extend=True, default=argparse.SUPPRESS)
     parser.add_argument("--backend", choices=("nccl", "gloo"), default=None,
                         help="torch.distributed back-end (default: nccl with CUDA, else gloo)")
-    add_json_argument(parser, "the report (also written to --out)", dest="json_out")
+    add_json_argument(parser, "the report (also written to --out)")
     parser.add_argument("--hidden-size", type=positive_int, default=None,
                         help="hidden size of the replayed tokens (default: the model's)")
     parser.add_argument("--intermediate-size", type=positive_int, default=None,
@@ -400,7 +400,7 @@ def run_in_group(args, rank: int, world: int, device, group=None) -> int:
         fit = calibrate(args, rank, world, device, group)
         if rank == 0:
             path = atomic_write_json(out_dir / f"calibration-{args.backend_resolved}-g{world}.json", fit)
-            if not write_json_output(args.json_out, fit):
+            if not write_json_output(args.json, fit):
                 print(f"calibration ({world} ranks, {args.backend_resolved}): latency {fit['latency_us']:.1f} us, "
                       f"bandwidth {fit['bandwidth_GBps']:.2f} GB/s per rank -> {path}")
         return 0
@@ -423,13 +423,13 @@ def run_in_group(args, rank: int, world: int, device, group=None) -> int:
     if check is not None:
         report["check"] = check
     path = atomic_write_json(out_dir / f"{report_tag(args, world, setup)}.json", report)
-    if not write_json_output(args.json_out, report):
+    if not write_json_output(args.json, report):
         print(f"routelens bench: {len(setup.layers)} layers x {setup.num_tokens} tokens on {world} ranks "
               f"({args.backend_resolved}, {report['device']}), hidden {setup.hidden_size} {report['dtype']}, "
               f"median of {args.repeats}; baseline {report['baseline']}")
         print(format_table(report))
         print(f"report: {path}")
-    if check is not None and args.json_out != STDOUT:
+    if check is not None and args.json != STDOUT:
         worst = max(p["max_relative_error"] for p in check["plans"].values())
         print(f"check vs single-process reference: max relative error {worst:.2e} "
               f"(tolerance {check['tolerance']:.0e}) -> {'passed' if check['passed'] else 'FAILED'}")

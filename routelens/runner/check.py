@@ -36,8 +36,8 @@ def check_outputs(setup, args, outputs: dict[str, Any], routes: dict[str, list],
         return None
     dtype = outputs["x"].dtype
     E = setup.trace.num_experts
-    if args.weights:
-        banks = [load_expert_bank(args.weights, layer, E, dtype=dtype, device=device) for layer in setup.layers]
+    if args.model:
+        banks = [load_expert_bank(args.model, layer, E, dtype=dtype, device=device) for layer in setup.layers]
     else:
         bank = random_expert_bank(E, setup.hidden_size, setup.intermediate_size, seed=args.seed, dtype=dtype,
                                   device=device)
