@@ -9,7 +9,6 @@ from pathlib import Path
 from ._args import positive_int
 
 POLICY_CHOICES = ("c2r", "gpu-limited", "gpu-adaptive", "capacity-drop", "capacity-reroute")
-TRADEOFF_FORMAT = "routelens-reroute-eval"
 
 
 def add_parser(subparsers) -> None:
@@ -82,6 +81,7 @@ def run(args) -> int:
     from ..capture.load import demo_model_path, load_model, model_reference
     from ..capture.text import file_source, pack_windows, resolve_source
     from ..errors import InputError
+    from ..formats import TRADEOFF
     from ..io import atomic_write_json
     from ..plan import Plan
     from ..reroute.evaluate import (best_within, build_policies, calibration_routing, default_settings,
@@ -149,8 +149,6 @@ def run(args) -> int:
     label = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_name.rstrip("/")).name) or "model"
     out = Path(args.out) if args.out else Path("runs") / f"reroute-eval-{label}"
     tradeoff = {
-        "format": TRADEOFF_FORMAT,
-        "version": 1,
         "model": model_reference(model_name),
         "family": routing.family,
         "num_experts": num_experts,
@@ -166,7 +164,7 @@ def run(args) -> int:
         "rows": rows,
     }
     plan.save(out / "plan.json")
-    atomic_write_json(out / "tradeoff.json", tradeoff)
+    tradeoff_path = TRADEOFF.write(out / TRADEOFF.file, tradeoff)
     if args.json:
         atomic_write_json(args.json, rows)
     print(format_rows(rows, plan.num_gpus, f"{plan.method} plan" + (f" {args.plan}" if args.plan else "")))
@@ -181,7 +179,7 @@ def run(args) -> int:
                  " [{:+.2%}, {:+.2%}] 95% paired bootstrap over windows".format(*best["perplexity_change_ci95"]))
               + ")")
     print(f"scored {rows[0]['eval_tokens']:,} held-out tokens x {len(rows)} settings in {elapsed:.0f}s; "
-          f"trade-off curve in {out / 'tradeoff.json'}")
+          f"trade-off curve in {tradeoff_path}")
     return 0
 
 
