@@ -64,9 +64,10 @@ def tiny_model_traces(folder: Path, tokens: int) -> list[Trace]:
     from transformers import OlmoeConfig
 
     from routelens.capture.engine import capture_from_path
+    from routelens.capture.load import demo_corpus_path
     from routelens.capture.tiny import build_tiny_moe, tiny_qwen3_moe_config
 
-    corpus = Path(__file__).resolve().parents[1] / "data" / "corpus" / "train.txt"
+    corpus = demo_corpus_path()
     configs = {
         "tiny-qwen3-moe-E64-k8": tiny_qwen3_moe_config(num_experts=64, top_k=8, num_layers=4, hidden_size=32),
         "tiny-olmoe-E32-k4": OlmoeConfig(vocab_size=320, hidden_size=32, intermediate_size=32, num_hidden_layers=4,

@@ -30,10 +30,8 @@ from typing import Any
 import numpy as np
 
 from .errors import PlanError
-from .io import atomic_write_json, read_json
+from .formats import HEADER_KEYS, PLAN
 
-PLAN_FORMAT = "routelens-plan"
-PLAN_VERSION = 1
 REPLICA_POLICIES = ("nearest-then-least-loaded", "round-robin", "first")
 
 
@@ -190,8 +188,7 @@ class Plan:
     # ------------------------------------------------------------------ I/O
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": PLAN_FORMAT,
-            "version": PLAN_VERSION,
+            **PLAN.header(),
             "num_gpus": self.num_gpus,
             "num_nodes": self.num_nodes,
             "gpus_per_node": self.gpus_per_node,
@@ -206,14 +203,11 @@ class Plan:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the plan as JSON atomically."""
-        return atomic_write_json(path, self.to_json())
+        return PLAN.write(path, self.to_json())
 
     @classmethod
     def from_json(cls, obj: Any, source: str = "plan") -> "Plan":
-        if not isinstance(obj, dict) or obj.get("format") != PLAN_FORMAT:
-            raise PlanError(f"{source} is not a routelens plan (no \"format\": \"{PLAN_FORMAT}\")")
-        if obj.get("version") != PLAN_VERSION:
-            raise PlanError(f"{source} has plan format version {obj.get('version')}; this routelens reads {PLAN_VERSION}")
+        PLAN.check(obj, source)
         try:
             layers = {name: np.asarray(spec["gpu_experts"]) for name, spec in obj["layers"].items()}
             num_experts = int(obj["num_experts"])
@@ -248,14 +242,10 @@ class Plan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
         """Read and validate a plan file (one-line PlanError on any problem)."""
-        try:
-            obj = read_json(path, what="plan")
-        except Exception as exc:
-            raise PlanError(str(exc)) from exc
-        return cls.from_json(obj, source=str(path))
+        return cls.from_json(PLAN.read(path), source=str(path))
 
 
 _RESERVED = {
-    "format", "version", "num_gpus", "num_nodes", "gpus_per_node", "num_experts",
+    *HEADER_KEYS, "num_gpus", "num_nodes", "gpus_per_node", "num_experts",
     "slots_per_gpu", "num_redundant", "replica_policy", "method", "layers",
 }

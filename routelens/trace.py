@@ -39,12 +39,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .errors import TraceError
-from .io import atomic_write, atomic_write_json, read_json
+from .formats import PART_FILE, PARTS_DIR, SHARD_DIR, TRACE
+from .io import atomic_write
 
-FORMAT_NAME = "routelens-trace"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-SHARD_DIR = "shards"
+MANIFEST = TRACE.file  # the name the rest of routelens imports from here
 
 TOKEN_FIELDS = ("token_ids", "seq_ids", "positions")
 LAYER_FIELDS = {"topk_ids": np.int16, "topk_weights": np.float16, "router_logits": np.float16}
@@ -104,18 +102,7 @@ class Trace:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise TraceError(f"{path} holds no {MANIFEST}: not a routelens trace (or the capture never wrote a shard)")
-        try:
-            manifest = read_json(manifest_path, what="trace manifest")
-        except Exception as exc:
-            raise TraceError(str(exc)) from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-            raise TraceError(f"{manifest_path} is not a routelens trace manifest")
-        version = manifest.get("version")
-        if version != FORMAT_VERSION:
-            raise TraceError(
-                f"trace {path} has format version {version}; this routelens reads version {FORMAT_VERSION} "
-                "(re-capture it with this version)"
-            )
+        manifest = TRACE.read(manifest_path)
         for key in ("layers", "num_experts", "top_k", "shards"):
             if key not in manifest:
                 raise TraceError(f"trace manifest {manifest_path} lacks '{key}'")
@@ -289,7 +276,7 @@ class TraceWriter:
         self.header = dict(header)
         self._check_header()
         self._manifest_path = (
-            self.path / MANIFEST if world_size == 1 else self.path / "parts" / f"rank{rank}.json"
+            self.path / MANIFEST if world_size == 1 else self.path / PARTS_DIR / PART_FILE.format(rank=rank)
         )
         existing = self._existing_manifest()
         if existing is not None:
@@ -314,10 +301,10 @@ class TraceWriter:
 
     def _existing_manifest(self) -> dict[str, Any] | None:
         if self._manifest_path.is_file():
-            return read_json(self._manifest_path, what="trace manifest")
+            return TRACE.read(self._manifest_path)
         if self.world_size > 1 and (self.path / MANIFEST).is_file():
             raise TraceError(f"output folder {self.path} already holds a single-process run; choose another --out")
-        if self.path.is_dir() and any(p.name not in (SHARD_DIR, "parts") for p in self.path.iterdir()):
+        if self.path.is_dir() and any(p.name not in (SHARD_DIR, PARTS_DIR) for p in self.path.iterdir()):
             raise TraceError(f"output folder {self.path} is not empty and holds no routelens trace; choose another --out")
         return None
 
@@ -389,8 +376,6 @@ class TraceWriter:
 
     def _write_manifest(self, complete: bool) -> None:
         manifest = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
             "complete": bool(complete),
             **self.header,
             "num_tokens": int(sum(s["num_tokens"] for s in self.shards)),
@@ -399,7 +384,7 @@ class TraceWriter:
             "stats": self._stats,
             "software": software_versions(),
         }
-        atomic_write_json(self._manifest_path, manifest)
+        TRACE.write(self._manifest_path, manifest)
 
 
 def merge_rank_parts(path: str | os.PathLike, world_size: int) -> Path:
@@ -411,8 +396,7 @@ def merge_rank_parts(path: str | os.PathLike, world_size: int) -> Path:
     path = Path(path)
     parts = []
     for rank in range(world_size):
-        part_path = path / "parts" / f"rank{rank}.json"
-        parts.append(read_json(part_path, what=f"rank {rank} part manifest"))
+        parts.append(TRACE.read(path / PARTS_DIR / PART_FILE.format(rank=rank)))
     first = parts[0]
     for rank, part in enumerate(parts[1:], start=1):
         if part.get("layers") != first.get("layers") or part.get("settings") != first.get("settings"):
@@ -428,8 +412,7 @@ def merge_rank_parts(path: str | os.PathLike, world_size: int) -> Path:
         merged["stats"] = dict(first.get("stats", {}))
         merged["stats"]["wall_s"] = max(wall)
         merged["stats"]["tokens_per_s"] = merged["num_tokens"] / max(max(wall), 1e-9)
-    atomic_write_json(path / MANIFEST, merged)
-    return path / MANIFEST
+    return TRACE.write(path / MANIFEST, merged)
 
 
 def write_trace(

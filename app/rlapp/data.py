@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from routelens.trace import MANIFEST, Trace
+from routelens.formats import ANALYSIS, BENCH, PLAN, TRACE, TRADEOFF, FileFormat
+from routelens.trace import Trace
 
 from .runs import RunInfo, find_runs
 
@@ -45,7 +46,7 @@ def open_trace(run_path: str) -> Trace:
 
 
 def trace_stamp(run_path: str) -> tuple:
-    return stamp(Path(run_path) / MANIFEST)
+    return stamp(Path(run_path) / TRACE.file)
 
 
 @st.cache_data(show_spinner="Reading the trace…", max_entries=16)
@@ -67,15 +68,14 @@ def expert_loads(run_path: str, key: tuple) -> np.ndarray:
 
 @st.cache_data(ttl=5, show_spinner=False)
 def reroute_tradeoffs(runs_dir: str) -> list[dict[str, Any]]:
-    """Every ``tradeoff.json`` written by ``routelens reroute-eval`` below ``runs_dir``.
+    """Every trade-off file (``tradeoff.json``) written by ``routelens reroute-eval`` below ``runs_dir``.
 
-    Each item: ``path``, and either the file's content (``format: routelens-reroute-eval``, ``rows``...)
+    Each item: ``path``, and either the file's content (:data:`routelens.formats.TRADEOFF`: ``rows``...)
     or ``problem`` (a one-line reason the file cannot be shown).
     """
     from .runs import find_files
 
-    return [item for item in _read_results(find_files(runs_dir, "tradeoff.json"), "routelens-reroute-eval",
-                                           "re-routing trade-off")
+    return [item for item in _read_results(find_files(runs_dir, TRADEOFF.file), TRADEOFF)
             if item.get("problem") or item.get("rows")]
 
 
@@ -86,41 +86,40 @@ def best_setting(rows: list[dict[str, Any]], max_perplexity_change: float = 0.01
     return best_within(rows, max_perplexity_change)
 
 
-def _read_results(paths: list[Path], fmt: str, what: str) -> list[dict[str, Any]]:
-    """Read JSON result files of format ``fmt``: each item is ``path`` plus the content, or ``problem``."""
-    from routelens.io import read_json
+def _read_results(paths: list[Path], fmt: FileFormat) -> list[dict[str, Any]]:
+    """Read result files with ``fmt``'s reader: each item is ``path`` plus the content, or ``problem``."""
+    from routelens.errors import RoutelensError
 
     found = []
     for path in paths:
         try:
-            content = read_json(path, what=what)
-        except Exception as exc:  # RoutelensError: unreadable or half-written
+            found.append({"path": str(path), **fmt.read(path)})
+        except RoutelensError as exc:  # missing, half-written, of another format or version
             found.append({"path": str(path), "problem": str(exc)})
-            continue
-        if not isinstance(content, dict) or content.get("format") != fmt:
-            found.append({"path": str(path), "problem": f"{path.name} is not a {fmt} file"})
-            continue
-        found.append({"path": str(path), **content})
     return found
+
+
+def bench_stamp(run_path: str) -> tuple:
+    """Cache key part of the run's bench reports folder (``RUN/bench/``)."""
+    return stamp(BENCH.folder_in(run_path))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def bench_reports(run_path: str, key: tuple) -> list[dict[str, Any]]:
-    """``routelens bench`` reports in ``RUN/bench/`` (newest first); ``key`` is the folder's stamp."""
-    folder = Path(run_path) / "bench"
-    paths = sorted((p for p in folder.glob("*.json") if not p.name.startswith("calibration-")),
-                   key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
-    return _read_results(paths, "routelens-bench", "bench report")
+    """``routelens bench`` reports in ``RUN/bench/`` (newest first); ``key`` is :func:`bench_stamp`."""
+    folder = BENCH.folder_in(run_path)
+    paths = sorted(folder.glob(BENCH.pattern()), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+    return _read_results(paths, BENCH)
 
 
 # ---------------------------------------------------------------------------- analysis (routelens analyze)
 def analysis_stamp(run_path: str) -> tuple:
     """Cache key part of ``RUN/analysis/`` (its summary file and the trace manifest)."""
-    return stamp(Path(run_path) / "analysis" / "analysis.json", Path(run_path) / MANIFEST)
+    return stamp(ANALYSIS.path_in(run_path), Path(run_path) / TRACE.file)
 
 
 def has_analysis(run_path: str) -> bool:
-    return (Path(run_path) / "analysis" / "analysis.json").is_file()
+    return ANALYSIS.path_in(run_path).is_file()
 
 
 @st.cache_data(max_entries=8, show_spinner="Loading the analysis…")
@@ -216,22 +215,12 @@ def runs_table(runs_dir: str) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------- placement plans
-def _looks_like_plan(path: Path) -> bool:
-    """Cheap filter before parsing: a plan file starts with its format name (Plan.to_json puts it first)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(200)
-    except OSError:
-        return False
-    return b'"routelens-plan"' in head
-
-
 @st.cache_data(ttl=5, show_spinner=False)
 def plan_files(runs_dir: str, run_path: str) -> list[str]:
     """Plan files (``format: routelens-plan``) inside the run folder and below RUNS_DIR, sorted by path."""
     from .runs import find_json_files
 
-    found = {str(p) for p in find_json_files(run_path) + find_json_files(runs_dir) if _looks_like_plan(p)}
+    found = {str(p) for p in find_json_files(run_path) + find_json_files(runs_dir) if PLAN.sniff(p)}
     return sorted(found)
 
 

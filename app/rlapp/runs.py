@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.json"
+from routelens.formats import PARTS_DIR, SHARD_DIR, TRACE
+
+MANIFEST = TRACE.file
 # Folders inside a run that hold data files, never runs: not worth walking.
-_SKIP_DIRS = {"shards", "parts", "__pycache__", "node_modules"}
+_SKIP_DIRS = {SHARD_DIR, PARTS_DIR, "__pycache__", "node_modules"}
 MAX_DEPTH = 6
 
 
@@ -78,7 +80,7 @@ def read_run_info(folder: Path, root: Path) -> RunInfo:
         return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} is not valid JSON (half-written or corrupt)")
     except (OSError, UnicodeDecodeError) as exc:
         return RunInfo(str(folder), name, problem=f"cannot read {folder / MANIFEST}: {exc}")
-    if not isinstance(manifest, dict) or manifest.get("format") != "routelens-trace":
+    if not isinstance(manifest, dict) or manifest.get("format") != TRACE.name:
         return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} is not a routelens trace manifest")
     try:
         model = str(manifest.get("model", {}).get("id", "") or "")

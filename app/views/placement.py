@@ -8,10 +8,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from routelens.formats import PLAN
+from routelens.placement.export import FORMATS, SUFFIXES
+
 from rlapp import charts, data, systems_charts, ui
 
-EXPORTS = [("json", ".json", "routelens plan (.json)"), ("sglang", ".pt", "SGLang --init-expert-location (.pt)"),
-           ("vllm", ".pt", "vLLM EPLB state (.pt)")]
+LABELS = {"json": "routelens plan", "sglang": "SGLang --init-expert-location", "vllm": "vLLM EPLB state"}
+EXPORTS = [(fmt, SUFFIXES[fmt], f"{LABELS[fmt]} ({SUFFIXES[fmt]})") for fmt in FORMATS]
 METHODS = ["routelens", "eplb", "greedy", "contiguous", "random"]
 
 ui.header("Placement", "Where should the experts live, and how much All-to-All does that save?")
@@ -62,7 +65,8 @@ for path in candidates:
     except Exception as exc:  # a plan for another model, or an unreadable file: listed below
         foreign.append((path, str(exc).splitlines()[0]))
 if not fitting:
-    ui.missing("placement plan for this model", f"routelens place {info.path} --gpus 8 --out {info.path}/plans/routelens-g8.json",
+    ui.missing("placement plan for this model",
+               f"routelens place {info.path} --gpus 8 --out {PLAN.folder_in(info.path) / 'routelens-g8.json'}",
                why=f"no plan file below {runs_dir} fits its {len(trace.layers)} layers × {trace.num_experts} experts")
 else:
     root = Path(runs_dir)

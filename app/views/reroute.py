@@ -6,6 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from routelens.formats import TRADEOFF
+
 from rlapp import data, systems_charts, tables, ui
 from rlapp.runs import rank_by_closeness
 
@@ -29,7 +31,7 @@ runs_dir = st.session_state.get("runs_dir", "runs")
 found = data.reroute_tradeoffs(str(Path(runs_dir).resolve()))
 if not found:
     ui.missing("re-routing trade-off curves", f"routelens reroute-eval {trace.model_id or 'MODEL'} --out {info.path}/reroute",
-               why=f"no tradeoff.json below {runs_dir}")
+               why=f"no {TRADEOFF.file} below {runs_dir}")
     st.stop()
 
 ordered = rank_by_closeness([Path(f["path"]) for f in found], info.path, trace.model_id, [f.get("model", "") for f in found])

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import InputError, RoutelensError, TraceError
-from ..io import read_json
+from ..formats import PART_FILE, PARTS_DIR, SHARD_DIR, TRACE
 from ..trace import MANIFEST, Trace, TraceWriter, merge_rank_parts
 from .distributed import DistContext, init_distributed, rank_windows
 from .header import build_header, config_summary
@@ -46,16 +46,16 @@ def check_output_folder(out: str | os.PathLike, resume: bool, world_size: int = 
         raise InputError(f"--out {out} is a file, not a folder")
     if not out.is_dir():
         return
-    has_run = (out / MANIFEST).is_file() or any((out / "parts").glob("rank*.json"))
+    parts = sorted((out / PARTS_DIR).glob(PART_FILE.format(rank="*")))
+    has_run = (out / MANIFEST).is_file() or bool(parts)
     if has_run and not resume:
         raise TraceError(f"output folder {out} already holds a run: pass --resume to continue it, or choose another --out")
-    parts = sorted((out / "parts").glob("rank*.json"))
     if resume and parts and world_size == 1 and not (out / MANIFEST).is_file():
         raise TraceError(
             f"{out} is an unfinished torchrun capture with {len(parts)} processes: resume it with "
             f"torchrun --nproc-per-node {len(parts)}"
         )
-    if not has_run and any(p.name not in ("shards", "parts") for p in out.iterdir()):
+    if not has_run and any(p.name not in (SHARD_DIR, PARTS_DIR) for p in out.iterdir()):
         raise TraceError(f"output folder {out} is not empty and holds no routelens trace; choose another --out")
 
 
@@ -275,7 +275,7 @@ def _progress_bar(enabled: bool, total: int, initial: int):
 
 
 def _existing_manifest_path(out: Path, ctx: DistContext) -> Path:
-    return out / MANIFEST if ctx.world_size == 1 else out / "parts" / f"rank{ctx.rank}.json"
+    return out / MANIFEST if ctx.world_size == 1 else out / PARTS_DIR / PART_FILE.format(rank=ctx.rank)
 
 
 def _check_resume_settings(out: Path, header: dict[str, Any], ctx: DistContext) -> None:
@@ -283,7 +283,7 @@ def _check_resume_settings(out: Path, header: dict[str, Any], ctx: DistContext) 
     path = _existing_manifest_path(out, ctx)
     if not path.is_file():
         return
-    existing = read_json(path, what="trace manifest")
+    existing = TRACE.read(path)
     old, new = existing.get("settings") or {}, header["settings"]
     changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
     if existing.get("layers") != header["layers"]:
@@ -300,11 +300,9 @@ def _short(value: Any) -> str:
 
 def _is_finished(out: Path, num_windows: int) -> bool:
     """The run in ``out`` is complete and holds all ``num_windows`` windows."""
-    from ..io import read_json
-
-    if not (out / "manifest.json").is_file():
+    if not (out / MANIFEST).is_file():
         return False  # --resume on a new folder starts it
-    manifest = read_json(out / "manifest.json", what="trace manifest")
+    manifest = TRACE.read(out / MANIFEST)
     return bool(manifest.get("complete")) and manifest.get("num_sequences") == num_windows
 
 
@@ -312,7 +310,7 @@ def _prior_stats(out: Path, ctx: DistContext) -> dict[str, Any]:
     path = _existing_manifest_path(out, ctx)
     if not path.is_file():
         return {}
-    stats = read_json(path, what="trace manifest").get("stats", {})
+    stats = TRACE.read(path).get("stats", {})
     return stats if isinstance(stats, dict) else {}
 
 

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..bundled import data_dir as bundled_data_dir
 from ..errors import InputError, RoutelensError
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -22,18 +23,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?
 
 
 # ---------------------------------------------------------------------------- bundled data
-def bundled_data_dir() -> Path:
-    """The repository's ``data/`` folder (demo checkpoint and corpus), next to the package."""
-    import routelens
-
-    return Path(routelens.__file__).resolve().parents[1] / "data"
-
-
 def demo_model_path() -> Path:
-    """``data/demo-moe``, the bundled trained Qwen3-MoE demo checkpoint.
+    """``data/demo-moe``, the bundled trained Qwen3-MoE demo checkpoint (inside the package in a wheel).
 
     Raises:
-        RoutelensError: the checkpoint is not there (e.g. routelens installed without its source tree).
+        RoutelensError: the checkpoint is not there (a checkout or wheel without ``data/``).
     """
     path = bundled_data_dir() / "demo-moe"
     if not (path / "config.json").is_file():

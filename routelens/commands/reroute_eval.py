@@ -9,7 +9,6 @@ from pathlib import Path
 from ._args import add_deprecated_alias, add_json_argument, add_no_progress_argument, positive_int, write_json_output
 
 POLICY_CHOICES = ("c2r", "gpu-limited", "gpu-adaptive", "capacity-drop", "capacity-reroute")
-TRADEOFF_FORMAT = "routelens-reroute-eval"
 
 
 def add_parser(subparsers) -> None:
@@ -89,7 +88,7 @@ def run(args) -> int:
     from ..capture.load import demo_model_path, load_model, model_reference
     from ..capture.text import file_source, pack_windows, resolve_source
     from ..errors import InputError
-    from ..io import atomic_write_json
+    from ..formats import TRADEOFF
     from ..plan import Plan
     from ..reroute.evaluate import (best_within, build_policies, calibration_routing, default_settings,
                                     evaluate_policies, split_windows)
@@ -157,8 +156,6 @@ def run(args) -> int:
     label = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_name.rstrip("/")).name) or "model"
     out = Path(args.out) if args.out else Path("runs") / f"reroute-eval-{label}"
     tradeoff = {
-        "format": TRADEOFF_FORMAT,
-        "version": 1,
         "model": model_reference(model_name),
         "family": routing.family,
         "num_experts": num_experts,
@@ -174,7 +171,7 @@ def run(args) -> int:
         "rows": rows,
     }
     plan.save(out / "plan.json")
-    atomic_write_json(out / "tradeoff.json", tradeoff)
+    tradeoff_path = TRADEOFF.write(out / TRADEOFF.file, tradeoff)
     if write_json_output(args.json, rows):
         return 0
     print(format_rows(rows, plan.num_gpus, f"{plan.method} plan" + (f" {args.plan}" if args.plan else "")))
@@ -189,7 +186,7 @@ def run(args) -> int:
                  " [{:+.2%}, {:+.2%}] 95% paired bootstrap over windows".format(*best["perplexity_change_ci95"]))
               + ")")
     print(f"scored {rows[0]['eval_tokens']:,} held-out tokens x {len(rows)} settings in {elapsed:.0f}s; "
-          f"trade-off curve in {out / 'tradeoff.json'}")
+          f"trade-off curve in {tradeoff_path}")
     return 0
 
 

@@ -14,14 +14,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError, TraceError
+from ..formats import ANALYSIS
 from ..layer_selection import select_layers
 from ..trace import Trace
 from . import layer as L
 from .analysis import Analysis
 from .tokens import TOKEN_CLASSES, class_lookup, load_token_texts
-
-FORMAT_NAME = "routelens-analysis"
-FORMAT_VERSION = 1
 
 
 def parse_layers(spec: str | Sequence[int | str] | None, layers: Sequence[str] | int) -> list[int]:
@@ -161,8 +159,7 @@ def analyze_trace(
     analysis = assemble(results, chosen, [trace.layers[j] for j in chosen], e_max, k, num_tokens,
                         has_classes=cls_of_vocab is not None)
     analysis.meta = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        **ANALYSIS.header(),
         "trace": {"path": str(trace.path), "fingerprint": trace.fingerprint(), "identity": trace_identity(trace),
                   "model": trace.model_id,
                   "family": trace.family, "num_layers": len(trace.layers), "num_experts": e_max, "top_k": k,

@@ -35,6 +35,8 @@ from ..io import atomic_write_bytes, atomic_write_json, read_json
 from ..plan import Plan
 
 FORMATS = ("json", "sglang", "vllm")
+# The file suffix each format is written with unless asked otherwise (sglang and vllm also write .json).
+SUFFIXES = {"json": ".json", "sglang": ".pt", "vllm": ".pt"}
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
 
 

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from ..errors import InputError, TraceError
+from ..formats import HEADER_KEYS
 from ..plan import Plan
 from ..trace import MANIFEST, Trace, TraceWriter
 from .metrics import changed_fraction, routing_stats
 from .policy import Policy
 
 DEFAULT_BATCH_TOKENS = 4096
-_HEADER_SKIP = {"format", "version", "complete", "num_tokens", "num_sequences", "shards", "stats", "software", "world_size"}
+_HEADER_SKIP = {*HEADER_KEYS, "complete", "num_tokens", "num_sequences", "shards", "stats", "software", "world_size"}
 _STAT_KEYS = ("gpus_per_token", "busiest_gpu_recv", "mean_gpu_recv", "load_max_over_mean", "dropped_fraction")
 
 

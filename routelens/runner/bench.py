@@ -25,7 +25,8 @@ from ..commands._args import (STDOUT, DeprecatedAlias, add_deprecated_alias, add
                               add_no_progress_argument, non_negative_int, positive_float, positive_int,
                               write_json_output)
 from ..errors import InputError, PlanError, RoutelensError
-from ..io import atomic_write_json, read_json
+from ..formats import BENCH, CALIBRATION
+from ..io import read_json
 from ..layer_selection import select_layers
 from ..plan import Plan
 from ..trace import Trace
@@ -43,9 +44,6 @@ from .routing import (
     tiled_token_index,
     token_source_gpu,
 )
-
-BENCH_FORMAT = "routelens-bench"
-BENCH_VERSION = 1
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -355,8 +353,7 @@ def build_report(setup: BenchSetup, args, records: list[dict], routes, world: in
                    "links": links}
     trace = setup.trace
     return {
-        "format": BENCH_FORMAT,
-        "version": BENCH_VERSION,
+        **BENCH.header(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "trace": {"path": str(trace.path.resolve()), "fingerprint": trace.fingerprint(), "model": trace.model_id,
                   "num_tokens": trace.num_tokens, "num_experts": trace.num_experts, "top_k": trace.top_k},
@@ -386,20 +383,15 @@ def build_report(setup: BenchSetup, args, records: list[dict], routes, world: in
     }
 
 
-def report_tag(args, world: int, setup: BenchSetup) -> str:
-    tokens = args.tokens_per_rank or setup.num_tokens // world
-    return f"bench-{args.backend_resolved}-g{world}-h{setup.hidden_size}-t{tokens}"
-
-
 def run_in_group(args, rank: int, world: int, device, group=None) -> int:
     """The whole bench inside an initialised process group (every rank calls it)."""
     import torch.distributed as dist
 
-    out_dir = Path(args.out) if args.out else Path(args.run) / "bench"
+    out_dir = Path(args.out) if args.out else BENCH.folder_in(args.run)
     if args.calibrate:
         fit = calibrate(args, rank, world, device, group)
         if rank == 0:
-            path = atomic_write_json(out_dir / f"calibration-{args.backend_resolved}-g{world}.json", fit)
+            path = CALIBRATION.write(out_dir / CALIBRATION.file_name(fit), fit)
             if not write_json_output(args.json, fit):
                 print(f"calibration ({world} ranks, {args.backend_resolved}): latency {fit['latency_us']:.1f} us, "
                       f"bandwidth {fit['bandwidth_GBps']:.2f} GB/s per rank -> {path}")
@@ -422,7 +414,7 @@ def run_in_group(args, rank: int, world: int, device, group=None) -> int:
     report = build_report(setup, args, records, routes, world, device, calibration)
     if check is not None:
         report["check"] = check
-    path = atomic_write_json(out_dir / f"{report_tag(args, world, setup)}.json", report)
+    path = BENCH.write(out_dir / BENCH.file_name(report), report)
     if not write_json_output(args.json, report):
         print(f"routelens bench: {len(setup.layers)} layers x {setup.num_tokens} tokens on {world} ranks "
               f"({args.backend_resolved}, {report['device']}), hidden {setup.hidden_size} {report['dtype']}, "

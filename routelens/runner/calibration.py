@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -9,27 +10,32 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..io import read_json
+from ..errors import InputError, ResultFileError
+from ..formats import CALIBRATION
 
 
 def load_calibration(folder: str | os.PathLike, backend: str, world: int) -> dict[str, Any]:
     """The link numbers fitted by ``--calibrate`` for this back-end and world size, stored in ``folder``.
 
-    Returns ``{"source": path, "topology": {...link overrides...}, ...}``, or ``{"source": "default",
-    "topology": {}}`` when there is none (the plans' nominal link numbers are used).
+    Returns ``{"source": path, "topology": {...link overrides...}, "latency_us", "bandwidth_GBps"}``, or
+    ``{"source": "default", "topology": {}}`` when there is none (the plans' nominal link numbers are used).
+
+    Raises:
+        ResultFileError: the file is corrupt, of another format or version, or lacks the fitted numbers.
     """
-    path = Path(folder) / f"calibration-{backend}-g{world}.json"
+    path = Path(folder) / CALIBRATION.file_name({"backend": backend, "num_gpus": world})
     if not path.is_file():
         return {"source": "default", "topology": {}}
-    fit = read_json(path, what="calibration")
-    try:
-        overrides = fit.get("topology") or calibration_topology(float(fit["latency_us"]), float(fit["bandwidth_GBps"]),
-                                                                int(fit.get("num_nodes", 1)))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"calibration {path} is malformed: {exc}") from exc
-    return {"source": str(path), "topology": overrides,
-            **{k: fit[k] for k in ("latency_us", "bandwidth_GBps") if k in fit}}
+    fit = CALIBRATION.read(path)
+    overrides = fit.get("topology")
+    if not overrides:
+        num_nodes = fit.get("num_nodes", 1)
+        overrides = calibration_topology(fit["latency_us"], fit["bandwidth_GBps"], num_nodes if isinstance(num_nodes, int) else 1)
+    elif not (isinstance(overrides, dict) and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                                                  for v in overrides.values())):
+        raise ResultFileError(f"calibration {path}: 'topology' must map link fields to positive numbers")
+    return {"source": str(path), "topology": overrides, "latency_us": fit["latency_us"],
+            "bandwidth_GBps": fit["bandwidth_GBps"]}
 
 
 def calibration_topology(latency_us: float, bandwidth_GBps: float, num_nodes: int = 1) -> dict[str, float]:
@@ -87,7 +93,7 @@ def calibrate(args, rank: int, world: int, device, group=None) -> dict[str, Any]
     latency_ms, ms_per_byte = max(coef[0], 0.0), max(coef[1], 1e-15)
     num_nodes = max(1, world // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     latency_us, bandwidth = latency_ms * 1e3, 1.0 / ms_per_byte / 1e6
-    return {"format": "routelens-calibration", "version": 1, "backend": args.backend_resolved, "num_gpus": world,
+    return {**CALIBRATION.header(), "backend": args.backend_resolved, "num_gpus": world,
             "num_nodes": num_nodes, "latency_us": latency_us, "bandwidth_GBps": bandwidth,
             "topology": calibration_topology(latency_us, bandwidth, num_nodes), "points": points,
             "device": device_name(device), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 
+from routelens.formats import CALIBRATION
 from routelens.plan import Plan
 from routelens.synthetic import synthetic_trace_arrays
 from routelens.trace import Trace, write_trace
@@ -74,8 +75,8 @@ def test_two_ranks_replay_equals_reference_and_traffic_equals_cost_model(trace_d
     out = tmp_path / "report.json"
     out_dir = tmp_path / "bench"
     out_dir.mkdir()
-    calibration = {"latency_us": 123.0, "bandwidth_GBps": 0.5}
-    (out_dir / "calibration-gloo-g2.json").write_text(json.dumps(calibration))
+    calibration = {"backend": "gloo", "num_gpus": 2, "latency_us": 123.0, "bandwidth_GBps": 0.5}
+    CALIBRATION.write(out_dir / CALIBRATION.file_name(calibration), calibration)
     proc = _torchrun(2, trace_dir, "contiguous", tmp_path / "perm.json", "--backend", "gloo",
                      "--hidden-size", HIDDEN, "--intermediate-size", INTER, "--repeats", 2, "--warmup", 1,
                      "--check", "--json", out, "--out", out_dir)
