@@ -99,6 +99,8 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise RoutelensError(f"cannot read {what} {path}: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise RoutelensError(f"{what} {path} is not valid JSON (line {exc.lineno}): corrupt or half-written") from exc
+    except (ValueError, RecursionError) as exc:  # integers over 4,300 digits, nesting deeper than the stack
+        raise RoutelensError(f"{what} {path} cannot be read as JSON: {str(exc).splitlines()[0][:80]}") from exc
 
 
 def _json_default(obj: Any) -> Any:

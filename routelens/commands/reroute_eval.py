@@ -116,6 +116,7 @@ def run(args) -> int:
             raise InputError(f"unknown --routing-weights '{weighting}' (renorm or keep)")
     max_tokens = text_tokens(args)
     factors = _float_list(args.capacity_factor, "--capacity-factor")
+    given_plan = Plan.load(args.plan) if args.plan else None  # a bad plan fails before the model loads
     model_name = args.model or str(demo_model_path())
     started = time.perf_counter()
     model, tokenizer = load_model(model_name, dtype=args.dtype, device=args.device,
@@ -134,8 +135,8 @@ def run(args) -> int:
     calib, heldout = split_windows(windows.token_ids, args.fit_fraction)
     progress = not args.no_progress
     calibration = calibration_routing(model, sites, calib, batch_size=args.batch_size, progress=progress)
-    if args.plan:
-        plan = Plan.load(args.plan)
+    if given_plan is not None:
+        plan = given_plan
         plan.check_fits([s.name for s in sites], num_experts, what="model")
     else:
         from ..capture.engine import config_summary
@@ -170,7 +171,8 @@ def run(args) -> int:
         "wall_s": round(elapsed, 1),
         "rows": rows,
     }
-    plan.save(out / "plan.json")
+    if not (args.plan and (out / "plan.json").resolve() == Path(args.plan).resolve()):
+        plan.save(out / "plan.json")  # never rewrite the plan file it was given
     tradeoff_path = TRADEOFF.write(out / TRADEOFF.file, tradeoff)
     if write_json_output(args.json, rows):
         return 0

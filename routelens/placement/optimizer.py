@@ -51,6 +51,7 @@ from ..errors import InputError
 from .baselines import greedy_table, replica_counts, slots_per_gpu
 from .cost import CostModel, assign_replicas, placement_objective, token_source_gpu, traffic_from_hits
 from .graph import expert_load
+from .replicas import fill_slots
 from .search import SwapState, local_search
 
 DEFAULT_SEEDS = ("coact", "lpt")
@@ -187,6 +188,7 @@ def coact_seed(problem: _Problem) -> np.ndarray:
     filled = np.zeros(num_gpus, dtype=np.int64)
     holds = np.zeros((problem.num_experts, num_gpus), dtype=bool)
     table = np.full((num_gpus, slots), -1, dtype=np.int64)
+    deferred: list[int] = []
     # experts with several replicas first (they need distinct GPUs), then heaviest first
     for i in np.lexsort((-item_load, -counts[item_expert])):
         tokens = rows[by_item[bounds[i]:bounds[i + 1]]]
@@ -196,13 +198,16 @@ def coact_seed(problem: _Problem) -> np.ndarray:
         score = 2 * (recv + added) + compute + pair
         score[(filled >= slots) | holds[item_expert[i]]] = np.inf
         g = int(np.argmin(score))
+        if not np.isfinite(score[g]):  # every GPU with room holds this expert: fill_slots makes room at the end
+            deferred.append(int(item_expert[i]))
+            continue
         table[g, filled[g]] = item_expert[i]
         filled[g] += 1
         holds[item_expert[i], g] = True
         presence[tokens, g] = True
         recv[g] += added[g]
         compute[g] += pair
-    return table
+    return fill_slots(table, np.asarray(deferred, dtype=np.int64), problem.load / counts) if deferred else table
 
 
 def seed_table(name: str, problem: _Problem, seed: int) -> np.ndarray:

@@ -15,6 +15,7 @@ Conventions (also in docs/runner.md):
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -143,18 +144,39 @@ def add_ratios(plans: list[dict[str, Any]], baseline: str) -> None:
         plan["ratio_vs_baseline"] = ratio
 
 
+def short_labels(labels: list[str]) -> dict[str, str]:
+    """Each plan label (a file path or ``contiguous``) as its shortest path suffix no other label shares.
+
+    ``runs/a/plans/routelens-4gpu.json`` next to ``runs/b/plans/routelens-4gpu.json`` become
+    ``a/plans/routelens-4gpu.json`` and ``b/plans/routelens-4gpu.json``; a lone file keeps just its
+    name. Labels whose suffixes would still read the same are shown whole.
+    """
+    parts = {label: PurePath(label).parts or (label,) for label in labels}
+    short = {}
+    for label, own in parts.items():
+        others = [p for other, p in parts.items() if other != label]
+        k = 1
+        while k < len(own) and any(p[-k:] == own[-k:] for p in others):
+            k += 1
+        short[label] = str(PurePath(*own[-k:])) if k < len(own) else label
+    if len(set(short.values())) < len(short):
+        return {label: label for label in labels}
+    return short
+
+
 def format_table(report: dict[str, Any]) -> str:
-    """A plain-text table of the report, one row per plan."""
-    header = (f"{'plan':<28} {'MB sent max':>11} {'MB total':>9} {'disp ms':>8} {'comb ms':>8} {'a2a ms':>8} "
+    """A plain-text table of the report, one row per plan (named by :func:`short_labels`)."""
+    names = short_labels([plan["label"] for plan in report["plans"]])
+    width = max([28, *map(len, names.values())])
+    header = (f"{'plan':<{width}} {'MB sent max':>11} {'MB total':>9} {'disp ms':>8} {'comb ms':>8} {'a2a ms':>8} "
               f"{'pred ms':>8} {'a2a x':>6} {'pred x':>6} {'GB/s':>7} {'plain':>7} {'vs pl':>6} {'bytes=pred':>10}")
     lines = [header, "-" * len(header)]
     for plan in report["plans"]:
         t = plan["time_ms"]
         ratio = plan.get("ratio_vs_baseline", {})
         algbw = plan.get("algbw_GBps", {})
-        label = plan["label"] if len(plan["label"]) <= 28 else "…" + plan["label"][-27:]
         lines.append(
-            f"{label:<28} {max(plan['dispatch_bytes_sent']) / 1e6:>11.2f} {sum(plan['dispatch_bytes_sent']) / 1e6:>9.2f} "
+            f"{names[plan['label']]:<{width}} {max(plan['dispatch_bytes_sent']) / 1e6:>11.2f} {sum(plan['dispatch_bytes_sent']) / 1e6:>9.2f} "
             f"{t['dispatch']:>8.3f} {t['combine']:>8.3f} {t['all_to_all']:>8.3f} {plan['predicted']['all_to_all_ms']:>8.3f} "
             f"{ratio.get('measured_all_to_all', float('nan')):>6.3f} {ratio.get('predicted_all_to_all', float('nan')):>6.3f} "
             f"{algbw.get('dispatch', float('nan')):>7.2f} {algbw.get('plain', float('nan')):>7.2f} "
@@ -162,7 +184,7 @@ def format_table(report: dict[str, Any]) -> str:
         )
         if "overlap" in plan:
             o = plan["overlap"]
-            lines.append(f"{'':<28} overlap: dispatch {o['dispatch_ms']:.3f} ms + shortcut {o['shortcut_ms']:.3f} ms "
+            lines.append(f"{'':<{width}} overlap: dispatch {o['dispatch_ms']:.3f} ms + shortcut {o['shortcut_ms']:.3f} ms "
                          f"-> {o['overlapped_ms']:.3f} ms together; {100 * o['comm_hidden_share']:.0f}% of the "
                          f"dispatch hidden (at most {100 * o['max_hideable_share']:.0f}%)")
     return "\n".join(lines)
