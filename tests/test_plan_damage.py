@@ -48,7 +48,7 @@ def _table(draw, obj):
     """A random layer's ``gpu_experts`` (a list of non-empty lists), or None when earlier damage left none."""
     layers = obj.get("layers")
     names = sorted(n for n, spec in layers.items() if isinstance(spec, dict)) if isinstance(layers, dict) else []
-    tables = [layers[n]["gpu_experts"] for n in names]
+    tables = [layers[n].get("gpu_experts") for n in names]
     tables = [t for t in tables if isinstance(t, list) and t and all(isinstance(r, list) and r for r in t)]
     return draw(st.sampled_from(tables)) if tables else None
 
@@ -212,7 +212,7 @@ def test_commands_refuse_a_bad_plan_with_one_line_and_leave_it_untouched(run_pat
     path.write_text(text)
     argv = {
         "plan-eval": ["plan-eval", str(run_path), str(path), "--no-progress"],
-        "bench": ["bench", str(run_path), "--plans", str(path), "--backend", "gloo", "--gpus", "2"],
+        "bench": ["bench", str(run_path), str(path), "--backend", "gloo", "--gpus", "2"],
         "reroute": ["reroute", str(run_path), "--policy", "gpu-limited", "--plan", str(path),
                     "--out", str(tmp_path / "rerouted"), "--no-progress"],
         "reroute-eval": ["reroute-eval", "--plan", str(path), "--out", str(tmp_path / "tradeoff"), "--no-progress"],

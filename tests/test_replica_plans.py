@@ -86,7 +86,7 @@ def test_every_method_places_scores_exports_and_replays_replicas(trace_path, tmp
     # one gloo bench replays the contiguous layout and every method's replica plan
     bench = tmp_path / "bench.json"
     files = [str(tmp_path / f"{m}.json") for m in PLACE_METHODS]
-    assert main(["bench", str(trace_path), "--plans", "contiguous", *files, "--gpus", str(num_gpus), "--backend", "gloo",
+    assert main(["bench", str(trace_path), "contiguous", *files, "--gpus", str(num_gpus), "--backend", "gloo",
                  "--hidden-size", "32", "--intermediate-size", "16", "--repeats", "1", "--warmup", "0",
                  "--json", str(bench)]) == 0, capfd.readouterr().err[-2000:]
     entries = {p["label"]: p for p in json.loads(bench.read_text())["plans"]}
