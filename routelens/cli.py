@@ -19,6 +19,7 @@ from .errors import RoutelensError
 COMMANDS = [
     "capture",
     "info",
+    "check",
     "analyze",
     "compare",
     "place",
