@@ -26,3 +26,7 @@ class PlanError(RoutelensError):
 
 class InputError(RoutelensError):
     """A user-supplied argument or input file is invalid (bad range, unreadable text, NaNs...)."""
+
+
+class RunBusyError(RoutelensError):
+    """Another process is writing the run folder (it holds ``RUN/.lock``)."""

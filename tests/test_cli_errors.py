@@ -170,7 +170,7 @@ def test_info_on_a_corrupt_shard_or_a_non_trace(models, tmp_path, capsys):
     assert main(capture_args(models["moe"], out, models["text"])) == 0
     shard = next((out / "shards").iterdir())
     shard.write_bytes(b"\x00" * 64)
-    fails(capsys, ["info", str(out)], f"shard {shard} is corrupt or unreadable")
+    fails(capsys, ["info", str(out)], f"shard shards/{shard.name}, layer 0 (model.layers.0.mlp.gate): corrupt or unreadable")
     fails(capsys, ["info", str(tmp_path / "nothing")], "no trace folder at")
 
 

@@ -17,13 +17,14 @@ from ..trace import Trace
 def expert_load(trace: Trace, layer: str | int) -> np.ndarray:
     """``[E]`` int64 tokens routed to each expert at ``layer`` (each token counts once per chosen expert).
 
-    Streams the layer shard by shard; negative ids (dropped tokens in re-routed traces) are skipped.
+    Streams the layer shard by shard; ids of -1 (slots a capacity limit dropped) are skipped. The trace
+    checks every id it reads, so an id outside ``[-1, E)`` raises :class:`TraceError` naming the layer
+    and shard instead of being miscounted.
     """
     counts = np.zeros(trace.num_experts, dtype=np.int64)
     for _, ids in trace.iter_chunks(layer, "topk_ids"):
         flat = ids.reshape(-1).astype(np.int64)
-        flat = flat[(flat >= 0) & (flat < trace.num_experts)]
-        counts += np.bincount(flat, minlength=trace.num_experts)
+        counts += np.bincount(flat[flat >= 0], minlength=trace.num_experts)
     return counts
 
 
@@ -47,7 +48,7 @@ def summarize_trace(trace: Trace) -> dict[str, Any]:
             "unused_experts": int((load == 0).sum()),
         })
     ratios = [row["load_max_over_mean"] for row in per_layer if row["load_max_over_mean"] is not None]
-    size_bytes = sum((trace.path / shard["file"]).stat().st_size for shard in trace.shards)
+    size_bytes = sum(trace.shard_file(i).stat().st_size for i in range(len(trace.shards)))
     return {
         "path": str(trace.path),
         "complete": bool(manifest.get("complete", False)),
