@@ -1,6 +1,7 @@
 """Finding runs: every folder below RUNS_DIR that holds a ``manifest.json``.
 
-Pure Python (no Streamlit), so the discovery rules are tested on their own.
+Pure Python (no Streamlit), so the discovery rules are tested on their own. A manifest is judged by
+the library's own rules (:func:`routelens.trace_format.validate_manifest`), without touching its shards.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from routelens.errors import TraceError
+from routelens.trace_format import validate_manifest
 
 MANIFEST = "manifest.json"
 # Folders inside a run that hold data files, never runs: not worth walking.
@@ -78,13 +82,12 @@ def read_run_info(folder: Path, root: Path) -> RunInfo:
         return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} is not valid JSON (half-written or corrupt)")
     except (OSError, UnicodeDecodeError) as exc:
         return RunInfo(str(folder), name, problem=f"cannot read {folder / MANIFEST}: {exc}")
-    if not isinstance(manifest, dict) or manifest.get("format") != "routelens-trace":
-        return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} is not a routelens trace manifest")
     try:
-        model = str(manifest.get("model", {}).get("id", "") or "")
-        num_tokens = int(manifest.get("num_tokens", 0) or 0)
-    except (AttributeError, TypeError, ValueError):
-        return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} has malformed model or token fields")
+        validate_manifest(manifest, str(folder / MANIFEST))  # the library's rules: fields, types, shard paths
+    except TraceError as exc:
+        return RunInfo(str(folder), name, problem=str(exc))
+    model = str((manifest.get("model") or {}).get("id", "") or "")
+    num_tokens = sum(int(shard["num_tokens"]) for shard in manifest["shards"])
     return RunInfo(str(folder), name, model=model, num_tokens=num_tokens, complete=bool(manifest.get("complete")))
 
 
