@@ -134,9 +134,7 @@ def _check_shard(trace: Trace, index: int, shard: dict[str, Any], report: TraceC
                 report.problems.append(f"trace {trace.path}: shard {name}, layer {j} ({layer}): token {row} of the "
                                        f"shard chooses one expert twice among its top-{trace.top_k}")
     if "seq_ids" in arrays and "positions" in arrays:
-        problem = windows.add(name, shard, arrays["seq_ids"], arrays["positions"])
-        if problem:
-            report.problems.append(problem)
+        report.problems.extend(windows.add(name, shard, arrays["seq_ids"], arrays["positions"]))
 
 
 def _repeated_choice(ids: np.ndarray) -> int | None:
@@ -160,14 +158,19 @@ class _Windows:
     def count(self) -> int:
         return len(self.ended) + (self.last is not None)
 
-    def add(self, name: str, shard: dict[str, Any], seq: np.ndarray, pos: np.ndarray) -> str | None:
-        """Take the next shard's ``[n]`` window ids and positions; returns a problem line or None."""
+    def add(self, name: str, shard: dict[str, Any], seq: np.ndarray, pos: np.ndarray) -> list[str]:
+        """Take the next shard's ``[n]`` window ids and positions; returns its problems."""
         where = f"trace {self.trace.path}: shard {name}"
+        problems = []
         if "num_seqs" in shard:
             self.num_seqs_sum += int(shard["num_seqs"])
             distinct = int(np.unique(seq).size)
             if shard["num_seqs"] != distinct:
-                return f"{where}: holds tokens of {distinct} windows, the manifest says num_seqs {shard['num_seqs']}"
+                problems.append(f"{where}: holds tokens of {distinct} windows, the manifest says num_seqs {shard['num_seqs']}")
+        order = self._order(where, seq, pos)
+        return problems + ([order] if order else [])
+
+    def _order(self, where: str, seq: np.ndarray, pos: np.ndarray) -> str | None:
         if seq.size == 0:
             return None
         carried = self.last is not None  # the previous shard's last token goes first, to see across the boundary

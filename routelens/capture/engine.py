@@ -145,8 +145,10 @@ def capture(
                 try:
                     write.result()
                 except RoutelensError as exc:  # a full disk, a file-size limit, a read-only folder
-                    raise TraceError(f"{exc}; the {len(writer.shards)} shards written before are intact: free some "
-                                     f"space, then finish the run with routelens capture ... --out {out} --resume") from None
+                    kept = (f"the {len(writer.shards)} shards written before are intact" if writer.shards
+                            else "no shard was written")
+                    raise TraceError(f"{exc}; {kept}: free some space, then finish the run with "
+                                     f"routelens capture ... --out {out} --resume") from None
                 shards_written += 1
                 if on_shard is not None:
                     on_shard(shards_written)
