@@ -111,17 +111,8 @@ class Trace:
                 ``allow_incomplete``).
         """
         path = Path(path)
-        if not path.is_dir():
-            raise TraceError(f"no trace folder at {path}")
+        manifest = read_manifest(path)
         root = os.path.realpath(path)
-        manifest_path = regular_file_inside(root, MANIFEST, f"{path / MANIFEST}")
-        if manifest_path is None:
-            raise TraceError(f"{path} holds no {MANIFEST}: not a routelens trace (or the capture never wrote a shard)")
-        try:
-            manifest = read_json(manifest_path, what="trace manifest")
-        except RoutelensError as exc:
-            raise TraceError(str(exc)) from exc
-        validate_manifest(manifest, str(path / MANIFEST))
         if not manifest.get("complete", False) and not allow_incomplete:
             raise TraceError(f"trace {path} is incomplete (capture interrupted): finish it with --resume")
         files = []
@@ -235,6 +226,21 @@ class Trace:
             yield start, self._read(i, f"{field}.{j}")
             start += int(shard["num_tokens"])
 
+    def check_layers(self, layers: Sequence[str | int] | None = None,
+                     fields: Sequence[str] = ("topk_ids", "topk_weights")) -> None:
+        """Read (and so check) ``fields`` of ``layers`` (default: all) shard by shard, keeping nothing.
+
+        For work that reads the trace elsewhere (torchrun ranks) or late: a damaged shard then fails
+        here, in one line, before any process starts.
+
+        Raises:
+            TraceError: the first damaged array, naming its layer and shard.
+        """
+        for layer in (self.layers if layers is None else layers):
+            for field in fields:
+                for _ in self.iter_chunks(layer, field):
+                    pass
+
     def _layer_field(self, field: str, layer: str | int) -> np.ndarray:
         j = self.layer_index(layer)
         parts = [self._read(i, f"{field}.{j}") for i in range(len(self.shards))]
@@ -268,6 +274,43 @@ class Trace:
         )
 
 
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated ``manifest.json`` of the run folder ``path`` (its shards are not touched).
+
+    The manifest must be a regular file inside the folder (a link leading elsewhere is refused
+    unread) and pass :func:`~routelens.trace_format.validate_manifest`.
+
+    Raises:
+        TraceError: no run folder or manifest there, unreadable or invalid JSON, a malformed field.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise TraceError(f"no trace folder at {path}")
+    manifest_path = regular_file_inside(os.path.realpath(path), MANIFEST, f"{path / MANIFEST}")
+    if manifest_path is None:
+        raise TraceError(f"{path} holds no {MANIFEST}: not a routelens trace (or the capture never wrote a shard)")
+    try:
+        manifest = read_json(manifest_path, what="trace manifest")
+    except RoutelensError as exc:
+        raise TraceError(str(exc).replace(manifest_path, str(path / MANIFEST))) from exc
+    validate_manifest(manifest, str(path / MANIFEST))
+    return manifest
+
+
+def read_manifest_file(file: str | os.PathLike, what: str = "trace manifest") -> dict[str, Any]:
+    """A manifest (or a torchrun part manifest) a writer is about to continue, validated.
+
+    Raises:
+        TraceError: unreadable, not JSON, or a malformed field (one line).
+    """
+    try:
+        manifest = read_json(file, what=what)
+    except RoutelensError as exc:
+        raise TraceError(str(exc)) from exc
+    validate_manifest(manifest, str(file))
+    return manifest
+
+
 @dataclass
 class ResumeState:
     """Where a resumed capture stands: how many windows and tokens are already on disk."""
@@ -286,6 +329,9 @@ class TraceWriter:
 
     With ``world_size > 1`` (``torchrun``) each rank writes its own shards and a part manifest
     ``parts/rank{r}.json``; rank 0 calls :func:`merge_rank_parts` once all ranks have finished.
+
+    Callers hold the run folder's write lock (:func:`routelens.lock.run_lock`) while they write, as
+    capture, re-routing and :func:`write_trace` do.
     """
 
     def __init__(
@@ -327,7 +373,7 @@ class TraceWriter:
 
     def _existing_manifest(self) -> dict[str, Any] | None:
         if self._manifest_path.is_file():
-            return read_json(self._manifest_path, what="trace manifest")
+            return read_manifest_file(self._manifest_path)
         if self.world_size > 1 and (self.path / MANIFEST).is_file():
             raise TraceError(f"output folder {self.path} already holds a single-process run; choose another --out")
         if self.path.is_dir() and any(p.name not in (SHARD_DIR, "parts") and not is_lock_file(p.name)
@@ -426,7 +472,7 @@ def merge_rank_parts(path: str | os.PathLike, world_size: int) -> Path:
     parts = []
     for rank in range(world_size):
         part_path = path / "parts" / f"rank{rank}.json"
-        parts.append(read_json(part_path, what=f"rank {rank} part manifest"))
+        parts.append(read_manifest_file(part_path, what=f"rank {rank} part manifest"))
     first = parts[0]
     for rank, part in enumerate(parts[1:], start=1):
         if part.get("layers") != first.get("layers") or part.get("settings") != first.get("settings"):

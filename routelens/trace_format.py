@@ -9,8 +9,9 @@ The rules:
 
 * The manifest's fields have the types and ranges in :func:`validate_manifest`: ``layers`` a non-empty
   list of distinct strings, ``1 <= top_k <= num_experts <= 32768`` (ids are int16), ``shards`` a list
-  of ``{"file": "shards/...", "num_tokens": n >= 0, ...}``. Fields it does not know are left alone
-  (importers and later versions add their own).
+  of ``{"file": "shards/...", "num_tokens": n >= 0, ...}``, ``model`` an object; the optional objects
+  (``settings``, ``stats``, ``source``, ``parent``) are objects when present, never null. Fields it
+  does not know are left alone (importers and later versions add their own).
 * A shard path is relative, has no ``..`` and starts with ``shards/``; symbolic links on the way are
   followed only while they stay inside the run folder (:func:`resolve_inside`). Nothing outside
   the run folder is stat-ed, opened or read, and only regular files are opened (a FIFO would block).
@@ -63,7 +64,7 @@ def validate_manifest(manifest: Any, where: str) -> None:
     if version != FORMAT_VERSION or isinstance(version, bool):
         raise TraceError(f"{where} has format version {version!r}; this routelens reads version {FORMAT_VERSION} "
                          "(re-capture it with this version)")
-    for key in ("layers", "num_experts", "top_k", "shards"):
+    for key in ("layers", "num_experts", "top_k", "shards", "model"):
         if key not in manifest:
             raise TraceError(f"{where} lacks '{key}'")
     layers = manifest["layers"]
@@ -145,9 +146,9 @@ def _validate_optional(manifest: dict[str, Any], where: str, num_layers: int, nu
     if "dtype" in manifest and not isinstance(manifest["dtype"], (str, type(None))):
         raise TraceError(f"{where}: 'dtype' must be a string, got {_show(manifest['dtype'])}")
     for key in ("model", "settings", "stats", "source", "parent", "reroute"):
-        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+        if key in manifest and not isinstance(manifest[key], dict):
             raise TraceError(f"{where}: '{key}' must be an object, got {_show(manifest[key])}")
-    model = manifest.get("model") or {}
+    model = manifest["model"]
     _typed(model, where, "model", {"id": str, "family": str, "architecture": (str, type(None)), "config": dict})
     config = model.get("config") or {}
     for key in _CONFIG_NUMBERS:

@@ -1,20 +1,19 @@
 """Finding runs: every folder below RUNS_DIR that holds a ``manifest.json``.
 
 Pure Python (no Streamlit), so the discovery rules are tested on their own. A manifest is judged by
-the library's own rules (:func:`routelens.trace_format.validate_manifest`), without touching its shards.
+the library's own rules (:func:`routelens.trace.read_manifest`), without touching its shards.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from routelens.errors import TraceError
-from routelens.trace_format import validate_manifest
+from routelens.errors import RoutelensError
+from routelens.trace import read_manifest
 
 MANIFEST = "manifest.json"
 # Folders inside a run that hold data files, never runs: not worth walking.
@@ -76,15 +75,8 @@ def read_run_info(folder: Path, root: Path) -> RunInfo:
     """The picker's view of one run folder (never raises: problems go into ``problem``)."""
     name = folder.relative_to(root).as_posix() if folder != root else "."
     try:
-        with open(folder / MANIFEST, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except json.JSONDecodeError:
-        return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} is not valid JSON (half-written or corrupt)")
-    except (OSError, UnicodeDecodeError) as exc:
-        return RunInfo(str(folder), name, problem=f"cannot read {folder / MANIFEST}: {exc}")
-    try:
-        validate_manifest(manifest, str(folder / MANIFEST))  # the library's rules: fields, types, shard paths
-    except TraceError as exc:
+        manifest = read_manifest(folder)  # the library's rules: a file inside the run, its fields and types
+    except RoutelensError as exc:
         return RunInfo(str(folder), name, problem=str(exc))
     model = str((manifest.get("model") or {}).get("id", "") or "")
     num_tokens = sum(int(shard["num_tokens"]) for shard in manifest["shards"])

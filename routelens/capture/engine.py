@@ -26,9 +26,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import InputError, RoutelensError, TraceError
-from ..io import read_json
 from ..lock import is_lock_file, lock_name, run_lock
-from ..trace import MANIFEST, Trace, TraceWriter, merge_rank_parts
+from ..trace import MANIFEST, Trace, TraceWriter, merge_rank_parts, read_manifest_file
 from .distributed import DistContext, init_distributed, rank_windows
 from .header import build_header, config_summary
 from .hooks import BatchRouting, HostCopy, RouterRecorder
@@ -292,7 +291,7 @@ def _check_resume_settings(out: Path, header: dict[str, Any], ctx: DistContext) 
     path = _existing_manifest_path(out, ctx)
     if not path.is_file():
         return
-    existing = read_json(path, what="trace manifest")
+    existing = read_manifest_file(path)
     old, new = existing.get("settings") or {}, header["settings"]
     changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
     if existing.get("layers") != header["layers"]:
@@ -309,11 +308,9 @@ def _short(value: Any) -> str:
 
 def _is_finished(out: Path, num_windows: int) -> bool:
     """The run in ``out`` is complete and holds all ``num_windows`` windows."""
-    from ..io import read_json
-
-    if not (out / "manifest.json").is_file():
+    if not (out / MANIFEST).is_file():
         return False  # --resume on a new folder starts it
-    manifest = read_json(out / "manifest.json", what="trace manifest")
+    manifest = read_manifest_file(out / MANIFEST)
     return bool(manifest.get("complete")) and manifest.get("num_sequences") == num_windows
 
 
@@ -321,7 +318,7 @@ def _prior_stats(out: Path, ctx: DistContext) -> dict[str, Any]:
     path = _existing_manifest_path(out, ctx)
     if not path.is_file():
         return {}
-    stats = read_json(path, what="trace manifest").get("stats", {})
+    stats = read_manifest_file(path).get("stats", {})
     return stats if isinstance(stats, dict) else {}
 
 

@@ -60,10 +60,7 @@ def parse_layers(spec: str | Sequence[int] | None, num_layers: int) -> list[int]
 
 def layer_num_experts(trace: Trace, j: int) -> int:
     """``E`` of trace layer ``j`` (``num_experts_per_layer`` when the manifest has it)."""
-    per_layer = trace.manifest.get("num_experts_per_layer")
-    if isinstance(per_layer, list) and len(per_layer) == len(trace.layers):
-        return int(per_layer[j])
-    return trace.num_experts
+    return trace.layer_experts[j]
 
 
 def analysis_params(trace: Trace, layers: list[int], top_t: int | None, threshold: float, seed: int,
