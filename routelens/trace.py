@@ -249,6 +249,14 @@ class Trace:
             return np.zeros((0, width), LAYER_FIELDS[field])
         return np.concatenate(parts)
 
+    def shard_array(self, index: int, key: str) -> np.ndarray:
+        """Tensor ``key`` (``token_ids``, ``topk_ids.3``...) of shard ``index``, checked like every read.
+
+        Raises:
+            TraceError: unreadable, wrong dtype or shape, ids outside ``[-1, E)``, NaN/inf weights.
+        """
+        return self._read(index, key)
+
     def _read(self, index: int, key: str) -> np.ndarray:
         """Tensor ``key`` of shard ``index``, checked (dtype, shape, id range) before anyone sees it."""
         from safetensors import safe_open

@@ -123,7 +123,7 @@ def _check_shard(trace: Trace, index: int, shard: dict[str, Any], report: TraceC
     arrays: dict[str, np.ndarray] = {}
     for key in keys:
         try:
-            arrays[key] = trace._read(index, key)  # the checks every read makes: dtype, shape, ids, weights
+            arrays[key] = trace.shard_array(index, key)  # the checks every read makes: dtype, shape, ids, weights
         except TraceError as exc:
             report.problems.append(str(exc))
     for j, layer in enumerate(trace.layers):

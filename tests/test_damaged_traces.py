@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from routelens.cli import main
 
@@ -108,7 +109,7 @@ def test_the_testers_cases_fail_every_command_with_one_line(env, capsys, case):
 
 @settings(max_examples=int(os.environ.get("ROUTELENS_DAMAGE_EXAMPLES", "25")), deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(data=damage.st.data())
+@given(data=st.data())
 def test_any_damage_is_a_working_command_or_one_line_never_a_traceback(env, capsys, data):
     label, apply = data.draw(damage.damages(env["outside"]), label="damage")
     results = run_everything(env, apply, label, capsys)
