@@ -76,6 +76,7 @@ class Trace:
         num_experts: ``E``, routed experts per MoE layer.
         top_k: ``k``, experts chosen per token.
         num_tokens: ``T``, tokens recorded (summed over shards).
+        layer_experts: ``E`` of each layer (``num_experts_per_layer``, else ``num_experts`` for all).
 
     Example:
         >>> trace = Trace.open("runs/demo")                       # doctest: +SKIP
