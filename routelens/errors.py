@@ -31,3 +31,7 @@ class InputError(RoutelensError):
 class ResultFileError(RoutelensError):
     """A result file (analysis, re-routing trade-off, bench report, calibration) is missing, corrupt, of
     another format or of an unsupported version."""
+
+
+class RunBusyError(RoutelensError):
+    """Another process is writing the run folder (it holds ``RUN/.lock``)."""

@@ -7,6 +7,7 @@ Loaders raise :class:`routelens.errors.RoutelensError` on bad input; pages turn 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,26 @@ from .runs import RunInfo, find_runs
 
 
 def stamp(*paths: str | os.PathLike) -> tuple:
-    """``(mtime_ns, size)`` of each existing path (files or folders' direct files): a cache key part."""
+    """``(mtime_ns, size)`` of each existing path (files or folders' direct files): a cache key part.
+
+    Links are not followed (``lstat``): a run's files are judged by the library, which refuses links
+    that leave the run, and a key needs nothing outside it.
+    """
     parts = []
     for path in paths:
         path = Path(path)
-        if path.is_dir():
-            parts.extend((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(path.iterdir()) if p.is_file())
-        elif path.exists():
-            parts.append((path.name, path.stat().st_mtime_ns, path.stat().st_size))
-        else:
+        try:
+            info = path.lstat()
+        except OSError:
             parts.append((path.name, None))
+            continue
+        if path.is_dir() and not path.is_symlink():
+            for p in sorted(path.iterdir()):
+                with contextlib.suppress(OSError):
+                    entry = p.lstat()
+                    parts.append((p.name, entry.st_mtime_ns, entry.st_size))
+        else:
+            parts.append((path.name, info.st_mtime_ns, info.st_size))
     return tuple(parts)
 
 
@@ -215,6 +226,18 @@ def runs_table(runs_dir: str) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------- placement plans
+def _looks_like_plan(path: Path) -> bool:
+    """Cheap filter before parsing: a plan file starts with its format name (Plan.to_json puts it first)."""
+    if not path.is_file():  # a FIFO or device named *.json would block the page
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(200)
+    except OSError:
+        return False
+    return b'"routelens-plan"' in head
+
+
 @st.cache_data(ttl=5, show_spinner=False)
 def plan_files(runs_dir: str, run_path: str) -> list[str]:
     """Plan files (``format: routelens-plan``) inside the run folder and below RUNS_DIR, sorted by path."""

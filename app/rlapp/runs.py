@@ -1,18 +1,20 @@
 """Finding runs: every folder below RUNS_DIR that holds a ``manifest.json``.
 
-Pure Python (no Streamlit), so the discovery rules are tested on their own.
+Pure Python (no Streamlit), so the discovery rules are tested on their own. A manifest is judged by
+the library's own rules (:func:`routelens.trace.read_manifest`), without touching its shards.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from routelens.errors import RoutelensError
 from routelens.formats import PARTS_DIR, SHARD_DIR, TRACE
+from routelens.trace import read_manifest
 
 MANIFEST = TRACE.file
 # Folders inside a run that hold data files, never runs: not worth walking.
@@ -74,19 +76,11 @@ def read_run_info(folder: Path, root: Path) -> RunInfo:
     """The picker's view of one run folder (never raises: problems go into ``problem``)."""
     name = folder.relative_to(root).as_posix() if folder != root else "."
     try:
-        with open(folder / MANIFEST, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except json.JSONDecodeError:
-        return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} is not valid JSON (half-written or corrupt)")
-    except (OSError, UnicodeDecodeError) as exc:
-        return RunInfo(str(folder), name, problem=f"cannot read {folder / MANIFEST}: {exc}")
-    if not isinstance(manifest, dict) or manifest.get("format") != TRACE.name:
-        return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} is not a routelens trace manifest")
-    try:
-        model = str(manifest.get("model", {}).get("id", "") or "")
-        num_tokens = int(manifest.get("num_tokens", 0) or 0)
-    except (AttributeError, TypeError, ValueError):
-        return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} has malformed model or token fields")
+        manifest = read_manifest(folder)  # the library's rules: a file inside the run, its fields and types
+    except RoutelensError as exc:
+        return RunInfo(str(folder), name, problem=str(exc))
+    model = str((manifest.get("model") or {}).get("id", "") or "")
+    num_tokens = sum(int(shard["num_tokens"]) for shard in manifest["shards"])
     return RunInfo(str(folder), name, model=model, num_tokens=num_tokens, complete=bool(manifest.get("complete")))
 
 

@@ -46,9 +46,10 @@ def current_run() -> RunInfo:
         st.code(f"routelens capture --out {Path(runs_dir) / 'demo'}", language="bash")
         st.stop()
     if info.problem:
-        st.error(f"Run `{info.name}` cannot be read: {info.problem}.")
-        st.caption("A capture that is still writing its first shard, or was killed mid-write, looks like this. "
-                   "Finish it with `routelens capture ... --resume`, or delete the folder.")
+        st.error(f"Run `{info.name}` cannot be read: {info.problem}")
+        st.caption("A capture still writing its first shard, or killed mid-write, looks like this; so does a damaged "
+                   f"or hand-edited manifest. `routelens check {info.path}` says what is wrong; finish an interrupted "
+                   "capture with `routelens capture ... --resume`, or delete the folder.")
         st.stop()
     return info
 

@@ -26,8 +26,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import InputError, RoutelensError, TraceError
-from ..formats import PART_FILE, PARTS_DIR, SHARD_DIR, TRACE
-from ..trace import MANIFEST, Trace, TraceWriter, merge_rank_parts
+from ..formats import PART_FILE, PARTS_DIR, SHARD_DIR
+from ..lock import is_lock_file, lock_name, run_lock
+from ..trace import MANIFEST, Trace, TraceWriter, merge_rank_parts, read_manifest_file
 from .distributed import DistContext, init_distributed, rank_windows
 from .header import build_header, config_summary
 from .hooks import BatchRouting, HostCopy, RouterRecorder
@@ -55,7 +56,7 @@ def check_output_folder(out: str | os.PathLike, resume: bool, world_size: int = 
             f"{out} is an unfinished torchrun capture with {len(parts)} processes: resume it with "
             f"torchrun --nproc-per-node {len(parts)}"
         )
-    if not has_run and any(p.name not in (SHARD_DIR, PARTS_DIR) for p in out.iterdir()):
+    if not has_run and any(p.name not in (SHARD_DIR, PARTS_DIR) and not is_lock_file(p.name) for p in out.iterdir()):
         raise TraceError(f"output folder {out} is not empty and holds no routelens trace; choose another --out")
 
 
@@ -112,74 +113,82 @@ def capture(
     header = build_header(model, tokenizer, routing, windows, model_id=model_id, save_logits=save_logits,
                           world_size=ctx.world_size)
     out = Path(out)
-    check_output_folder(out, resume, ctx.world_size)
-    if resume:
-        _check_resume_settings(out, header, ctx)
-        if ctx.world_size == 1 and _is_finished(out, windows.num_windows):
-            return Trace.open(out)  # nothing to add: leave the manifest (and caches keyed on it) untouched
-    ctx.barrier()  # every rank has checked --out before any rank writes into it
-    writer = TraceWriter(out, header, resume=resume, rank=ctx.rank, world_size=ctx.world_size)
-    prior_stats = _prior_stats(out, ctx)
-    mine = rank_windows(windows.num_windows, ctx.rank, ctx.world_size)
-    done = writer.resume_state.num_sequences
-    if done > mine.size:
-        raise TraceError(f"cannot resume {out}: it holds {done} windows for rank {ctx.rank}, more than the {mine.size} it should")
-    todo = mine[done:]
-    seq_len = windows.seq_len
-    batches_per_shard = max(1, -(-shard_tokens // (batch_size * seq_len)))
+    with run_lock(out, "routelens capture", lock_name(ctx.rank)):  # one writer per run folder
+        check_output_folder(out, resume, ctx.world_size)
+        if resume:
+            _check_resume_settings(out, header, ctx)
+            if ctx.world_size == 1 and _is_finished(out, windows.num_windows):
+                return Trace.open(out)  # nothing to add: leave the manifest (and caches keyed on it) untouched
+        ctx.barrier()  # every rank has checked --out before any rank writes into it
+        writer = TraceWriter(out, header, resume=resume, rank=ctx.rank, world_size=ctx.world_size)
+        prior_stats = _prior_stats(out, ctx)
+        mine = rank_windows(windows.num_windows, ctx.rank, ctx.world_size)
+        done = writer.resume_state.num_sequences
+        if done > mine.size:
+            raise TraceError(f"cannot resume {out}: it holds {done} windows for rank {ctx.rank}, more than the {mine.size} it should")
+        todo = mine[done:]
+        seq_len = windows.seq_len
+        batches_per_shard = max(1, -(-shard_tokens // (batch_size * seq_len)))
 
-    bar = _progress_bar(progress and ctx.rank == 0, total=mine.size * seq_len, initial=done * seq_len)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="routelens-shard")
-    pending_write: Future | None = None
-    shards_written = 0
-    group: list[tuple[np.ndarray, BatchRouting]] = []
-    start = time.perf_counter()
+        bar = _progress_bar(progress and ctx.rank == 0, total=mine.size * seq_len, initial=done * seq_len)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="routelens-shard")
+        pending_write: Future | None = None
+        shards_written = 0
+        group: list[tuple[np.ndarray, BatchRouting]] = []
+        start = time.perf_counter()
+        tokens_before = writer.resume_state.num_tokens  # tokens/s counts this session's tokens only
 
-    def finish_write() -> None:
-        nonlocal pending_write, shards_written
-        if pending_write is not None:
-            write, pending_write = pending_write, None
-            write.result()
-            shards_written += 1
-            if on_shard is not None:
-                on_shard(shards_written)
+        def finish_write() -> None:
+            nonlocal pending_write, shards_written
+            if pending_write is not None:
+                write, pending_write = pending_write, None
+                try:
+                    write.result()
+                except RoutelensError as exc:  # a full disk, a file-size limit, a read-only folder
+                    kept = (f"the {len(writer.shards)} shards written before are intact" if writer.shards
+                            else "no shard was written")
+                    raise TraceError(f"{exc}; {kept}: free some space, then finish the run with "
+                                     f"routelens capture ... --out {out} --resume") from None
+                shards_written += 1
+                if on_shard is not None:
+                    on_shard(shards_written)
 
-    def flush() -> None:
-        nonlocal pending_write, group
-        if group:
-            finish_write()  # at most one shard in flight: bounded memory, errors surface in order
-            pending_write = pool.submit(_write_group, writer, windows, group)
-            group = []
+        def flush() -> None:
+            nonlocal pending_write, group
+            if group:
+                finish_write()  # at most one shard in flight: bounded memory, errors surface in order
+                pending_write = pool.submit(_write_group, writer, windows, group)
+                group = []
 
-    try:
-        for index, routed in iter_batch_routing(model, routing, windows, todo, batch_size, save_logits):
-            _check_finite(routed.topk_weights, header["layers"], index)
-            if save_logits and routed.logits is None:
-                raise RoutelensError(f"--save-logits: the {routing.family} routers of this model expose no logits")
-            group.append((index, routed))
+        try:
+            for index, routed in iter_batch_routing(model, routing, windows, todo, batch_size, save_logits):
+                _check_finite(routed.topk_weights, header["layers"], index)
+                if save_logits and routed.logits is None:
+                    raise RoutelensError(f"--save-logits: the {routing.family} routers of this model expose no logits")
+                group.append((index, routed))
+                if bar is not None:
+                    bar.update(index.size * seq_len)
+                if len(group) >= batches_per_shard:
+                    flush()
+            flush()
+            finish_write()
+        except BaseException:
+            pool.shutdown(wait=True)  # a shard already being written completes (atomically) or not at all
+            _record_stats(writer, prior_stats, time.perf_counter() - start, tokens_before, batch_size, model, final=False)
             if bar is not None:
-                bar.update(index.size * seq_len)
-            if len(group) >= batches_per_shard:
-                flush()
-        flush()
-        finish_write()
-    except BaseException:
-        pool.shutdown(wait=True)  # a shard already being written completes (atomically) or not at all
-        _record_stats(writer, prior_stats, time.perf_counter() - start, ctx, batch_size, model, final=False)
+                bar.close()
+            raise
+        pool.shutdown(wait=True)
         if bar is not None:
             bar.close()
-        raise
-    pool.shutdown(wait=True)
-    if bar is not None:
-        bar.close()
-    _record_stats(writer, prior_stats, time.perf_counter() - start, ctx, batch_size, model, final=True)
-    writer.close(complete=True)
-    if ctx.world_size > 1:
-        ctx.barrier()
-        if ctx.rank == 0:
-            merge_rank_parts(out, ctx.world_size)
-        ctx.barrier()
-    return Trace.open(out)
+        _record_stats(writer, prior_stats, time.perf_counter() - start, tokens_before, batch_size, model, final=True)
+        writer.close(complete=True)
+        if ctx.world_size > 1:
+            ctx.barrier()
+            if ctx.rank == 0:
+                merge_rank_parts(out, ctx.world_size)
+            ctx.barrier()
+        return Trace.open(out)
 
 
 def iter_batch_routing(
@@ -283,7 +292,7 @@ def _check_resume_settings(out: Path, header: dict[str, Any], ctx: DistContext) 
     path = _existing_manifest_path(out, ctx)
     if not path.is_file():
         return
-    existing = TRACE.read(path)
+    existing = read_manifest_file(path)
     old, new = existing.get("settings") or {}, header["settings"]
     changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
     if existing.get("layers") != header["layers"]:
@@ -302,7 +311,7 @@ def _is_finished(out: Path, num_windows: int) -> bool:
     """The run in ``out`` is complete and holds all ``num_windows`` windows."""
     if not (out / MANIFEST).is_file():
         return False  # --resume on a new folder starts it
-    manifest = TRACE.read(out / MANIFEST)
+    manifest = read_manifest_file(out / MANIFEST)
     return bool(manifest.get("complete")) and manifest.get("num_sequences") == num_windows
 
 
@@ -310,19 +319,21 @@ def _prior_stats(out: Path, ctx: DistContext) -> dict[str, Any]:
     path = _existing_manifest_path(out, ctx)
     if not path.is_file():
         return {}
-    stats = TRACE.read(path).get("stats", {})
+    stats = read_manifest_file(path).get("stats", {})
     return stats if isinstance(stats, dict) else {}
 
 
-def _record_stats(writer: TraceWriter, prior: dict[str, Any], session_s: float, ctx: DistContext,
+def _record_stats(writer: TraceWriter, prior: dict[str, Any], session_s: float, tokens_before: int,
                   batch_size: int, model, final: bool) -> None:
-    """Cumulative wall time over sessions (resume adds up), tokens/s over the whole run."""
-    wall_s = float(prior.get("wall_s", 0.0)) + session_s
-    tokens = writer.resume_state.num_tokens
+    """Wall time summed over sessions; tokens/s of this session alone (a resume's earlier shards took earlier time)."""
+    wall_s = _number(prior.get("wall_s")) + session_s
+    session_tokens = writer.resume_state.num_tokens - tokens_before
     writer.update_stats(
         wall_s=round(wall_s, 3),
-        tokens_per_s=round(tokens / wall_s, 1) if wall_s > 0 else None,
-        sessions=int(prior.get("sessions", 0)) + 1,
+        session_s=round(session_s, 3),
+        session_tokens=int(session_tokens),
+        tokens_per_s=round(session_tokens / session_s, 1) if session_s > 0 and session_tokens > 0 else None,
+        sessions=int(_number(prior.get("sessions"))) + 1,
         batch_size=batch_size,
         device=str(model_input_device(model)),
     )
@@ -331,6 +342,11 @@ def _record_stats(writer: TraceWriter, prior: dict[str, Any], session_s: float, 
             writer.close(complete=False)  # keep the stats of an interrupted session
         except Exception:
             pass
+
+
+def _number(value: Any) -> float:
+    """A stored statistic, or 0 when it is missing or not a number (a damaged manifest)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 # ---------------------------------------------------------------------------- from a path
@@ -358,8 +374,9 @@ def capture_from_path(
     Without ``text`` or ``dataset`` the bundled corpus is used, its first ``BUNDLED_MAX_TOKENS``
     tokens unless ``max_tokens`` says otherwise.
 
-    The output folder is checked before the model is loaded, so a wrong ``--out`` fails fast.
-    See :func:`capture` for the other arguments and what is raised.
+    The output folder is checked and locked before the model is loaded, so a wrong ``--out`` (or a
+    second capture into the same one) fails fast. See :func:`capture` for the other arguments and
+    what is raised; :class:`~routelens.errors.RunBusyError` when another process writes ``out``.
     """
     from .adapters import find_router_sites
     from .load import demo_model_path, load_model, model_reference
@@ -379,17 +396,18 @@ def capture_from_path(
         source = resolve_source(text=text, dataset=dataset)
         if source.kind == "bundled" and max_tokens is None:
             max_tokens = BUNDLED_MAX_TOKENS
-        with _hf_progress_bars(progress and ctx.rank == 0):
-            loaded, tokenizer = load_model(name, dtype=dtype, device=device, device_map=device_map,
-                                           trust_remote_code=trust_remote_code)
-        routing = find_router_sites(loaded)  # before reading the text: a dense model fails fast
-        windows = pack_windows(source, tokenizer, seq_len=seq_len, max_tokens=max_tokens)
-        _check_seq_len(loaded.config, seq_len)
-        return capture(
-            loaded, tokenizer, windows, out, routing=routing, model_id=model_reference(name),
-            batch_size=batch_size, save_logits=save_logits, resume=resume, progress=progress,
-            shard_tokens=shard_tokens, dist_context=ctx, on_shard=on_shard,
-        )
+        with run_lock(out, "routelens capture", lock_name(ctx.rank)):  # held again (re-entrant) by capture()
+            with _hf_progress_bars(progress and ctx.rank == 0):
+                loaded, tokenizer = load_model(name, dtype=dtype, device=device, device_map=device_map,
+                                               trust_remote_code=trust_remote_code)
+            routing = find_router_sites(loaded)  # before reading the text: a dense model fails fast
+            windows = pack_windows(source, tokenizer, seq_len=seq_len, max_tokens=max_tokens)
+            _check_seq_len(loaded.config, seq_len)
+            return capture(
+                loaded, tokenizer, windows, out, routing=routing, model_id=model_reference(name),
+                batch_size=batch_size, save_logits=save_logits, resume=resume, progress=progress,
+                shard_tokens=shard_tokens, dist_context=ctx, on_shard=on_shard,
+            )
     finally:
         ctx.close()
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..bundled import data_dir as bundled_data_dir
 from ..errors import InputError, RoutelensError
+from .header import check_routing_config
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -117,24 +118,26 @@ def load_model(
     """
     name = str(name_or_path)
     _check_reference(name)
-    config = _load_config(name, trust_remote_code)
-    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+    local_only = hub_local_only(name) if not Path(name).expanduser().exists() else False
+    config = _load_config(name, trust_remote_code, local_only)
+    check_routing_config(config, name)  # before the weights: a top-k above E would fail mid-forward
+    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, local_files_only=local_only)
     target = resolve_device(device) if device_map is None else None
     torch_dtype = resolve_dtype(dtype, target if target is not None else resolve_device(None))
-    model = _load_weights(name, config, torch_dtype, device_map, trust_remote_code)
+    model = _load_weights(name, config, torch_dtype, device_map, trust_remote_code, local_only)
     if target is not None:
         model.to(target)
     model.eval()
     return model, tokenizer
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False, local_files_only: bool = False):
     """``AutoTokenizer.from_pretrained`` with a one-line error when the checkpoint has no tokenizer."""
     from transformers import AutoTokenizer
 
     name = str(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, local_files_only=local_files_only)
     except Exception as exc:  # transformers raises OSError/ValueError/TypeError for broken tokenizers
         raise RoutelensError(f"cannot load the tokenizer of {name}: {_first_line(exc)}") from exc
 
@@ -156,11 +159,44 @@ def _check_reference(name: str) -> None:
         raise RoutelensError(f"model folder not found: {name}")
 
 
-def _load_config(name: str, trust_remote_code: bool):
+def hub_local_only(name: str) -> bool:
+    """Ask the Hugging Face hub about ``name`` once, without retries: load from the local cache only?
+
+    transformers retries an unreachable hub five times with growing pauses (half a minute of
+    warnings) before it fails; one ``model_info`` request tells at once whether the hub answers.
+
+    Returns:
+        False when the hub knows ``name`` (load as usual); True when the hub is unreachable (or
+        ``HF_HUB_OFFLINE`` is set) but the cache holds the model (load from the cache, offline).
+
+    Raises:
+        RoutelensError: the hub does not know ``name``, or cannot be reached and the cache lacks it.
+    """
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if constants.HF_HUB_OFFLINE:
+        return True  # transformers then never touches the network, and says itself what the cache lacks
+    try:
+        HfApi().model_info(name, timeout=10)
+        return False
+    except RepositoryNotFoundError:
+        raise RoutelensError(f"cannot load model '{name}': not a local folder, and the Hugging Face hub has no "
+                             "such model (or it is private: log in with `hf auth login`)") from None
+    except Exception as exc:  # no network, DNS, proxy, timeout, a hub error page
+        if cached:
+            return True
+        raise RoutelensError(f"cannot load model '{name}': not a local folder, not in the Hugging Face cache, and "
+                             f"the hub cannot be reached ({_first_line(exc)}): pass a checkpoint folder, or connect "
+                             "and try again") from None
+
+
+def _load_config(name: str, trust_remote_code: bool, local_only: bool = False):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, local_files_only=local_only)
     except Exception as exc:
         message = _first_line(exc)
         if "custom code" in str(exc) or "trust_remote_code" in str(exc):
@@ -176,11 +212,12 @@ def _load_config(name: str, trust_remote_code: bool):
         raise RoutelensError(f"cannot read the model config in {name}: {message}") from exc
 
 
-def _load_weights(name: str, config, torch_dtype, device_map, trust_remote_code: bool):
+def _load_weights(name: str, config, torch_dtype, device_map, trust_remote_code: bool, local_only: bool = False):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     classes = [AutoModelForSeq2SeqLM] if getattr(config, "is_encoder_decoder", False) else [AutoModelForCausalLM, AutoModelForSeq2SeqLM]
-    kwargs: dict[str, Any] = {"config": config, "dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"config": config, "dtype": torch_dtype, "trust_remote_code": trust_remote_code,
+                              "local_files_only": local_only}
     if device_map is not None:
         kwargs["device_map"] = device_map
     unsupported = None

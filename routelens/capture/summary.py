@@ -17,13 +17,14 @@ from ..trace import Trace
 def expert_load(trace: Trace, layer: str | int) -> np.ndarray:
     """``[E]`` int64 tokens routed to each expert at ``layer`` (each token counts once per chosen expert).
 
-    Streams the layer shard by shard; negative ids (dropped tokens in re-routed traces) are skipped.
+    Streams the layer shard by shard; ids of -1 (slots a capacity limit dropped) are skipped. The trace
+    checks every id it reads, so an id outside ``[-1, E)`` raises :class:`TraceError` naming the layer
+    and shard instead of being miscounted.
     """
     counts = np.zeros(trace.num_experts, dtype=np.int64)
     for _, ids in trace.iter_chunks(layer, "topk_ids"):
         flat = ids.reshape(-1).astype(np.int64)
-        flat = flat[(flat >= 0) & (flat < trace.num_experts)]
-        counts += np.bincount(flat, minlength=trace.num_experts)
+        counts += np.bincount(flat[flat >= 0], minlength=trace.num_experts)
     return counts
 
 
@@ -47,7 +48,7 @@ def summarize_trace(trace: Trace) -> dict[str, Any]:
             "unused_experts": int((load == 0).sum()),
         })
     ratios = [row["load_max_over_mean"] for row in per_layer if row["load_max_over_mean"] is not None]
-    size_bytes = sum((trace.path / shard["file"]).stat().st_size for shard in trace.shards)
+    size_bytes = sum(trace.shard_file(i).stat().st_size for i in range(len(trace.shards)))
     return {
         "path": str(trace.path),
         "complete": bool(manifest.get("complete", False)),
@@ -67,8 +68,11 @@ def summarize_trace(trace: Trace) -> dict[str, Any]:
         "text": settings.get("text"),
         "parent": manifest.get("parent"),
         "world_size": int(manifest.get("world_size", settings.get("world_size", 1)) or 1),
-        "tokens_per_s": stats.get("tokens_per_s"),
-        "wall_s": stats.get("wall_s"),
+        "tokens_per_s": stats.get("tokens_per_s"),  # of the last session (a resume's earlier shards took earlier time)
+        "wall_s": stats.get("wall_s"),  # summed over sessions
+        "sessions": stats.get("sessions"),
+        "session_s": stats.get("session_s"),
+        "session_tokens": stats.get("session_tokens"),
         "device": stats.get("device"),
         "load_max_over_mean": {
             "min": min(ratios) if ratios else None,
@@ -99,7 +103,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     if s.get("tokens_per_s"):
         where = f", {s['device']}" if s.get("device") else ""
         procs = f", {s['world_size']} processes" if s.get("world_size", 1) > 1 else ""
-        lines.append(f"capture   {s['tokens_per_s']:,.0f} tokens/s ({s['wall_s']:.1f} s{where}{procs})")
+        if (s.get("sessions") or 1) > 1 and s.get("session_s") is not None and s.get("session_tokens") is not None:
+            lines.append(f"capture   {s['tokens_per_s']:,.0f} tokens/s in the last of {s['sessions']} sessions "
+                         f"({s['session_tokens']:,} tokens in {s['session_s']:.1f} s; {s['wall_s'] or 0:.1f} s in all"
+                         f"{where}{procs})")
+        else:
+            lines.append(f"capture   {s['tokens_per_s']:,.0f} tokens/s ({s['wall_s'] or 0:.1f} s{where}{procs})")
     load = s["load_max_over_mean"]
     if load["max"] is not None:
         lines.append(

@@ -50,7 +50,8 @@ def run(args) -> int:
     if not args.calibrate:
         from ..runner.bench import prepare
 
-        prepare(args, gpus)  # trace, plans, sizes: fail here with one line, before any process starts
+        setup = prepare(args, gpus)  # trace, plans, sizes: fail here with one line, before any process starts
+        setup.trace.check_layers(setup.layers)  # the ranks read these: a damaged shard fails here too
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
                "-m", "routelens.runner.bench", *child_argv(args, backend)]
     env = {**os.environ, **SAFE_ENV}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from ._args import add_deprecated_alias, add_no_progress_argument, non_negative_int, positive_float, positive_int
@@ -102,6 +103,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..errors import InputError
+    from ..lock import enclosing_run, run_lock
     from ..placement.export import export_plan
     from ..placement.optimizer import MAX_FIT_TOKENS
     from ..placement.place import PlaceSettings, fit_token_range, place
@@ -123,12 +125,14 @@ def run(args) -> int:
     )
     settings.check()
     fit = fit_token_range(trace, args.fit_fraction)
-    plan = place(trace, cost, settings, fit=fit, progress=not args.no_progress)
-    if args.format == "json":
-        written = [export_plan(plan, out, "json")]
-    else:
-        json_path = out.with_suffix(".plan.json")
-        written = [export_plan(plan, out, args.format, num_layers=args.num_layers), plan.save(json_path)]
+    owner = enclosing_run(out)  # a plan written into a run folder: one writer at a time there
+    with run_lock(owner, "routelens place") if owner is not None else contextlib.nullcontext():
+        plan = place(trace, cost, settings, fit=fit, progress=not args.no_progress)
+        if args.format == "json":
+            written = [export_plan(plan, out, "json")]
+        else:
+            json_path = out.with_suffix(".plan.json")
+            written = [export_plan(plan, out, args.format, num_layers=args.num_layers), plan.save(json_path)]
     mean = plan.meta["metrics"]["mean"]
     print(f"plan    {plan.method}: {plan.num_gpus} GPUs ({plan.num_nodes} node(s)), {plan.slots_per_gpu} slots per GPU, "
           f"{plan.num_redundant} redundant, {len(plan.layers)} layers, {plan.meta['seconds']:.1f} s")

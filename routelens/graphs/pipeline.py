@@ -38,29 +38,7 @@ def parse_layers(spec: str | Sequence[int | str] | None, layers: Sequence[str] |
 
 def layer_num_experts(trace: Trace, j: int) -> int:
     """``E`` of trace layer ``j`` (``num_experts_per_layer`` when the manifest has it)."""
-    per_layer = trace.manifest.get("num_experts_per_layer")
-    if isinstance(per_layer, list) and len(per_layer) == len(trace.layers):
-        return int(per_layer[j])
-    return trace.num_experts
-
-
-def trace_identity(trace: Trace) -> str:
-    """``Trace.fingerprint()`` strengthened with what a re-capture changes even at equal sizes.
-
-    The fingerprint hashes layers, shard names and token counts, so a new capture of other text
-    with the same sizes keeps it; this adds the manifest's capture settings (text hash, model) and
-    each shard file's size and modification time, like ``make`` does.
-    """
-    import hashlib
-    import json
-
-    shards = []
-    for shard in trace.shards:
-        stat = (trace.path / shard["file"]).stat()
-        shards.append([shard["file"], stat.st_size, stat.st_mtime_ns])
-    key = json.dumps({"fingerprint": trace.fingerprint(), "settings": trace.manifest.get("settings"),
-                      "source": trace.manifest.get("source"), "shards": shards}, sort_keys=True, default=str)
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    return trace.layer_experts[j]
 
 
 def analysis_params(trace: Trace, layers: list[int], top_t: int | None, threshold: float, seed: int,
@@ -160,8 +138,7 @@ def analyze_trace(
                         has_classes=cls_of_vocab is not None)
     analysis.meta = {
         **ANALYSIS.header(),
-        "trace": {"path": str(trace.path), "fingerprint": trace.fingerprint(), "identity": trace_identity(trace),
-                  "model": trace.model_id,
+        "trace": {"path": str(trace.path), "fingerprint": trace.fingerprint(), "model": trace.model_id,
                   "family": trace.family, "num_layers": len(trace.layers), "num_experts": e_max, "top_k": k,
                   "num_tokens": num_tokens, "has_logits": trace.has_logits},
         "params": analysis_params(trace, chosen, top_t, threshold, seed, resolution, max_vocab, tokenizer_path),

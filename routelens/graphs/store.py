@@ -20,8 +20,8 @@ Layout (all arrays ``.npy``, never pickled; ``L`` analysed layers, ``E`` experts
 
 The folder is written next to the old one and swapped in at the end, so an interrupted or failed
 analysis leaves the previous results untouched. :func:`ensure_analysis` recomputes only when the
-trace changed (``Trace.fingerprint()``, plus the shard files' sizes and modification times and
-the capture settings: see :func:`routelens.graphs.pipeline.trace_identity`) or the parameters did.
+trace's content changed (``Trace.fingerprint()``: the shards' recorded hashes and the manifest, so a
+run copied elsewhere stays current) or the parameters did.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ import numpy as np
 from ..errors import ResultFileError, RoutelensError, TraceError
 from ..formats import ANALYSIS
 from ..io import atomic_save_npy, atomic_write_json, read_json
+from ..lock import run_lock
 from ..trace import MANIFEST, Trace
 from .analysis import SCORE_NAMES, Analysis
 from .communities import export_graph
-from .pipeline import analysis_params, analyze_trace, parse_layers, trace_identity
+from .pipeline import analysis_params, analyze_trace, parse_layers
 
 SUMMARY_FILE = ANALYSIS.file
 TOKENS_FILE = "tokens.json"
@@ -152,8 +153,9 @@ def load_analysis(run_path: str | os.PathLike, allow_stale: bool = False) -> Ana
         raise ResultFileError(f"no analysis in {trace_dir}: run routelens analyze {trace_dir}")
     meta = ANALYSIS.read(folder / SUMMARY_FILE)
     if not allow_stale and (trace_dir / MANIFEST).is_file():
-        current = trace_identity(Trace.open(trace_dir, allow_incomplete=True))
-        if current != meta.get("trace", {}).get("identity"):
+        current = Trace.open(trace_dir, allow_incomplete=True).fingerprint()
+        origin = meta.get("trace")
+        if current != (origin.get("fingerprint") if isinstance(origin, dict) else None):
             raise ResultFileError(f"analysis in {folder} is stale: the trace changed since; re-run routelens analyze {trace_dir}")
     layers = [int(j) for j in meta["layers"]]
     e = int(meta["num_experts"])
@@ -210,7 +212,7 @@ def ensure_analysis(
 ) -> tuple[Analysis, bool]:
     """The analysis of ``RUN``: loaded when current, else computed and saved.
 
-    "Current" means: same trace (:func:`~routelens.graphs.pipeline.trace_identity`), same parameters (``top_t``, threshold, Louvain seed
+    "Current" means: same trace content (``Trace.fingerprint()``), same parameters (``top_t``, threshold, Louvain seed
     and resolution, ``max_vocab``, tokenizer) and the requested layers among those stored (a
     stored analysis of all layers serves ``--layers 0-11`` through :meth:`Analysis.select`).
     Requested ``exports`` missing from a current analysis are written without recomputing.
@@ -235,10 +237,13 @@ def ensure_analysis(
                 stored = stored.select(chosen)
             missing = [f for f in exports if not all((stored.path / "graphs" / f"layer{j:03d}.{f}").is_file()
                                                      for j in stored.layers)]
-            write_exports(stored, stored.path, missing)
+            if missing:
+                with run_lock(run_path, "routelens analyze"):
+                    write_exports(stored, stored.path, missing)
             return stored, False
-    analysis = analyze_trace(trace, chosen, progress=progress, **params)
-    save_analysis(analysis, run_path, exports=exports)
+    with run_lock(run_path, "routelens analyze"):  # taken only to write: a current analysis is read lock-free
+        analysis = analyze_trace(trace, chosen, progress=progress, **params)
+        save_analysis(analysis, run_path, exports=exports)
     return analysis, True
 
 

@@ -23,6 +23,7 @@ import torch
 
 from ..errors import InputError, TraceError
 from ..formats import HEADER_KEYS
+from ..lock import is_lock_file, run_lock
 from ..plan import Plan
 from ..trace import MANIFEST, Trace, TraceWriter
 from .metrics import changed_fraction, routing_stats
@@ -65,7 +66,10 @@ def rules_from_trace(trace: Trace, model_rules: Sequence[Any] | None = None) -> 
             raise InputError(
                 f"trace layer {layer} routes with a selection bias the manifest does not store: pass --model to read it"
             )
-        rules.append(RoutingRule(**{k: v for k, v in entry.items() if k in fields}))
+        try:
+            rules.append(RoutingRule(**{k: v for k, v in entry.items() if k in fields}))
+        except TypeError as exc:  # a rule missing a field (a damaged manifest)
+            raise InputError(f"trace layer {layer} records an unreadable routing rule: {exc}") from None
     return rules
 
 
@@ -170,16 +174,27 @@ def reroute_trace(
     if batch_tokens < 1:
         raise InputError(f"--batch-tokens must be >= 1, got {batch_tokens}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TraceError(f"output folder {out} already exists; choose another --out")
+    _check_new_folder(out)
     if plan is not None:
         plan.check_fits(trace.layers, trace.num_experts)
     rules = list(rules) if rules is not None else rules_from_trace(trace)
-    header = {k: v for k, v in trace.manifest.items() if k not in _HEADER_SKIP}
-    header["settings"] = {**trace.manifest.get("settings", {}), "reroute": policy.label()}
-    header["parent"] = {"path": str(trace.path.resolve()), "fingerprint": trace.fingerprint()}
-    header["reroute"] = {"policy": policy.name, **policy.settings(), "batch_tokens": int(batch_tokens)}
-    writer = TraceWriter(out, header)
+    with run_lock(out, "routelens reroute"):  # one writer per run folder
+        _check_new_folder(out)  # again: another writer may have filled it since
+        header = {k: v for k, v in trace.manifest.items() if k not in _HEADER_SKIP}
+        header["settings"] = {**(trace.manifest.get("settings") or {}), "reroute": policy.label()}
+        header["parent"] = {"path": str(trace.path.resolve()), "fingerprint": trace.fingerprint()}
+        header["reroute"] = {"policy": policy.name, **policy.settings(), "batch_tokens": int(batch_tokens)}
+        try:
+            summary = _write_rerouted(trace, policy, TraceWriter(out, header), rules, plan, batch_tokens, progress)
+        except BaseException:
+            _remove_partial(out)  # a failed re-route (a damaged input shard, Ctrl-C) leaves no half trace behind
+            raise
+    return Trace.open(out), summary
+
+
+def _write_rerouted(trace: Trace, policy: Policy, writer: TraceWriter, rules: list, plan: Plan | None,
+                    batch_tokens: int, progress: bool) -> dict[str, Any]:
+    """Stream ``trace`` through ``policy`` batch by batch into ``writer``; returns the comparison summary."""
     comparison = RoutingComparison(trace.layers, trace.num_experts, plan)
     num_layers = len(trace.layers)
     bar = _bar(progress, trace.num_tokens * num_layers, f"reroute {policy.label()}")
@@ -223,7 +238,21 @@ def reroute_trace(
     summary = comparison.summary()
     writer.update_stats(reroute=summary["overall"])
     writer.close(complete=True)
-    return Trace.open(out), summary
+    return summary
+
+
+def _remove_partial(out: Path) -> None:
+    """Remove what a failed re-route wrote into ``out`` (a folder it found empty, under its lock)."""
+    import shutil
+
+    for child in out.iterdir() if out.is_dir() else ():
+        if child.name in (MANIFEST, "shards"):
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _check_new_folder(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(not is_lock_file(p.name) for p in out.iterdir())):
+        raise TraceError(f"output folder {out} already exists; choose another --out")
 
 
 def _shard_fields(trace: Trace):
