@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from ._args import add_json_argument, write_json_output
 
 
 def add_parser(subparsers) -> None:
@@ -14,25 +14,20 @@ def add_parser(subparsers) -> None:
         "routing weights, and that each window's tokens lie together with increasing positions. Prints a short "
         "report and exits 0 when the trace is sound; otherwise prints the first problem and exits 2.",
     )
-    parser.add_argument("run", help="trace folder")
-    parser.add_argument("--json", metavar="FILE", default=None,
-                        help="also write every finding as JSON to FILE ('-' for stdout)")
+    parser.add_argument("run", metavar="RUN", help="trace folder written by routelens capture")
+    add_json_argument(parser, "every finding")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..errors import TraceError
-    from ..io import atomic_write_json
     from ..trace_check import check_trace, format_check
 
     report = check_trace(args.run)
-    if args.json == "-":
-        print(json.dumps(report.to_json(), indent=2))
-    elif args.json:
-        atomic_write_json(args.json, report.to_json())
+    to_stdout = write_json_output(args.json, report.to_json())
     if not report.ok:
         more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
         raise TraceError(report.problems[0] + more)
-    if args.json != "-":
+    if not to_stdout:
         print(format_check(report))
     return 0
