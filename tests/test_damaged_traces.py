@@ -122,7 +122,7 @@ def test_bench_on_a_damaged_trace_exits_2_with_one_line(env, tmp_path):
     run = damage.fresh_copy(env["template"], tmp_path / "run")
     damage.ids_out_of_range(run, shard=0, layer=0)
     env_vars = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    done = subprocess.run([sys.executable, "-m", "routelens.cli", "bench", str(run), "--plans", "contiguous",
+    done = subprocess.run([sys.executable, "-m", "routelens.cli", "bench", str(run), "contiguous",
                            "--gpus", "2", "--backend", "gloo", "--repeats", "1", "--warmup", "0", "--hidden-size", "16"],
                           capture_output=True, text=True, env=env_vars, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
