@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .exchange import all_to_all_rows, exchange_counts, sync_peers
 from .experts import ExpertBank, run_experts
-from .layout import build_layout, gather_copies, unpermute
+from .layout import build_layout, send_buffer, unpermute
 from .timing import PhaseTimer
 
 
@@ -117,7 +117,7 @@ def ep_moe_layer(
                               lambda counts: exchange_counts(counts, group), layout_kernel)
         send_counts, recv_counts = layout.send_counts, layout.recv_counts
         recv_meta, _ = all_to_all_rows(layout.meta, send_counts, recv_counts, group)
-        send_x = gather_copies(x, layout)
+        send_x = send_buffer(x, layout, layout_kernel)
     if sync:
         sync_peers(x.device, group)
     with timer.phase("dispatch"):

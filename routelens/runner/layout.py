@@ -142,35 +142,65 @@ class _CountsToHost:
 
 
 def fused_layout(topk_ids: torch.Tensor, topk_weights: torch.Tensor, dest_gpu: torch.Tensor, num_gpus: int,
-                 exchange: Callable[[torch.Tensor], torch.Tensor]) -> CopyLayout:
+                 exchange: Callable[[torch.Tensor], torch.Tensor], kernel: str = "torch") -> CopyLayout:
     """The same layout as :func:`reference_layout` by a counting sort: one host sync, no ``nonzero``.
 
     Copy ``(t, g)`` goes to row ``start[g] + (number of tokens before t that also send to g)``, where
     ``start`` is the exclusive cumulative sum of the per-GPU counts: a stable sort by destination
-    GPU in ``O(n·G)`` work, all on the device.
+    GPU in ``O(n·G)`` work, all on the device. Two stages: the counts (sent to the host at once), then
+    every copy's row, token and metadata written into buffers of the largest possible size ``n·G``
+    while the counts travel; the host only cuts the buffers to the ``C`` copies.
+
+    Args:
+        kernel: ``torch`` (PyTorch ops, about twenty small kernels) or ``triton`` (three Triton
+            kernels, :mod:`routelens.runner.layout_triton`; CUDA).
     """
-    n, G = dest_gpu.shape[0], num_gpus
-    device = dest_gpu.device
-    hit = destination_hits(dest_gpu, G)
-    hit_long = hit.to(torch.long)
-    send_counts = hit_long.sum(0)
+    if kernel == "triton":
+        from .layout_triton import copy_counts, place_copies
+    else:
+        copy_counts, place_copies = _copy_counts_torch, _place_copies_torch
+    state, send_counts = copy_counts(dest_gpu, num_gpus)
     recv_counts = exchange(send_counts)
     counts = _CountsToHost(torch.cat([send_counts, recv_counts]))  # the one host sync waits for this only
-    start = torch.cumsum(send_counts, 0) - send_counts  # [G] first row of each GPU's block
-    token_copy = torch.where(hit, torch.cumsum(hit_long, 0) - 1 + start, -1)  # [n, G]
-    # copy row -> (token, GPU) as t·G + g; rows past C (and the dump slot n·G) are never read
-    slot_of_copy = torch.empty(n * G + 1, dtype=torch.long, device=device)
-    slot_of_copy.scatter_(0, torch.where(hit, token_copy, n * G).view(-1), torch.arange(n * G, device=device))
+    token_copy, copy_token, meta = place_copies(state, topk_ids, topk_weights, dest_gpu, num_gpus)
     both = counts.wait()
-    send, recv = both[:G], both[G:]
-    slot_of_copy = slot_of_copy[: sum(send)]
-    copy_token, copy_gpu = slot_of_copy // G, slot_of_copy % G
-    return CopyLayout(copy_token, token_copy, copy_meta(topk_ids, topk_weights, dest_gpu, copy_token, copy_gpu),
-                      send, recv)
+    send, recv = both[:num_gpus], both[num_gpus:]
+    num_copies = sum(send)
+    return CopyLayout(copy_token[:num_copies], token_copy, meta[:num_copies], send, recv)
 
 
-def gather_copies(x: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
-    """``[C, H]`` send buffer: row ``c`` is ``x[copy_token[c]]`` (one ``index_select``)."""
+def _copy_counts_torch(dest_gpu: torch.Tensor, num_gpus: int):
+    """``((hit [n, G] bool, hit as long), send_counts [G] long)``."""
+    hit = destination_hits(dest_gpu, num_gpus)
+    hit_long = hit.to(torch.long)
+    send_counts = hit_long.sum(0)
+    return (hit, hit_long, send_counts), send_counts
+
+
+def _place_copies_torch(state, topk_ids, topk_weights, dest_gpu, num_gpus: int):
+    """``token_copy [n, G]``, ``copy_token [n·G + 1]`` and ``meta [n·G + 1, 2k]`` (rows past ``C`` unused)."""
+    hit, hit_long, send_counts = state
+    n, G = hit.shape
+    device = hit.device
+    first_row = torch.cumsum(send_counts, 0) - send_counts - 1  # [G] row of each GPU's block, minus one
+    token_copy = torch.where(hit, torch.cumsum(hit_long, 0) + first_row, -1)  # [n, G]
+    target = torch.where(hit, token_copy, n * G).view(-1)  # no copy: row n·G, a dump row never read
+    copy_token = torch.empty(n * G + 1, dtype=torch.long, device=device)
+    copy_token.scatter_(0, target, torch.arange(n, device=device).repeat_interleave(G))
+    on_gpu = dest_gpu.unsqueeze(1) == torch.arange(G, device=device).view(1, G, 1)  # [n, G, k]
+    table = torch.cat([torch.where(on_gpu, topk_ids.unsqueeze(1), -1).to(torch.float32),
+                       torch.where(on_gpu, topk_weights.unsqueeze(1), 0.0).to(torch.float32)], dim=2)
+    meta = torch.empty(n * G + 1, table.shape[2], dtype=torch.float32, device=device)
+    meta.index_copy_(0, target, table.view(n * G, table.shape[2]))
+    return token_copy, copy_token, meta
+
+
+def gather_copies(x: torch.Tensor, layout: CopyLayout, kernel: str = "torch") -> torch.Tensor:
+    """``[C, H]`` send buffer: row ``c`` is ``x[copy_token[c]]`` (one ``index_select``, or a Triton row copy)."""
+    if kernel == "triton":
+        from .layout_triton import gather_rows
+
+        return gather_rows(x, layout.copy_token)
     return torch.index_select(x, 0, layout.copy_token)
 
 
@@ -190,8 +220,14 @@ def fused_unpermute(back: torch.Tensor, layout: CopyLayout, out_dtype: torch.dty
 # --------------------------------------------------------------------------- one entry point
 def build_layout(topk_ids, topk_weights, dest_gpu, num_gpus: int, exchange, kernel: str) -> CopyLayout:
     """The layout by the resolved ``kernel`` (:func:`resolve_layout_kernel`)."""
-    build = reference_layout if kernel == "reference" else fused_layout
-    return build(topk_ids, topk_weights, dest_gpu, num_gpus, exchange)
+    if kernel == "reference":
+        return reference_layout(topk_ids, topk_weights, dest_gpu, num_gpus, exchange)
+    return fused_layout(topk_ids, topk_weights, dest_gpu, num_gpus, exchange, kernel)
+
+
+def send_buffer(x: torch.Tensor, layout: CopyLayout, kernel: str) -> torch.Tensor:
+    """The dispatch's send buffer by the resolved ``kernel``: ``x[copy_token]`` for the reference path."""
+    return x[layout.copy_token] if kernel == "reference" else gather_copies(x, layout, kernel)
 
 
 def unpermute(back: torch.Tensor, layout: CopyLayout, out_dtype: torch.dtype, kernel: str) -> torch.Tensor:
