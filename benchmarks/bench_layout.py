@@ -97,7 +97,7 @@ def dispatch_reference(bytes_remote: int, override_ms: float | None) -> tuple[fl
     if override_ms is not None:
         return override_ms, "--dispatch-ms"
     mib = bytes_remote / 2**20
-    ref_mib, gbps, row = min(MEASURED_DISPATCH, key=lambda point: abs(point[0] - mib))
+    _, gbps, row = min(MEASURED_DISPATCH, key=lambda point: abs(point[0] - mib))
     return bytes_remote / (gbps * 1e9) * 1e3, (f"{bytes_remote / 1e6:.0f} MB at {gbps:.0f} GB/s: docs/runner.md "
                                               f"4 x H200 table, synth-bench contiguous, {row}")
 

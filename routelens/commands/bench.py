@@ -18,8 +18,16 @@ import tempfile
 from pathlib import Path
 
 from ..errors import InputError
-from ._args import (DeprecatedAlias, add_deprecated_alias, add_json_argument, add_layers_argument,
-                    add_no_progress_argument, non_negative_int, positive_float, positive_int)
+from ._args import (
+    DeprecatedAlias,
+    add_deprecated_alias,
+    add_json_argument,
+    add_layers_argument,
+    add_no_progress_argument,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 # NVLink multicast stays off in everything we launch: on shared multi-GPU hosts it can take the GPUs down.
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}

@@ -19,9 +19,10 @@ import functools
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import InputError
 from ..io import atomic_write_json, read_json
@@ -117,7 +118,7 @@ class BenchConfig:
 
     # ---------------------------------------------------------------- building
     @classmethod
-    def from_options(cls, run: str, plans, values: Mapping[str, Any]) -> "BenchConfig":
+    def from_options(cls, run: str, plans, values: Mapping[str, Any]) -> BenchConfig:
         """The config of ``RUN PLAN ... [options]`` as argparse parsed them.
 
         Args:
@@ -140,7 +141,7 @@ class BenchConfig:
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}}
 
     @classmethod
-    def from_json(cls, data: Any, source: str = "bench config") -> "BenchConfig":
+    def from_json(cls, data: Any, source: str = "bench config") -> BenchConfig:
         """The config :meth:`to_json` wrote.
 
         Raises:
@@ -165,7 +166,7 @@ class BenchConfig:
         return atomic_write_json(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "BenchConfig":
+    def load(cls, path: str | Path) -> BenchConfig:
         """Read a config file written by :meth:`save` (one-line errors for a missing or bad file)."""
         return cls.from_json(read_json(path, what="bench config"), source=f"bench config {path}")
 

@@ -26,8 +26,8 @@ Both add a token's copies in GPU order in fp32 and round once, so on CPU they ag
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .routing import (CONTIGUOUS, effective_links, predicted_all_to_all_ms, prediction_topology,
-                      token_source_gpu)
+from .routing import CONTIGUOUS, effective_links, predicted_all_to_all_ms, prediction_topology, token_source_gpu
 
 BENCH_FORMAT = "routelens-bench"
 BENCH_VERSION = 1

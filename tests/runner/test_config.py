@@ -12,8 +12,15 @@ from hypothesis import strategies as st
 from routelens.cli import build_parser
 from routelens.errors import InputError
 from routelens.runner.bench import config_from_argv
-from routelens.runner.config import (BACKENDS, COMM_PRIORITIES, DTYPES, EXPERT_KERNELS, LAYOUT_KERNELS, BenchConfig,
-                                     option_fields)
+from routelens.runner.config import (
+    BACKENDS,
+    COMM_PRIORITIES,
+    DTYPES,
+    EXPERT_KERNELS,
+    LAYOUT_KERNELS,
+    BenchConfig,
+    option_fields,
+)
 
 names = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=12)
 configs = st.builds(

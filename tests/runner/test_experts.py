@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from routelens.errors import InputError
 from routelens.runner.experts import (
     load_expert_bank,
     random_expert_bank,
@@ -14,7 +15,6 @@ from routelens.runner.experts import (
 )
 from routelens.runner.layer import expert_partials
 from routelens.runner.layout import fused_layout, fused_unpermute, gather_copies, reference_layout
-from routelens.errors import InputError
 
 
 def _sorted_rows(num_rows, counts, hidden, seed=0):

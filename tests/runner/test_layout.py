@@ -12,8 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routelens.errors import InputError
-from routelens.runner.layout import (fused_layout, fused_unpermute, gather_copies, reference_layout,
-                                     reference_unpermute, resolve_layout_kernel)
+from routelens.runner.layout import (
+    fused_layout,
+    fused_unpermute,
+    gather_copies,
+    reference_layout,
+    reference_unpermute,
+    resolve_layout_kernel,
+)
 
 
 def _no_exchange(counts: torch.Tensor) -> torch.Tensor:
