@@ -87,6 +87,27 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     return atomic_write_text(path, json_text(obj, indent) + "\n")
 
 
+STDOUT = "-"  # the --json FILE that means standard output
+
+
+def write_json_output(target: str | None, payload: Any) -> bool:
+    """Write ``payload`` where ``--json`` says: nothing for None, stdout for ``-``, else FILE (atomically).
+
+    Returns:
+        True when the JSON went to stdout: the caller then prints nothing else there.
+
+    Raises:
+        RoutelensError: FILE cannot be written (one line).
+    """
+    if target is None:
+        return False
+    if target == STDOUT:
+        print(json_text(payload))
+        return True
+    atomic_write_json(target, payload)
+    return False
+
+
 def atomic_save_npy(path: str | os.PathLike, array) -> Path:
     """Atomically save a numpy array as ``.npy`` (never pickled)."""
     import numpy as np

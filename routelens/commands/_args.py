@@ -11,6 +11,7 @@ import math
 import sys
 
 from ..errors import InputError
+from ..io import STDOUT, write_json_output  # noqa: F401 (the commands import them from here)
 from ..layer_selection import parse_layer_spec
 
 
@@ -74,7 +75,7 @@ def add_no_progress_argument(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- --json FILE ('-' = stdout)
-STDOUT = "-"
+# STDOUT and write_json_output live in routelens.io (the runner writes its report with them too)
 _BARE = object()  # what a bare --json (no FILE) parses to before the action turns it into STDOUT
 
 
@@ -104,26 +105,6 @@ def add_json_argument(parser: argparse.ArgumentParser, what: str, *, bare_means_
                             help=help_text)
     else:
         parser.add_argument("--json", metavar="FILE", default=None, help=help_text)
-
-
-def write_json_output(target: str | None, payload) -> bool:
-    """Write ``payload`` where ``--json`` says: nothing for None, stdout for ``-``, else FILE (atomically).
-
-    Returns:
-        True when the JSON went to stdout: the caller then prints nothing else there.
-
-    Raises:
-        RoutelensError: FILE cannot be written (one line).
-    """
-    from ..io import atomic_write_json, json_text
-
-    if target is None:
-        return False
-    if target == STDOUT:
-        print(json_text(payload))
-        return True
-    atomic_write_json(target, payload)
-    return False
 
 
 # --------------------------------------------------------------------------- deprecated spellings

@@ -1,5 +1,8 @@
 """Turn the ranks' raw measurements into the bench report (pure numpy; rank 0 calls it).
 
+:func:`build_report` assembles the whole ``routelens-bench`` report, :func:`summarize_plan` one
+plan's entry, :func:`format_table` the printed table.
+
 Conventions (also in docs/runner.md):
 
 * ``dispatch_tokens_sent[r]``: token copies rank ``r`` sends to *other* ranks in the dispatch, one
@@ -15,12 +18,18 @@ Conventions (also in docs/runner.md):
 
 from __future__ import annotations
 
-from pathlib import PurePath
+import time
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
 
+from ..formats import BENCH
+from .routing import CONTIGUOUS, effective_links, predicted_all_to_all_ms, prediction_topology, token_source_gpu
+
 PHASES = ("layout", "dispatch", "experts", "combine")
+
+
 def _times(records: list[dict], phase: str) -> np.ndarray | None:
     """``[G, R, L]`` ms of ``phase`` for every rank, repeat and layer (None if not measured)."""
     if any(phase not in rec["times"] for rec in records):
@@ -188,3 +197,68 @@ def format_table(report: dict[str, Any]) -> str:
                          f"-> {o['overlapped_ms']:.3f} ms together; {100 * o['comm_hidden_share']:.0f}% of the "
                          f"dispatch hidden (at most {100 * o['max_hideable_share']:.0f}%)")
     return "\n".join(lines)
+
+
+def build_report(setup, config, records: list[dict], routes: dict[str, list], environment: dict[str, Any],
+                 calibration: dict[str, Any]) -> dict[str, Any]:
+    """The bench report from every rank's record (rank 0).
+
+    Args:
+        setup: the :class:`~routelens.runner.inputs.BenchSetup`; config: the
+            :class:`~routelens.runner.config.BenchConfig`.
+        records: one :func:`~routelens.runner.replay.replay` record per rank, in rank order.
+        routes: plan label -> per layer the host-side routes (their predicted copies and destinations).
+        environment: facts of the run: ``num_gpus``, ``backend``, ``device``, ``software``, ``dtype``
+            (name), ``element_size`` (bytes), ``expert_kernel``, ``layout_kernel``, ``comm_priority``.
+        calibration: :func:`~routelens.runner.calibration.load_calibration`'s result (link overrides).
+    """
+    world = environment["num_gpus"]
+    bytes_per_token = setup.hidden_size * environment["element_size"]
+    plans = []
+    source = token_source_gpu(setup.num_tokens, world)
+    for label, plan in setup.plans.items():
+        predicted = np.stack([r.predicted for r in routes[label]])
+        topology = prediction_topology(plan, calibration["topology"])
+        predicted_ms = [predicted_all_to_all_ms(source, r.dest_gpu, world, topology, bytes_per_token)
+                        for r in routes[label]]
+        info = {"method": plan.method, "file": None if label == CONTIGUOUS else str(Path(label).resolve()),
+                "replicas": int(sum(t.size for t in plan.gpu_experts.values()) - plan.num_experts * len(plan.layers)),
+                "replica_policy": plan.replica_policy, "prediction_topology": topology}
+        plans.append(summarize_plan(label, [rec[label] for rec in records], predicted, predicted_ms,
+                                    bytes_per_token, setup.layers, info))
+    baseline = next(iter(setup.plans))
+    add_ratios(plans, baseline)
+    links = effective_links(prediction_topology(setup.plans[baseline], calibration["topology"]), world)
+    prefix = "inter" if setup.plans[baseline].num_nodes > 1 else "intra"
+    calibration = {**calibration, "latency_us": links[f"{prefix}_latency_us"], "bandwidth_GBps": links[f"{prefix}_gbps"],
+                   "links": links}
+    trace = setup.trace
+    return {
+        **BENCH.header(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "trace": {"path": str(trace.path.resolve()), "fingerprint": trace.fingerprint(), "model": trace.model_id,
+                  "num_tokens": trace.num_tokens, "num_experts": trace.num_experts, "top_k": trace.top_k},
+        "layers": setup.layers,
+        "num_gpus": world,
+        "backend": environment["backend"],
+        "device": environment["device"],
+        "software": environment["software"],
+        "hidden_size": setup.hidden_size,
+        "intermediate_size": setup.intermediate_size,
+        "dtype": environment["dtype"],
+        "bytes_per_token": bytes_per_token,
+        "tokens_replayed": setup.num_tokens,
+        "tokens_per_rank": setup.tokens_per_rank,
+        "repeats": config.repeats,
+        "warmup": config.warmup,
+        "synced_phases": config.sync,
+        "comm_priority": environment["comm_priority"],
+        "overlap": config.overlap,
+        "shortcut_intermediate": setup.shortcut_intermediate if config.overlap else None,
+        "weights": str(config.model) if config.model else "random",
+        "expert_kernel": environment["expert_kernel"],
+        "layout_kernel": environment["layout_kernel"],
+        "calibration": calibration,
+        "baseline": baseline,
+        "plans": plans,
+    }
