@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from routelens.capture.adapters import find_router_sites
 from routelens.errors import InputError
 from routelens.plan import Plan
-from routelens.reroute import c2r_policy, capacity_policy, gpu_adaptive_policy, gpu_limited_policy, none_policy
-from routelens.reroute.fitting import coactivation_counts
+from routelens.reroute import (C2RSettings, CapacitySettings, FitData, GpuAdaptiveSettings, GpuLimitedSettings,
+                               NoSettings, fit_policy, policy_names)
 from routelens.routing_rule import (DROPPED, RoutingRule, choose, finish_weights, group_allowed, rule_scores,
                                     topk_choice)
 
@@ -161,14 +161,16 @@ FAMILIES = sorted(tiny_models.FAMILIES) + sorted(tiny_models.SHRUNK)
 REROUTABLE = [family for family in FAMILIES if family != "phimoe"]  # SparseMixer has no score a policy can re-rank
 
 
-def non_binding_policies(site, calibration, plan):
-    """Every re-routing policy at a setting under which it must keep the model's own choice."""
-    e, k = site.num_experts, site.top_k
-    return [none_policy(),
-            c2r_policy({site.name: coactivation_counts(calibration, e)}, e - 1),  # every other expert collaborates
-            gpu_limited_policy(plan, plan.num_gpus),  # every GPU may be visited
-            gpu_adaptive_policy(plan, 0.0),  # every GPU holding any weight is kept
-            capacity_policy("capacity-drop", e / k), capacity_policy("capacity-reroute", e / k)]  # room for all
+def non_binding(name: str, num_experts: int, top_k: int, num_gpus: int):
+    """A setting of each registered policy under which it must keep the model's own choice."""
+    return {
+        "none": NoSettings(),
+        "c2r": C2RSettings(top_t=num_experts - 1),  # every other expert is a collaborator
+        "gpu-limited": GpuLimitedSettings(max_gpus=num_gpus),  # every GPU may be visited
+        "gpu-adaptive": GpuAdaptiveSettings(min_gpu_share=0.0),  # every GPU holding any weight is kept
+        "capacity-drop": CapacitySettings(capacity_factor=num_experts / top_k),  # capacity = all slots
+        "capacity-reroute": CapacitySettings(capacity_factor=num_experts / top_k),
+    }[name]
 
 
 def recorded_choices(family: str):
@@ -192,6 +194,7 @@ def recorded_choices(family: str):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_rule_and_every_non_binding_policy_reproduce_the_family_choice(family):
     sites, calls = recorded_choices(family)
+    names = policy_names(include_baseline=True)
     checked = 0
     for site, site_calls in zip(sites, calls):
         num_gpus = 2
@@ -206,7 +209,9 @@ def test_the_rule_and_every_non_binding_policy_reproduce_the_family_choice(famil
             torch.testing.assert_close(weights[full], model_weights, atol=1e-5, rtol=0)
             if family not in REROUTABLE:
                 continue
-            for policy in non_binding_policies(site, rec.topk_ids.numpy(), plan):
+            data = FitData(plan=plan, calibration={site.name: rec.topk_ids.numpy()}, num_experts=site.num_experts)
+            for name in names:
+                policy = fit_policy(name, non_binding(name, site.num_experts, site.top_k, num_gpus), data)
                 ids, weights = by_id(*policy.choose(site.name, rec.logits, site.rule))
                 assert torch.equal(ids[full], model_ids), f"{site.name}: {policy.label()} changed the choice"
                 torch.testing.assert_close(weights[full], model_weights, atol=1e-5, rtol=0,
