@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from routelens.placement.methods import REFERENCE
 from routelens.reroute.registry import is_baseline, settings_from_row
 
 from .charts import ACCENT, MUTED, QUALITATIVE, SEQUENTIAL, WARN, style
@@ -146,7 +147,7 @@ PLAN_METRICS = {
 }
 
 
-def plan_metric_ratios(results: dict[str, dict], highlight: str, baseline: str = "contiguous",
+def plan_metric_ratios(results: dict[str, dict], highlight: str, baseline: str = REFERENCE,
                        title: str = "Against the baselines: change vs contiguous (lower is better)") -> go.Figure:
     """Grouped bars: for each metric, every plan's mean over layers as a % change from the baseline's."""
     base = results[baseline]["mean"]

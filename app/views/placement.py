@@ -9,10 +9,11 @@ import pandas as pd
 import streamlit as st
 
 from rlapp import charts, data, systems_charts, ui
+from routelens.placement.methods import get_method, method_names
 
 EXPORTS = [("json", ".json", "routelens plan (.json)"), ("sglang", ".pt", "SGLang --init-expert-location (.pt)"),
            ("vllm", ".pt", "vLLM EPLB state (.pt)")]
-METHODS = ["routelens", "eplb", "greedy", "contiguous", "random"]
+METHODS = [name for name in method_names() if get_method(name).is_available()]
 
 ui.header("Placement", "Where should the experts live, and how much All-to-All does that save?")
 info, trace = ui.current_trace()

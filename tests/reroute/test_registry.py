@@ -21,6 +21,7 @@ DEMO = PolicyContext(num_experts=64, top_k=8, num_gpus=8, slots_per_gpu=8)  # th
 def test_names_options_and_the_command_line_load_without_torch():
     code = ("import sys; from routelens.cli import build_parser; build_parser(); "
             "from routelens.reroute import policy_names; assert policy_names(); "
+            "from routelens.placement.methods import method_names; assert method_names(); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
