@@ -178,14 +178,15 @@ class HelpFormatter(argparse.HelpFormatter):
 
 # --------------------------------------------------------------------------- re-routing policies
 def add_policy_arguments(parser: argparse.ArgumentParser, *, sweep: bool, what: str = "re-routing policy") -> None:
-    """``--policy`` and every policy option of :data:`routelens.reroute.registry.OPTIONS`, as docs/cli.md names them.
+    """``--policy`` and every policy option of :data:`routelens.reroute.options.OPTIONS`, as docs/cli.md names them.
 
     Args:
         sweep: ``reroute-eval``: ``--policy`` repeatable or comma-separated (default: all) and every
             option a comma-separated list to sweep; else one policy (required) and one value each.
         what: how ``--policy`` is described (one run).
     """
-    from ..reroute.registry import OPTIONS, get_policy, policy_names
+    from ..reroute.options import OPTIONS
+    from ..reroute.registry import get_policy, policy_names
 
     names = policy_names()
     if sweep:
@@ -221,7 +222,8 @@ def _option_type(option):
 
 def policy_choice(args: argparse.Namespace):
     """The :class:`~routelens.reroute.registry.PolicyChoice` of a command with ``add_policy_arguments(sweep=False)``."""
-    from ..reroute.registry import OPTIONS, PolicyChoice
+    from ..reroute.options import OPTIONS
+    from ..reroute.registry import PolicyChoice
 
     return PolicyChoice(args.policy, {option.field: getattr(args, option.dest) for option in OPTIONS})
 
@@ -232,7 +234,8 @@ def policy_sweep(args: argparse.Namespace):
     Raises:
         InputError: an unknown policy, or a value an option does not take (one line, before any model loads).
     """
-    from ..reroute.registry import OPTIONS, PolicySweep
+    from ..reroute.options import OPTIONS
+    from ..reroute.registry import PolicySweep
 
     names = [name.strip() for value in args.policy or () for name in value.split(",") if name.strip()]
     values = {option.field: option.parse_list(getattr(args, option.dest)) for option in OPTIONS}

@@ -14,7 +14,7 @@ Policies (pure functions of router logits and the model's own routing rule,
 trace, ``inmodel`` applies a policy inside a Hugging Face model, ``evaluate`` measures the cost,
 ``tradeoff`` runs the whole ``reroute-eval`` study.
 
-The registry (names, settings, command-line options) imports without torch, so this package loads
+The registry (names, settings) and the command-line options (:mod:`.options`) import without torch, so this package loads
 its torch modules only when one of their names is first used.
 """
 
@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import importlib
 
-from .registry import (GPU_FILLS, GPU_SCORES, OPTIONS, WEIGHTINGS, C2RSettings, CapacitySettings,
-                       GpuAdaptiveSettings, GpuLimitedSettings, NoSettings, PolicyChoice, PolicyContext, PolicySpec,
-                       PolicySweep, get_policy, is_baseline, policy_names, register)
+from .options import GPU_FILLS, GPU_SCORES, OPTIONS, WEIGHTINGS, PolicyOption
+from .registry import (C2RSettings, CapacitySettings, GpuAdaptiveSettings, GpuLimitedSettings, NoSettings, PolicyChoice,
+                       PolicyContext, PolicySpec, PolicySweep, get_policy, is_baseline, policy_names, register)
 
 _LAZY = {  # name -> module that defines it (imports torch)
     "c2r_choose": "c2r", "collaborators": "c2r",
@@ -53,7 +53,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "GPU_FILLS", "GPU_SCORES", "OPTIONS", "WEIGHTINGS", "C2RSettings", "CapacitySettings", "GpuAdaptiveSettings",
-    "GpuLimitedSettings", "NoSettings", "PolicyChoice", "PolicyContext", "PolicySpec", "PolicySweep", "get_policy",
+    "GpuLimitedSettings", "NoSettings", "PolicyChoice", "PolicyContext", "PolicyOption", "PolicySpec", "PolicySweep",
+    "get_policy",
     "is_baseline", "policy_names", "register",
 ]
 __all__ += sorted(_LAZY)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .registry import GPU_FILLS, GPU_SCORES
+from .options import GPU_FILLS, GPU_SCORES
 from .scores import DROPPED, as_long_tensor, ranking_scores, rule_scores, topk_choice, weigh
 
 

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import InputError
 from ..routing_rule import DROPPED, finish_weights, group_allowed, rule_scores, topk_choice
-from .registry import WEIGHTINGS
+from .options import WEIGHTINGS
 
 __all__ = ["DROPPED", "WEIGHTINGS", "as_long_tensor", "finish_weights", "group_allowed", "ranking_scores",
            "rule_scores", "topk_choice", "weigh"]
