@@ -278,14 +278,17 @@ def _fit_range(plan, trace) -> tuple[int, int]:
 
 @st.cache_data(max_entries=16, show_spinner="Scoring the plan and the baselines on held-out tokens…")
 def plan_vs_baselines(run_path: str, trace_key: tuple, plan_path: str, plan_key: tuple,
-                      baselines: tuple[str, ...] = ("contiguous", "random", "greedy", "eplb")) -> dict[str, Any]:
+                      baselines: tuple[str, ...] | None = None) -> dict[str, Any]:
     """``routelens plan-eval``: the plan and each baseline (fitted on the plan's fit tokens), scored on held-out tokens.
+
+    ``baselines`` default: the registered baselines that need no optional dependency (the quick ones).
 
     Returns ``{"results": name → {"mean", "layers"}, "note": which tokens, "label": the plan's row name}``.
     """
-    from routelens.placement import PlaceSettings, compare_plans, eval_token_index, place
+    from routelens.placement import PlaceSettings, baseline_names, compare_plans, eval_token_index, place
 
     trace = open_trace(run_path)
+    baselines = baseline_names(core_only=True) if baselines is None else baselines
     chosen = plan(plan_path, plan_key)
     chosen.check_trace(trace)
     cost = _plan_cost(chosen, trace)
@@ -309,6 +312,7 @@ def what_if(run_path: str, trace_key: tuple, num_gpus: int, num_nodes: int, redu
     Returns ``{"plan": Plan, "results": name → metrics, "note": ...}``.
     """
     from routelens.placement import CostModel, PlaceSettings, compare_plans, eval_token_index, make_topology, place
+    from routelens.placement.methods import REFERENCE
     from routelens.placement.place import fit_token_range
 
     trace = open_trace(run_path)
@@ -317,8 +321,8 @@ def what_if(run_path: str, trace_key: tuple, num_gpus: int, num_nodes: int, redu
     fit = fit_token_range(trace, 0.5)
     made = place(trace, cost, PlaceSettings(method=method, redundant=redundant, time_budget_s=time_budget_s),
                  fit=fit, progress=False)
-    plans = {"contiguous": place(trace, cost, PlaceSettings(method="contiguous", redundant=redundant), fit=fit,
-                                 progress=False)}
+    plans = {REFERENCE: place(trace, cost, PlaceSettings(method=REFERENCE, redundant=redundant), fit=fit,
+                              progress=False)}
     label = f"what-if ({method})"
     plans[label] = made
     held, note = eval_token_index(trace, made)

@@ -10,12 +10,13 @@ import streamlit as st
 
 from routelens.formats import PLAN
 from routelens.placement.export import FORMATS, SUFFIXES
+from routelens.placement.methods import get_method, method_names
 
 from rlapp import charts, data, systems_charts, ui
 
 LABELS = {"json": "routelens plan", "sglang": "SGLang --init-expert-location", "vllm": "vLLM EPLB state"}
 EXPORTS = [(fmt, SUFFIXES[fmt], f"{LABELS[fmt]} ({SUFFIXES[fmt]})") for fmt in FORMATS]
-METHODS = ["routelens", "eplb", "greedy", "contiguous", "random"]
+METHODS = [name for name in method_names() if get_method(name).is_available()]
 
 ui.header("Placement", "Where should the experts live, and how much All-to-All does that save?")
 info, trace = ui.current_trace()

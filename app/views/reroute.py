@@ -9,6 +9,7 @@ import streamlit as st
 from routelens.formats import TRADEOFF
 
 from rlapp import data, systems_charts, tables, ui
+from routelens.reroute.registry import is_baseline
 from rlapp.runs import rank_by_closeness
 
 SAVINGS = {
@@ -48,7 +49,7 @@ if trace.model_id and result.get("model") and result["model"] != trace.model_id:
     st.caption(f"Measured on `{result['model']}`, not this run's model `{trace.model_id}`.")
 
 rows = result["rows"]
-baseline = next((r for r in rows if r["policy"] == "none"), None)
+baseline = next((r for r in rows if is_baseline(r["policy"])), None)
 plan = result.get("plan", {})
 cols = st.columns(3)
 cols[0].metric("Held-out tokens", ui.fmt_int(rows[0].get("eval_tokens")),

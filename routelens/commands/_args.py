@@ -155,3 +155,69 @@ class HelpFormatter(argparse.HelpFormatter):
         if getattr(action, "shows_one_value", False):
             return self._metavar_formatter(action, default_metavar)(1)[0]
         return super()._format_args(action, default_metavar)
+
+
+# --------------------------------------------------------------------------- re-routing policies
+def add_policy_arguments(parser: argparse.ArgumentParser, *, sweep: bool, what: str = "re-routing policy") -> None:
+    """``--policy`` and every policy option of :data:`routelens.reroute.options.OPTIONS`, as docs/cli.md names them.
+
+    Args:
+        sweep: ``reroute-eval``: ``--policy`` repeatable or comma-separated (default: all) and every
+            option a comma-separated list to sweep; else one policy (required) and one value each.
+        what: how ``--policy`` is described (one run).
+    """
+    from ..reroute.options import OPTIONS
+    from ..reroute.registry import get_policy, policy_names
+
+    names = policy_names()
+    if sweep:
+        parser.add_argument("--policy", action="append", default=None, metavar="POLICY",
+                            help=f"policy to sweep, repeatable or comma-separated ({', '.join(names)}; default: all)")
+    else:
+        parser.add_argument("--policy", required=True, choices=names, metavar="POLICY",
+                            help=f"{what}: " + "; ".join(f"{name}: {get_policy(name).summary}" for name in names))
+    for option in OPTIONS:
+        if sweep:
+            parser.add_argument(option.flag, dest=option.dest, default=None, metavar=f"{option.metavar}[,...]",
+                                help=f"{option.help}; values to sweep (default {option.sweep_default})")
+        else:
+            kind = dict(choices=option.choices) if option.choices else dict(type=_option_type(option))
+            parser.add_argument(option.flag, dest=option.dest, default=None, metavar=option.metavar,
+                                help=f"{option.help} (default {option.default})", **kind)
+        for old in option.old_flags:
+            add_deprecated_alias(parser, old, option.flag)
+
+
+def _option_type(option):
+    """An argparse type that parses one value of ``option`` (its errors become argparse's one line)."""
+
+    def parse(text: str):
+        try:
+            return option.parse(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = option.flag
+    return parse
+
+
+def policy_choice(args: argparse.Namespace):
+    """The :class:`~routelens.reroute.registry.PolicyChoice` of a command with ``add_policy_arguments(sweep=False)``."""
+    from ..reroute.options import OPTIONS
+    from ..reroute.registry import PolicyChoice
+
+    return PolicyChoice(args.policy, {option.field: getattr(args, option.dest) for option in OPTIONS})
+
+
+def policy_sweep(args: argparse.Namespace):
+    """The :class:`~routelens.reroute.registry.PolicySweep` of ``add_policy_arguments(sweep=True)``.
+
+    Raises:
+        InputError: an unknown policy, or a value an option does not take (one line, before any model loads).
+    """
+    from ..reroute.options import OPTIONS
+    from ..reroute.registry import PolicySweep
+
+    names = [name.strip() for value in args.policy or () for name in value.split(",") if name.strip()]
+    values = {option.field: option.parse_list(getattr(args, option.dest)) for option in OPTIONS}
+    return PolicySweep(tuple(dict.fromkeys(names)), {field: given for field, given in values.items() if given})

@@ -6,9 +6,8 @@ import copy
 import time
 from pathlib import Path
 
-from ._args import add_deprecated_alias, add_no_progress_argument, positive_float, positive_int
-
-POLICY_CHOICES = ("c2r", "gpu-limited", "gpu-adaptive", "capacity-drop", "capacity-reroute")
+from ._args import (add_deprecated_alias, add_no_progress_argument, add_policy_arguments, policy_choice,
+                    positive_float, positive_int)
 
 
 def add_parser(subparsers) -> None:
@@ -26,28 +25,7 @@ def add_parser(subparsers) -> None:
                         help="hub id or checkpoint folder (default: bundled data/demo-moe)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder to save the fine-tuned model and finetune.json in (new or empty)")
-    parser.add_argument("--policy", required=True, choices=POLICY_CHOICES, metavar="POLICY",
-                        help="re-routing policy active during the fine-tune: c2r, gpu-limited, gpu-adaptive, "
-                        "capacity-drop, capacity-reroute (see routelens reroute --help)")
-    parser.add_argument("--group-size", dest="top_t", type=positive_int, default=None, metavar="T",
-                        help="c2r: T, collaborators each expert may be paired with (default E/4)")
-    add_deprecated_alias(parser, "--top-t", "--group-size")
-    parser.add_argument("--max-gpus", type=positive_int, default=None, metavar="M",
-                        help="gpu-limited: M, GPUs a token may visit (default: half the plan's GPUs); gpu-adaptive: "
-                        "optional cap")
-    parser.add_argument("--min-gpu-share", type=float, default=None, metavar="S",
-                        help="gpu-adaptive: share of a token's routing weight a GPU must hold to be visited "
-                        "(default 0.1)")
-    parser.add_argument("--capacity-factor", type=positive_float, default=None, metavar="F",
-                        help="capacity policies: gamma, capacity = ceil(gamma * tokens * k / experts) (default 1.25)")
-    parser.add_argument("--gpu-fill", choices=("best", "drop"), default="best",
-                        help="GPU policies: experts a token loses on GPUs it no longer visits are replaced by the best "
-                        "on the GPUs kept (best, DeepSeek-V2) or dropped (drop) (default best)")
-    parser.add_argument("--routing-weights", choices=("renorm", "keep"), default="renorm",
-                        help="routing weights of the re-routed experts: renorm: the model's rule on the new choice "
-                        "(as the papers do); keep: each expert keeps the weight the unconstrained router gives it "
-                        "(default renorm)")
-    add_deprecated_alias(parser, "--weights", "--routing-weights")
+    add_policy_arguments(parser, sweep=False, what="re-routing policy active during the fine-tune")
     parser.add_argument("--gpus", type=positive_int, default=8,
                         help="GPUs of the routelens plan the GPU policies use, fitted on the --fit-tokens (default 8)")
     parser.add_argument("--text", metavar="FILE", default=None,
@@ -93,8 +71,9 @@ def run(args) -> int:
     from ..io import atomic_write_json
     from ..reroute.evaluate import calibration_routing, evaluate_policies
     from ..reroute.finetune import finetune_with_policy, measure_recovery
-    from ..reroute.fitting import coactivation_counts, fit_plan
-    from ..reroute.policy import c2r_policy, capacity_policy, gpu_adaptive_policy, gpu_limited_policy
+    from ..reroute.fitting import fit_plan
+    from ..reroute.policy import FitData, fit_policy, none_policy
+    from ..reroute.registry import PolicyContext
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -118,17 +97,9 @@ def run(args) -> int:
     progress = not args.no_progress
     calibration = calibration_routing(model, sites, calib, batch_size=args.batch_size, progress=progress)
     plan = fit_plan(calibration, num_experts, args.gpus, config=config_summary(model.config))
-    if args.policy == "c2r":
-        counts = {layer: coactivation_counts(ids, num_experts) for layer, ids in calibration.items()}
-        policy = c2r_policy(counts, args.top_t or max(num_experts // 4, top_k - 1), args.routing_weights)
-    elif args.policy == "gpu-limited":
-        policy = gpu_limited_policy(plan, args.max_gpus or max(1, plan.num_gpus // 2), weights=args.routing_weights,
-                                    fill=args.gpu_fill)
-    elif args.policy == "gpu-adaptive":
-        policy = gpu_adaptive_policy(plan, 0.1 if args.min_gpu_share is None else args.min_gpu_share,
-                                     args.max_gpus, args.routing_weights, args.gpu_fill)
-    else:
-        policy = capacity_policy(args.policy, args.capacity_factor or 1.25, args.routing_weights)
+    context = PolicyContext(num_experts, top_k, plan.num_gpus, plan.slots_per_gpu)
+    spec, settings = policy_choice(args).resolve(context)
+    policy = fit_policy(spec, settings, FitData(plan=plan, calibration=calibration, num_experts=num_experts))
     control = copy.deepcopy(model) if args.control else None
     with torch.inference_mode():
         before = evaluate_policies(model, sites, heldout, [policy], plan=plan, batch_size=args.batch_size,
@@ -138,13 +109,13 @@ def run(args) -> int:
     with torch.inference_mode():
         after = evaluate_policies(model, sites, heldout, [policy], plan=plan, batch_size=args.batch_size,
                                   progress=progress)
-    report = {"model": model_reference(model_name), "policy": policy.name, **policy.settings(),
+    report = {"model": model_reference(model_name), "policy": policy.name, **policy.record(),
               "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "train": args.train,
               "seq_len": args.seq_len, "eval_tokens": before[0]["eval_tokens"], "plan": plan.method,
               **measure_recovery(before, after), "losses": losses, "before": before, "after": after}
     if control is not None:
         control_sites = find_router_sites(control).sites
-        control_losses = finetune_with_policy(control, control_sites, _none(), train, steps=args.steps,
+        control_losses = finetune_with_policy(control, control_sites, none_policy(), train, steps=args.steps,
                                               batch_size=args.batch_size, lr=args.lr, train=args.train,
                                               seed=args.seed, progress=progress)
         with torch.inference_mode():
@@ -200,8 +171,3 @@ def _whole_windows(tokens: int, seq_len: int, option: str) -> int:
         raise InputError(f"{option} {tokens} is less than one window of --seq-len {seq_len}")
     return tokens // seq_len
 
-
-def _none():
-    from ..reroute.policy import none_policy
-
-    return none_policy()

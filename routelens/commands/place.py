@@ -8,9 +8,11 @@ from pathlib import Path
 
 from ._args import add_deprecated_alias, add_no_progress_argument, non_negative_int, positive_float, positive_int
 
-METHOD_HELP = ("routelens: the optimizer (estimated All-to-All bottleneck; --objective layer adds compute); "
-               "contiguous: experts in id order (the engines' default); random; greedy: load-balanced packing; "
-               "eplb: DeepSeek EPLB; kahypar / kahypar-load: Mt-KaHyPar km1 with unit / load weights (needs mtkahypar)")
+def method_help() -> str:
+    """``--method``'s help: every registered placement method and what it is."""
+    from ..placement.methods import get_method, method_names
+
+    return "; ".join(f"{name}: {get_method(name).summary}" for name in method_names())
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -62,7 +64,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("run", metavar="RUN", help="trace folder written by routelens capture")
     parser.add_argument("--out", required=True, metavar="FILE",
                         help="plan file to write (.json; .pt or .json for --format sglang/vllm)")
-    parser.add_argument("--method", default="routelens", help=METHOD_HELP + " (default routelens)")
+    parser.add_argument("--method", default="routelens", help=method_help() + " (default routelens)")
     parser.add_argument("--redundant", type=non_negative_int, default=0,
                         help="redundant expert slots per layer (E + R must be a multiple of the GPU count)")
     parser.add_argument("--replica-policy", default="nearest-then-least-loaded", metavar="POLICY",

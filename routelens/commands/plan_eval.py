@@ -19,8 +19,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("run", metavar="RUN", help="trace folder to score on")
     parser.add_argument("plan", metavar="PLAN", help="routelens plan file (routelens place output)")
     parser.add_argument("--baselines", default=None, metavar="METHODS",
-                        help="comma-separated baselines (default: contiguous,random,greedy,eplb and kahypar, "
-                        "kahypar-load when mtkahypar is installed)")
+                        help="comma-separated baselines, from the placement methods of routelens place --method "
+                        "but routelens (default: all of them whose optional dependency is installed: kahypar and "
+                        "kahypar-load need mtkahypar)")
     add_json_argument(parser, "every number (per layer too)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the random baseline (default 0)")
     parser.add_argument("--expert-groups", type=positive_int, default=1, help="eplb: expert groups of the model")
@@ -35,8 +36,8 @@ def run(args) -> int:
     from ..errors import InputError
     from ..placement.cost import CostModel
     from ..placement.evaluate import compare_plans, eval_token_index, format_comparison, ratios
-    from ..placement.hypergraph import mtkahypar_available
-    from ..placement.place import BASELINES, PlaceSettings, place
+    from ..placement.methods import baseline_names
+    from ..placement.place import PlaceSettings, place
     from ..placement.topology import Topology
     from ..plan import Plan
     from ..trace import Trace
@@ -61,11 +62,11 @@ def run(args) -> int:
 
     if args.baselines:
         names = [b.strip() for b in args.baselines.split(",") if b.strip()]
-        unknown = [b for b in names if b not in BASELINES]
+        unknown = [b for b in names if b not in baseline_names()]
         if unknown:
-            raise InputError(f"unknown baseline '{unknown[0]}' (known: {', '.join(BASELINES)})")
+            raise InputError(f"unknown baseline '{unknown[0]}' (known: {', '.join(baseline_names())})")
     else:
-        names = [b for b in BASELINES if mtkahypar_available() or not b.startswith("kahypar")]
+        names = list(baseline_names(available_only=True))
     held, note = eval_token_index(trace, plan)
     fit_trace, fit, fit_note = _baseline_fit(trace, plan, Trace)
     plans = {}

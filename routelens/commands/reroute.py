@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from ._args import (add_deprecated_alias, add_json_argument, add_no_progress_argument, positive_float, positive_int,
-                    write_json_output)
-
-POLICY_CHOICES = ("c2r", "gpu-limited", "gpu-adaptive", "capacity-drop", "capacity-reroute")
+from ._args import (add_deprecated_alias, add_json_argument, add_no_progress_argument, add_policy_arguments,
+                    policy_choice, positive_int, write_json_output)
 
 
 def add_parser(subparsers) -> None:
@@ -18,37 +16,11 @@ def add_parser(subparsers) -> None:
         "change against the original routing.",
     )
     parser.add_argument("run", metavar="RUN", help="trace folder captured with --save-logits")
-    parser.add_argument("--policy", required=True, choices=POLICY_CHOICES, metavar="POLICY",
-                        help="c2r: top-1 then K-1 of its Top-T collaborators (arXiv:2504.01337); gpu-limited: experts "
-                        "on at most --max-gpus GPUs of a plan (DeepSeek-V2 device-limited routing); gpu-adaptive: only GPUs "
-                        "holding --min-gpu-share of the token's routing weight; capacity-drop / "
-                        "capacity-reroute: cap each expert at --capacity-factor x the mean load (arXiv:2503.05066)")
-    parser.add_argument("--group-size", dest="top_t", type=positive_int, default=None, metavar="T",
-                        help="c2r: T, collaborators each expert may be paired with (default E/4)")
-    add_deprecated_alias(parser, "--top-t", "--group-size")
+    add_policy_arguments(parser, sweep=False)
     parser.add_argument("--fit-trace", metavar="RUN", default=None,
                         help="c2r: trace whose co-activation the collaborator groups are fitted on (default: RUN "
                         "itself)")
     add_deprecated_alias(parser, "--calib", "--fit-trace")
-    parser.add_argument("--max-gpus", type=positive_int, default=None, metavar="M",
-                        help="gpu-limited: M, GPUs a token may visit (default: half the plan's GPUs); "
-                        "gpu-adaptive: optional cap")
-    parser.add_argument("--gpu-score", choices=("max", "mass"), default="max",
-                        help="gpu-limited: pick the GPUs with the best single expert (max, DeepSeek-V2) or with the "
-                        "most weight of the token's own top-k (mass) (default max)")
-    parser.add_argument("--min-gpu-share", type=float, default=None, metavar="S",
-                        help="gpu-adaptive: share of a token's routing weight a GPU must hold to be visited "
-                        "(default 0.1)")
-    parser.add_argument("--gpu-fill", choices=("best", "drop"), default="best",
-                        help="GPU policies: experts a token loses on GPUs it no longer visits are replaced by the best "
-                        "on the GPUs kept (best, DeepSeek-V2) or dropped (drop) (default best)")
-    parser.add_argument("--routing-weights", choices=("renorm", "keep"), default="renorm",
-                        help="routing weights of the re-routed experts: renorm: the model's rule on the new choice "
-                        "(as the papers do); keep: each expert keeps the weight the unconstrained router gives it "
-                        "(default renorm)")
-    add_deprecated_alias(parser, "--weights", "--routing-weights")
-    parser.add_argument("--capacity-factor", type=positive_float, default=None, metavar="F",
-                        help="capacity policies: gamma, capacity = ceil(gamma * tokens * k / experts) (default 1.25)")
     placement = parser.add_mutually_exclusive_group()
     placement.add_argument("--plan", metavar="FILE", default=None,
                            help="placement for gpu-limited and the GPU metrics (routelens place output)")
@@ -68,16 +40,16 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..errors import InputError, TraceError
     from ..plan import Plan
-    from ..reroute.fitting import coactivation_counts, fit_plan
-    from ..reroute.policy import c2r_policy, capacity_policy, gpu_adaptive_policy, gpu_limited_policy
+    from ..reroute.fitting import fit_plan
+    from ..reroute.policy import FitData, fit_policy
+    from ..reroute.registry import PolicyContext
     from ..reroute.simulate import default_output, reroute_trace, rules_from_trace
     from ..trace import Trace
 
     trace = Trace.open(args.run)
     if not trace.has_logits:
-        from ..errors import TraceError
-
         raise TraceError(f"trace {trace.path} has no router logits: capture it with --save-logits to re-route it")
     if args.plan:
         plan = Plan.load(args.plan)
@@ -85,30 +57,21 @@ def run(args) -> int:
     else:
         plan = fit_plan({layer: trace.topk_ids(layer) for layer in trace.layers}, trace.num_experts, args.gpus,
                         config=trace.config)
-    if args.policy == "c2r":
-        calib = Trace.open(args.fit_trace) if args.fit_trace else trace
-        if calib.layers != trace.layers or calib.num_experts != trace.num_experts:
-            from ..errors import InputError
-
-            raise InputError(f"--fit-trace {calib.path} has other layers or experts than {trace.path}")
-        counts = {layer: coactivation_counts(calib.topk_ids(layer), trace.num_experts) for layer in trace.layers}
-        policy = c2r_policy(counts, args.top_t or max(trace.num_experts // 4, trace.top_k - 1), args.routing_weights)
-    elif args.policy == "gpu-limited":
-        policy = gpu_limited_policy(plan, args.max_gpus or max(1, plan.num_gpus // 2), args.gpu_score,
-                                    args.routing_weights, args.gpu_fill)
-    elif args.policy == "gpu-adaptive":
-        share = 0.1 if args.min_gpu_share is None else args.min_gpu_share
-        policy = gpu_adaptive_policy(plan, share, args.max_gpus, args.routing_weights, args.gpu_fill)
-    else:
-        policy = capacity_policy(args.policy, args.capacity_factor or 1.25, args.routing_weights)
-    rules = None
-    if args.model:
-        rules = _model_rules(args.model)
-    rules = rules_from_trace(trace, rules)
+    spec, settings = policy_choice(args).resolve(
+        PolicyContext(trace.num_experts, trace.top_k, plan.num_gpus, plan.slots_per_gpu))
+    data = FitData(plan=plan)
+    if spec.needs_coactivation:
+        fit_trace = Trace.open(args.fit_trace) if args.fit_trace else trace
+        if fit_trace.layers != trace.layers or fit_trace.num_experts != trace.num_experts:
+            raise InputError(f"--fit-trace {fit_trace.path} has other layers or experts than {trace.path}")
+        data = FitData(plan=plan, calibration={layer: fit_trace.topk_ids(layer) for layer in trace.layers},
+                       num_experts=trace.num_experts)
+    policy = fit_policy(spec, settings, data)
+    rules = rules_from_trace(trace, _model_rules(args.model) if args.model else None)
     out = args.out or default_output(trace.path, policy)
     new_trace, comparison = reroute_trace(trace, policy, out, rules=rules, plan=plan,
                                           batch_tokens=args.batch_tokens, progress=not args.no_progress)
-    report = {"trace": str(trace.path), "rerouted": str(new_trace.path), "policy": policy.name, **policy.settings(),
+    report = {"trace": str(trace.path), "rerouted": str(new_trace.path), "policy": policy.name, **policy.record(),
               "plan": {"method": plan.method, "num_gpus": plan.num_gpus}, "batch_tokens": args.batch_tokens,
               **comparison}
     if write_json_output(args.json, report):

@@ -17,13 +17,15 @@ from .cost import (POLICIES, CostModel, LayerTraffic, assign_replicas, dispatch_
 from .eplb import rebalance_experts
 from .evaluate import compare_plans, eval_token_index, format_comparison, score_plan
 from .export import FORMATS, export_plan, load_sglang, load_vllm, save_sglang, save_vllm
+from .methods import LayerFit, PlacementMethod, baseline_names, get_method, load_only_names, method_names
 from .optimizer import optimize_layer
 from .place import BASELINES, METHODS, PlaceSettings, fit_token_range, place
 from .topology import LINKS, Topology, make_topology
 
 __all__ = [
     "BASELINES", "FORMATS", "LINKS", "METHODS", "POLICIES",
-    "CostModel", "LayerTraffic", "PlaceSettings", "Topology",
+    "CostModel", "LayerFit", "LayerTraffic", "PlaceSettings", "PlacementMethod", "Topology",
+    "baseline_names", "get_method", "load_only_names", "method_names",
     "assign_replicas", "compare_plans", "contiguous_plan", "contiguous_table", "dispatch_matrix",
     "dispatch_matrix_from_dest", "eplb_table", "estimate_time", "eval_token_index", "export_plan",
     "fit_token_range", "format_comparison", "gpus_per_token", "greedy_table", "layer_metrics", "layer_traffic",

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError, PlanError
 from ..plan import Plan
 from .cost import CostModel, score_table
+from .methods import REFERENCE
 from .place import METRIC_KEYS, mean_metrics
 
 COLUMNS = (
@@ -78,7 +79,7 @@ def compare_plans(plans: dict[str, Plan], trace, token_index: np.ndarray, cost: 
     return results
 
 
-def ratios(results: dict[str, dict[str, Any]], baseline: str = "contiguous") -> dict[str, dict[str, float]]:
+def ratios(results: dict[str, dict[str, Any]], baseline: str = REFERENCE) -> dict[str, dict[str, float]]:
     """Each plan's mean metrics divided by the baseline's (``name → metric → ratio``)."""
     if baseline not in results:
         return {}
@@ -87,7 +88,7 @@ def ratios(results: dict[str, dict[str, Any]], baseline: str = "contiguous") -> 
             for name, r in results.items()}
 
 
-def format_comparison(results: dict[str, dict[str, Any]], baseline: str = "contiguous") -> str:
+def format_comparison(results: dict[str, dict[str, Any]], baseline: str = REFERENCE) -> str:
     """A plain-text table: one row per plan, mean over layers, ``(×ratio)`` to the baseline."""
     rel = ratios(results, baseline)
     header = ["plan"] + [title for _, title, _ in COLUMNS]

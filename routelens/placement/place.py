@@ -18,14 +18,13 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..plan import Plan
-from .baselines import contiguous_table, eplb_table, greedy_table, random_table, slots_per_gpu
+from .baselines import slots_per_gpu
 from .cost import POLICIES, CostModel, score_table
-from .graph import expert_load
-from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_kicks, default_seeds, optimize_layer
+from .methods import LayerFit, baseline_names, get_method, method_names
+from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_kicks, default_seeds
 
-METHODS = ("routelens", "contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
-BASELINES = ("contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
-KAHYPAR_MAX_TOKENS = 16384  # Mt-KaHyPar's deterministic preset takes seconds per layer beyond this
+METHODS = method_names()  # registered in .methods
+BASELINES = baseline_names()
 METRIC_KEYS = ("gpus_per_token", "copies_per_token", "busiest_gpu_recv", "busiest_gpu_send", "compute_imbalance",
                "inter_node_share", "a2a_us", "compute_us", "layer_us")
 
@@ -35,7 +34,7 @@ class PlaceSettings:
     """How to make a plan.
 
     Attributes:
-        method: one of :data:`METHODS`.
+        method: a registered method (:mod:`.methods`: ``routelens``, ``contiguous``, ``eplb``...).
         redundant: ``R`` extra expert slots per layer (``(E + R) % G == 0``).
         replica_policy: how tokens pick among replicas (:data:`~routelens.placement.cost.POLICIES`).
         seed: random baseline and optimizer subsample seed.
@@ -60,8 +59,9 @@ class PlaceSettings:
     kicks: int | None = None
 
     def check(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(f"unknown placement method '{self.method}' (known: {', '.join(METHODS)})")
+        method = get_method(self.method)  # raises for an unknown name
+        if self.redundant and not method.supports_replicas:
+            raise InputError(f"placement method '{self.method}' cannot place redundant replicas (--redundant)")
         if self.replica_policy not in POLICIES:
             raise InputError(f"unknown replica policy '{self.replica_policy}' (known: {', '.join(POLICIES)})")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
@@ -102,33 +102,10 @@ def fit_token_range(trace, fit_fraction: float) -> tuple[int, int]:
 
 def layer_table(method: str, topk_ids: np.ndarray, num_experts: int, cost: CostModel, settings: PlaceSettings,
                 deadline: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """``[G, S]`` table of one layer by ``method`` on fit tokens ``topk_ids [T, k]``, and method info."""
-    num_gpus, redundant = cost.topology.num_gpus, settings.redundant
-    ids = np.asarray(topk_ids, dtype=np.int64)
-    if method == "routelens":
-        result = optimize_layer(ids, num_experts, num_gpus, cost, redundant=redundant,
-                                policy=settings.replica_policy, seed=settings.seed, seeds=settings.seeds,
-                                max_fit_tokens=settings.max_fit_tokens, objective=settings.objective,
-                                deadline=deadline, kicks=settings.kicks)
-        return result.table, result.info()
-    if method == "contiguous":
-        return contiguous_table(num_experts, num_gpus, redundant), {}
-    if method == "random":
-        return random_table(num_experts, num_gpus, redundant, seed=settings.seed), {}
-    load = expert_load(ids, num_experts)
-    if method == "greedy":
-        return greedy_table(load, num_gpus, redundant), {}
-    if method == "eplb":
-        return eplb_table(load, num_gpus, redundant, cost.topology.num_nodes, settings.num_groups), {}
-    if method in ("kahypar", "kahypar-load"):
-        from .hypergraph import kahypar_table
-        from .optimizer import subsample_tokens
-
-        limit = min(settings.max_fit_tokens or KAHYPAR_MAX_TOKENS, KAHYPAR_MAX_TOKENS)
-        sample = ids[subsample_tokens(ids.shape[0], limit, settings.seed)]
-        weights = "load" if method == "kahypar-load" else "unit"
-        return kahypar_table(sample, num_experts, num_gpus, redundant, weights=weights, seed=settings.seed), {}
-    raise InputError(f"unknown placement method '{method}' (known: {', '.join(METHODS)})")
+    """``[G, S]`` table of one layer by ``method`` (:func:`~.methods.get_method`) on fit tokens ``topk_ids [T, k]``,
+    and method info."""
+    layer = LayerFit(num_experts, topk_ids=np.asarray(topk_ids, dtype=np.int64))
+    return get_method(method).build(layer, cost, settings, deadline)
 
 
 def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] | None = None,

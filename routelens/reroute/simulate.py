@@ -183,7 +183,7 @@ def reroute_trace(
         header = {k: v for k, v in trace.manifest.items() if k not in _HEADER_SKIP}
         header["settings"] = {**(trace.manifest.get("settings") or {}), "reroute": policy.label()}
         header["parent"] = {"path": str(trace.path.resolve()), "fingerprint": trace.fingerprint()}
-        header["reroute"] = {"policy": policy.name, **policy.settings(), "batch_tokens": int(batch_tokens)}
+        header["reroute"] = {"policy": policy.name, **policy.record(), "batch_tokens": int(batch_tokens)}
         try:
             summary = _write_rerouted(trace, policy, TraceWriter(out, header), rules, plan, batch_tokens, progress)
         except BaseException:
@@ -276,17 +276,7 @@ def _bar(enabled: bool, total: int, desc: str):
 def default_output(trace_path: str | os.PathLike, policy: Policy) -> Path:
     """``RUN-c2r-t8``, ``RUN-gpu-limited-m4``, ``RUN-capacity-reroute-1.25`` next to the input run."""
     path = Path(trace_path)
-    suffix = ""
-    if policy.name == "c2r":
-        suffix = f"t{policy.top_t}"
-    elif policy.name == "gpu-limited":
-        suffix = f"m{policy.max_gpus}"
-    elif policy.name == "gpu-adaptive":
-        suffix = f"s{policy.min_gpu_share:g}"
-    elif policy.name.startswith("capacity"):
-        suffix = f"{policy.capacity_factor:g}"
-    name = f"{path.name}-{policy.name}" + (f"-{suffix}" if suffix else "") + ("-keep" if policy.weights == "keep" else "")
-    return path.with_name(name)
+    return path.with_name(f"{path.name}-{policy.spec.run_name(policy.settings)}")
 
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "RoutingComparison", "compare_routing", "default_output", "reroute_trace",

@@ -11,7 +11,7 @@ import pytest
 from routelens.cli import build_parser, main
 from routelens.commands import finetune, reroute_eval
 from routelens.commands._args import DeprecatedAlias, layer_selection, positive_int
-from routelens.reroute.policy import POLICIES
+from routelens.reroute.registry import policy_names
 
 
 def command_parsers() -> dict[str, argparse.ArgumentParser]:
@@ -58,7 +58,7 @@ def test_positional_arguments_are_named_in_capitals(name):
             assert action.metavar and action.metavar.isupper(), f"routelens {name} {action.dest}: metavar {action.metavar}"
 
 
-ROUTING_POLICIES = set(POLICIES) - {"none"}
+ROUTING_POLICIES = set(policy_names())
 
 # concept -> (option, what the option's action must satisfy). One table for every command: an option that
 # exists anywhere means the same thing and takes the same kind of value.

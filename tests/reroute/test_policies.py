@@ -226,11 +226,11 @@ def test_keep_weights_for_a_softmax_over_the_chosen_logits():
     assert torch.allclose(keep, torch.exp(torch.tensor([[3.0, 1.0]])) / (math.exp(3) + math.exp(2)))
 
 
-def test_policy_rejects_unknown_weighting():
-    from routelens.reroute import Policy
+def test_policy_settings_reject_unknown_weighting():
+    from routelens.reroute import C2RSettings
 
     with pytest.raises(InputError, match="--routing-weights"):
-        Policy("c2r", top_t=2, weights="sideways")
+        C2RSettings(top_t=2, weights="sideways")
 
 
 # ---------------------------------------------------------------------------- fill="drop"
@@ -261,8 +261,8 @@ def rule_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.topk(k, dim=-1).indices
 
 
-def test_policy_rejects_unknown_fill():
-    from routelens.reroute import Policy
+def test_policy_settings_reject_unknown_fill():
+    from routelens.reroute import GpuLimitedSettings
 
     with pytest.raises(InputError, match="--gpu-fill"):
-        Policy("gpu-limited", max_gpus=1, fill="sideways")
+        GpuLimitedSettings(max_gpus=1, fill="sideways")
