@@ -20,8 +20,8 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import InputError, RoutelensError
+from ..graphs import coactivation_counts
 from .baselines import replica_counts, slots_per_gpu
-from .graph import coactivation
 
 INSTALL_HINT = "pip install 'routelens[partition]' (or pip install mtkahypar)"
 
@@ -117,7 +117,7 @@ def kahypar_table(topk_ids: np.ndarray, num_experts: int, num_gpus: int, redunda
     node_weights = None if weights == "unit" else load * (num_experts / max(load.sum(), 1.0)) * 100
     block = kahypar_partition(ids, num_experts, sizes, node_weights, seed=seed)
     if weights == "load":
-        block = repair_block_sizes(block, sizes, coactivation(ids, num_experts))
+        block = repair_block_sizes(block, sizes, coactivation_counts(ids, num_experts))
     table = np.full((num_gpus, slots), -1, dtype=np.int64)
     filled = np.zeros(num_gpus, dtype=np.int64)
     for e in np.argsort(block, kind="stable"):

@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..plan import Plan
 from .baselines import contiguous_table, eplb_table, greedy_table, random_table, slots_per_gpu
-from .cost import POLICIES, CostModel, score_table
-from .graph import expert_load
+from ..graphs import load_counts
+from .cost import CostModel, score_table
+from .traffic import POLICIES
 from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_kicks, default_seeds, optimize_layer
 
 METHODS = ("routelens", "contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
@@ -37,7 +38,7 @@ class PlaceSettings:
     Attributes:
         method: one of :data:`METHODS`.
         redundant: ``R`` extra expert slots per layer (``(E + R) % G == 0``).
-        replica_policy: how tokens pick among replicas (:data:`~routelens.placement.cost.POLICIES`).
+        replica_policy: how tokens pick among replicas (:data:`~routelens.placement.traffic.POLICIES`).
         seed: random baseline and optimizer subsample seed.
         time_budget_s: optimizer wall-clock budget for the whole plan (None: run to convergence).
         max_fit_tokens: tokens per layer the optimizer scores on (a seeded subsample above this).
@@ -115,7 +116,7 @@ def layer_table(method: str, topk_ids: np.ndarray, num_experts: int, cost: CostM
         return contiguous_table(num_experts, num_gpus, redundant), {}
     if method == "random":
         return random_table(num_experts, num_gpus, redundant, seed=settings.seed), {}
-    load = expert_load(ids, num_experts)
+    load = load_counts(ids, num_experts)
     if method == "greedy":
         return greedy_table(load, num_gpus, redundant), {}
     if method == "eplb":
