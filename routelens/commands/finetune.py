@@ -64,10 +64,11 @@ def run(args) -> int:
     from ..capture.load import bundled_data_dir, demo_model_path, load_model, model_reference
     from ..capture.text import file_source, pack_windows
     from ..errors import InputError
+    from ..graphs import coactivation_counts
     from ..io import atomic_write_json
     from ..reroute.evaluate import calibration_routing, evaluate_policies
     from ..reroute.finetune import finetune_with_policy, measure_recovery
-    from ..reroute.fitting import coactivation_counts, fit_plan
+    from ..reroute.fitting import fit_plan
     from ..reroute.policy import c2r_policy, capacity_policy, gpu_adaptive_policy, gpu_limited_policy
 
     out = Path(args.out)

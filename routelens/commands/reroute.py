@@ -61,9 +61,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..graphs import coactivation_counts
     from ..io import atomic_write_json
     from ..plan import Plan
-    from ..reroute.fitting import coactivation_counts, fit_plan
+    from ..reroute.fitting import fit_plan
     from ..reroute.policy import c2r_policy, capacity_policy, gpu_adaptive_policy, gpu_limited_policy
     from ..reroute.simulate import default_output, reroute_trace, rules_from_trace
     from ..trace import Trace
