@@ -5,7 +5,7 @@ Expert-parallel MoE layers driven by a :class:`~routelens.trace.Trace` (routing)
 same code. Nothing here imports the dashboard (streamlit, plotly).
 
 Modules:
-    routing   host-side token layout, replica choice, predicted traffic (numpy)
+    routing   host-side routes of a trace under a plan (via routelens.placement.traffic, numpy)
     experts   expert weights (random or from a checkpoint) and grouped-GEMM SwiGLU experts
     exchange  the All-to-All exchanges (counts, uneven rows)
     layer     one EP MoE layer: layout, dispatch, experts, combine (+ overlap measurement)
@@ -20,7 +20,6 @@ Modules:
 from .routing import (
     LayerRoute,
     contiguous_plan,
-    dispatch_matrix_from_destinations,
     plan_routes,
     rank_token_range,
     tiled_token_index,
@@ -30,7 +29,6 @@ from .routing import (
 __all__ = [
     "LayerRoute",
     "contiguous_plan",
-    "dispatch_matrix_from_destinations",
     "plan_routes",
     "rank_token_range",
     "tiled_token_index",
