@@ -206,8 +206,7 @@ def _round_robin(choice: ReplicaChoice) -> np.ndarray:
 
 def _nearest_then_least_loaded(choice: ReplicaChoice) -> np.ndarray:
     """``nearest-then-least-loaded`` (defined in :func:`assign_replicas`), one (block, slot) step at a time."""
-    ids, replicas = choice.ids, choice.replicas
-    num_gpus, top_k = choice.node_of_gpu.size, ids.shape[1]
+    num_gpus = choice.node_of_gpu.size
     fixed = (choice.dest >= 0) & ~choice.flexible
     load = np.bincount(choice.dest[fixed], minlength=num_gpus + 1)  # [G + 1]: entry G (the padding) stays unused
     sent_by_fixed = np.where(fixed, choice.dest, num_gpus)  # [T, k] GPUs single-replica experts send a token to
@@ -215,11 +214,36 @@ def _nearest_then_least_loaded(choice: ReplicaChoice) -> np.ndarray:
     block = rows // REPLICA_BLOCK_TOKENS
     order = np.lexsort((rows, cols, block))  # steps: (block, slot), tokens ascending inside
     rows, cols, block = rows[order], cols[order], block[order]
+    picks = np.empty(rows.size, dtype=np.int64)
+    # a few blocks at a time keeps the per-slot arrays of _nearest_steps small (they are [slots, R])
+    chunk = block // NEAREST_CHUNK_BLOCKS
+    edges = np.r_[0, np.flatnonzero(np.diff(chunk)) + 1, rows.size].tolist()
+    for start, end in zip(edges[:-1], edges[1:]):
+        picks[start:end] = _nearest_steps(choice, rows[start:end], cols[start:end], block[start:end],
+                                          sent_by_fixed, load)
+    dest = choice.dest.copy()
+    dest[rows, cols] = picks
+    return dest
+
+
+NEAREST_CHUNK_BLOCKS = 64  # blocks whose slots _nearest_steps prepares at once (memory, not semantics)
+
+
+def _nearest_steps(choice: ReplicaChoice, rows: np.ndarray, cols: np.ndarray, block: np.ndarray,
+                   sent_by_fixed: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """``[F]`` GPU picked for the flexible slots ``(rows, cols)`` of whole blocks, in step order; updates ``load``.
+
+    Args:
+        rows, cols, block: ``[F]`` the slots, sorted by (block, slot, token).
+        sent_by_fixed: ``[T, k]`` GPU of each single-replica slot, ``G`` elsewhere.
+        load: ``[G + 1]`` token-expert pairs per GPU so far (updated in place).
+    """
+    num_gpus = choice.node_of_gpu.size
     # what does not change from step to step: each slot's candidates and their tier (0 own GPU,
     # 1 already sent to, 2 same node, 3 elsewhere) as a key that any lower tier beats whatever the loads
-    candidates = replicas[ids[rows, cols]]  # [F, R]
+    candidates = choice.replicas[choice.ids[rows, cols]]  # [F, R]
     source = choice.source_gpu[rows]
-    big = np.int64(ids.size + 1)  # larger than any load
+    big = np.int64(choice.ids.size + 1)  # larger than any load
     tier = np.where(np.append(choice.node_of_gpu, -1)[candidates] == choice.node_of_gpu[source][:, None], 2, 3)
     tier[candidates == source[:, None]] = 0
     padding = candidates == num_gpus
@@ -235,7 +259,7 @@ def _nearest_then_least_loaded(choice: ReplicaChoice) -> np.ndarray:
     flat_candidates = candidates.ravel()
     first_candidate = np.arange(rows.size) * candidates.shape[1]  # flat index of each slot's first candidate
     picks = np.empty(rows.size, dtype=np.int64)
-    step = block * top_k + cols
+    step = block * choice.ids.shape[1] + cols
     bounds = np.r_[0, np.flatnonzero(np.diff(step)) + 1, rows.size]
     block_starts = np.r_[True, block[bounds[1:-1]] != block[bounds[:-2]]]
     for start, end, new_block in zip(bounds[:-1].tolist(), bounds[1:].tolist(), block_starts.tolist()):
@@ -250,9 +274,7 @@ def _nearest_then_least_loaded(choice: ReplicaChoice) -> np.ndarray:
         picks[start:end] = pick
         sent[lane[start:end] + pick] = True
         load += np.bincount(pick, minlength=width)
-    dest = choice.dest.copy()
-    dest[rows, cols] = picks
-    return dest
+    return picks
 
 
 REPLICA_POLICIES: dict[str, ReplicaPolicy] = {p.name: p for p in (

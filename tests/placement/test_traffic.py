@@ -188,9 +188,10 @@ def test_plan_topology_is_the_stored_one_else_the_plans_nodes():
 @settings(max_examples=60, deadline=None)
 @given(num_gpus=st.sampled_from([1, 2, 3, 4, 6]), extra_slots=st.integers(0, 3), num_experts=st.integers(2, 9),
        top_k=st.integers(1, 4), tokens=st.integers(0, 40), block=st.sampled_from([1, 3, 7, 256]),
-       nodes=st.sampled_from([1, 2, 3]), policy=st.sampled_from(POLICIES), seed=st.integers(0, 2**31 - 1))
-def test_replica_policies_match_their_definitions(num_gpus, extra_slots, num_experts, top_k, tokens, block, nodes,
-                                                    policy, seed):
+       chunk_blocks=st.sampled_from([1, 2, 64]), nodes=st.sampled_from([1, 2, 3]), policy=st.sampled_from(POLICIES),
+       seed=st.integers(0, 2**31 - 1))
+def test_replica_policies_match_their_definitions(num_gpus, extra_slots, num_experts, top_k, tokens, block,
+                                                    chunk_blocks, nodes, policy, seed):
     rng = np.random.default_rng(seed)
     slots = min(-(-num_experts // num_gpus) + extra_slots, num_experts)
     nodes = nodes if num_gpus % nodes == 0 else 1
@@ -198,7 +199,9 @@ def test_replica_policies_match_their_definitions(num_gpus, extra_slots, num_exp
     ids = random_choice(rng, tokens, num_experts, min(top_k, num_experts), drop=0.1)
     source = token_source_gpu(tokens, num_gpus)
     topo = Topology(num_nodes=nodes, gpus_per_node=num_gpus // nodes)
-    with mock.patch.object(traffic, "REPLICA_BLOCK_TOKENS", block):
+    # small blocks refresh the loads often; small chunks prepare few blocks at once (must not change the result)
+    with mock.patch.object(traffic, "REPLICA_BLOCK_TOKENS", block), \
+            mock.patch.object(traffic, "NEAREST_CHUNK_BLOCKS", chunk_blocks):
         dest = assign_replicas(ids, source, table, policy, topo)
     assert np.array_equal(dest, reference_assign(ids, source, table, policy, topo.node_of_gpu(), block))
     kept = ids >= 0
