@@ -226,7 +226,7 @@ def _met(flag: bool) -> str:
 def bench_scale(layers: int, tokens: int, max_fit_tokens: int) -> dict:
     """Optimizer wall time on 256 experts × 64 GPUs × ``layers`` layers, against greedy in the same run."""
     from routelens.placement.baselines import greedy_table
-    from routelens.placement.graph import expert_load
+    from routelens.graphs import load_counts
 
     topology = make_topology(64, gpus_per_node=8)
     cost = CostModel(topology, token_bytes=7168 * 2)
@@ -234,7 +234,7 @@ def bench_scale(layers: int, tokens: int, max_fit_tokens: int) -> dict:
               for i in range(layers)]
     started = time.perf_counter()
     for ids in routed:
-        greedy_table(expert_load(ids, 256), 64)
+        greedy_table(load_counts(ids, 256), 64)
     greedy_s = time.perf_counter() - started
     started, cpu_started = time.perf_counter(), time.process_time()
     for ids in routed:

@@ -20,8 +20,8 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import InputError, RoutelensError
+from ..graphs import coactivation_counts
 from .baselines import replica_counts, slots_per_gpu
-from .graph import coactivation
 from .replicas import fill_slots
 
 INSTALL_HINT = "pip install 'routelens[partition]' (or pip install mtkahypar)"
@@ -119,7 +119,7 @@ def kahypar_table(topk_ids: np.ndarray, num_experts: int, num_gpus: int, redunda
     node_weights = None if weights == "unit" else load * (num_experts / max(load.sum(), 1.0)) * 100
     block = kahypar_partition(ids, num_experts, sizes, node_weights, seed=seed)
     if not np.array_equal(np.bincount(block, minlength=num_gpus), sizes):
-        block = repair_block_sizes(block, sizes, coactivation(ids, num_experts))
+        block = repair_block_sizes(block, sizes, coactivation_counts(ids, num_experts))
     table = np.full((num_gpus, slots), -1, dtype=np.int64)
     for g in range(num_gpus):
         members = np.flatnonzero(block == g)

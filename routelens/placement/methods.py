@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..errors import InputError
+from ..graphs import load_counts
 from .baselines import contiguous_table, eplb_table, greedy_table, random_table
-from .graph import expert_load
 
 if TYPE_CHECKING:
     from .cost import CostModel
@@ -59,7 +59,7 @@ class LayerFit:
             return np.asarray(self.load)
         if self.topk_ids is None:
             raise InputError("a layer to place needs its tokens' experts or its expert loads")
-        return expert_load(self.topk_ids, self.num_experts)
+        return load_counts(self.topk_ids, self.num_experts)
 
     def token_experts(self, method: str) -> np.ndarray:
         """``[T, k]`` int64 experts of each fit token.

@@ -48,11 +48,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..graphs import load_counts
 from .baselines import greedy_table, replica_counts, slots_per_gpu
-from .cost import CostModel, assign_replicas, placement_objective, token_source_gpu, traffic_from_hits
-from .graph import expert_load
+from .cost import CostModel, placement_objective, traffic_from_hits
 from .replicas import fill_slots
 from .search import SwapState, local_search
+from .traffic import assign_replicas, token_source_gpu
 
 DEFAULT_SEEDS = ("coact", "lpt")
 SEEDS = ("coact", "lpt", "mincut", "kahypar")
@@ -131,7 +132,7 @@ class _Problem:
         self.link_seconds = cost.token_bytes * self.topology.seconds_per_byte()[link]
         np.fill_diagonal(self.link_seconds, 0.0)
         self.pair_seconds = cost.expert_flops_per_token / (self.topology.gpu_tflops * 1e12)
-        self.load = expert_load(self.ids, num_experts).astype(np.float64)
+        self.load = load_counts(self.ids, num_experts).astype(np.float64)
 
     def destinations(self, table: np.ndarray) -> np.ndarray:
         return np.concatenate([assign_replicas(self.ids[a:b], self.source[a:b], table, self.policy, self.topology)

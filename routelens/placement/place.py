@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..plan import Plan
 from .baselines import slots_per_gpu
-from .cost import POLICIES, CostModel, score_table
+from .cost import CostModel, score_table
 from .methods import LayerFit, baseline_names, get_method, method_names
 from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_kicks, default_seeds
+from .traffic import POLICIES
 
 METHODS = method_names()  # registered in .methods
 BASELINES = baseline_names()
@@ -36,7 +37,7 @@ class PlaceSettings:
     Attributes:
         method: a registered method (:mod:`.methods`: ``routelens``, ``contiguous``, ``eplb``...).
         redundant: ``R`` extra expert slots per layer (``(E + R) % G == 0``).
-        replica_policy: how tokens pick among replicas (:data:`~routelens.placement.cost.POLICIES`).
+        replica_policy: how tokens pick among replicas (:data:`~routelens.placement.traffic.POLICIES`).
         seed: random baseline and optimizer subsample seed.
         time_budget_s: optimizer wall-clock budget for the whole plan (None: run to convergence).
         max_fit_tokens: tokens per layer the optimizer scores on (a seeded subsample above this).

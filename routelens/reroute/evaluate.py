@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..placement.baselines import contiguous_table
+from ..placement.traffic import plan_topology
 from ..plan import Plan
-from .fitting import contiguous_table
 from .inmodel import RerouteHooks
 from .metrics import changed_fraction, routing_stats
 from .policy import Policy, none_policy
@@ -190,9 +191,9 @@ def evaluate_policies(
 def _add_routing(totals: _Totals, sites, chosen, base_ids, num_experts: int, plan: Plan | None) -> None:
     for site, ids, base in zip(sites, chosen, base_ids):
         ids = ids.long().cpu()
-        table = plan.gpu_experts[site.name] if plan is not None else None
+        replicas = (plan.gpu_experts[site.name], plan.replica_policy, plan_topology(plan)) if plan is not None else ()
         n = int(ids.shape[0])
-        for key, value in routing_stats(ids, num_experts, table).items():
+        for key, value in routing_stats(ids, num_experts, *replicas).items():
             weight = n if key in ("gpus_per_token", "dropped_fraction") else 1.0
             totals.add_routing(key, value, weight)
         totals.changed += changed_fraction(base, ids) * n

@@ -24,6 +24,7 @@ import torch
 from ..errors import InputError, TraceError
 from ..formats import HEADER_KEYS
 from ..lock import is_lock_file, run_lock
+from ..placement.traffic import plan_topology
 from ..plan import Plan
 from ..trace import MANIFEST, Trace, TraceWriter
 from .metrics import changed_fraction, routing_stats
@@ -85,15 +86,16 @@ class RoutingComparison:
         self._changed = {layer: 0.0 for layer in self.layers}
         self._tokens = {layer: 0 for layer in self.layers}
         self._batches = {layer: 0 for layer in self.layers}
+        self._topology = None if plan is None else plan_topology(plan)
 
     def add(self, layer: str, original_ids, new_ids) -> None:
         """Add one batch of one layer (``[N, K]`` each)."""
-        table = None if self.plan is None else self.plan.gpu_experts[layer]
+        replicas = () if self.plan is None else (self.plan.gpu_experts[layer], self.plan.replica_policy, self._topology)
         n = int(np.asarray(original_ids).shape[0]) if not torch.is_tensor(original_ids) else int(original_ids.shape[0])
         if n == 0:
             return
         for side, ids in (("original", original_ids), ("rerouted", new_ids)):
-            stats = routing_stats(ids, self.num_experts, table)
+            stats = routing_stats(ids, self.num_experts, *replicas)
             sums = self._sums[side][layer]
             for key, value in stats.items():
                 # per-token quantities weigh by tokens, per-batch maxima by batch

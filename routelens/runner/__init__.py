@@ -6,7 +6,7 @@ same code. Nothing here imports the dashboard (streamlit, plotly).
 
 Modules:
     config    BenchConfig: the frozen, typed configuration the command builds and every rank reads
-    routing   host-side token layout, replica choice, predicted traffic (numpy)
+    routing   host-side routes of a trace under a plan (via routelens.placement.traffic, numpy)
     inputs    set-up: trace, plans, sizes; each rank's routes, expert weights and tokens
     experts   expert weights (random or from a checkpoint) and grouped-GEMM SwiGLU experts
     exchange  the All-to-All exchanges (counts, uneven rows)
@@ -25,7 +25,6 @@ Modules:
 from .routing import (
     LayerRoute,
     contiguous_plan,
-    dispatch_matrix_from_destinations,
     plan_routes,
     rank_token_range,
     tiled_token_index,
@@ -35,7 +34,6 @@ from .routing import (
 __all__ = [
     "LayerRoute",
     "contiguous_plan",
-    "dispatch_matrix_from_destinations",
     "plan_routes",
     "rank_token_range",
     "tiled_token_index",

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from routelens.formats import CALIBRATION
+from routelens.placement.traffic import dispatch_matrix, token_source_gpu
 from routelens.plan import Plan
+from routelens.runner.routing import contiguous_plan
 from routelens.synthetic import synthetic_trace_arrays
 from routelens.trace import Trace, write_trace
 
@@ -89,8 +91,6 @@ def test_two_ranks_replay_equals_reference_and_traffic_equals_cost_model(trace_d
     index = np.arange(trace.num_tokens)
     contiguous = report["plans"][0]
     assert contiguous["label"] == "contiguous" and report["baseline"] == "contiguous"
-    from routelens.runner.routing import contiguous_plan
-
     _assert_traffic_matches(contiguous, _expected(trace, contiguous_plan(trace.layers, 16, 2), index, 2), HIDDEN * 4)
     _assert_traffic_matches(report["plans"][1], _expected(trace, permuted, index, 2), HIDDEN * 4)
     for entry in report["plans"]:
@@ -127,7 +127,6 @@ def _replicated_plan(trace, path):
 
 
 def test_cli_launches_four_ranks_with_tiling_overlap_and_replicas(trace_dir, tmp_path):
-    cost = pytest.importorskip("routelens.placement.cost")
     trace = Trace.open(trace_dir)
     plan = _permuted_plan(trace, 4, tmp_path / "perm4.json", seed=2)
     replicated = _replicated_plan(trace, tmp_path / "rep4.json")
@@ -145,9 +144,9 @@ def test_cli_launches_four_ranks_with_tiling_overlap_and_replicas(trace_dir, tmp
     index = np.arange(2000) % trace.num_tokens
     _assert_traffic_matches(report["plans"][1], _expected(trace, plan, index, 4), HIDDEN * 4)
     # replicas: the runner's choice is the cost model's replica policy, so the bytes are its prediction
-    source = cost.token_source_gpu(2000, 4)
-    expected = np.stack([cost.dispatch_matrix(trace.topk_ids(layer)[index], source, replicated.gpu_experts[layer],
-                                              replicated.replica_policy) for layer in trace.layers])
+    source = token_source_gpu(2000, 4)
+    expected = np.stack([dispatch_matrix(trace.topk_ids(layer)[index], source, replicated.gpu_experts[layer],
+                                         replicated.replica_policy) for layer in trace.layers])
     assert report["plans"][2]["replicas"] == 4 * len(trace.layers)
     _assert_traffic_matches(report["plans"][2], expected, HIDDEN * 4)
     overlap = report["plans"][0]["overlap"]
