@@ -50,9 +50,9 @@ class FitData:
     def coactivation_counts(self) -> Mapping[str, np.ndarray]:
         """Layer -> ``[E, E]`` co-activation counts of the calibration choices (counted once)."""
         if self.coactivation is None and self.calibration is not None:
-            from .fitting import coactivation_counts
+            from ..graphs import coactivation_counts
 
-            self.coactivation = {layer: coactivation_counts(ids, self.num_experts)
+            self.coactivation = {layer: coactivation_counts(np.asarray(ids, dtype=np.int64), self.num_experts)
                                  for layer, ids in self.calibration.items()}
         return self.coactivation or {}
 

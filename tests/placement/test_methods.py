@@ -9,7 +9,7 @@ import pytest
 from routelens.errors import InputError
 from routelens.placement.baselines import contiguous_table, eplb_table, greedy_table, random_table
 from routelens.placement.cost import CostModel
-from routelens.placement.graph import expert_load
+from routelens.graphs import load_counts as expert_load
 from routelens.placement.methods import (REFERENCE, LayerFit, baseline_names, get_method, load_only_names,
                                          method_names)
 from routelens.placement.place import PlaceSettings, layer_table
