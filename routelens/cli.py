@@ -18,6 +18,7 @@ from .errors import RoutelensError
 # Sub-command modules, in the order ``routelens --help`` lists them.
 COMMANDS = [
     "capture",
+    "import_",
     "info",
     "analyze",
     "compare",

@@ -16,17 +16,17 @@ from .cost import (POLICIES, CostModel, LayerTraffic, assign_replicas, dispatch_
                    estimate_time, gpus_per_token, layer_metrics, layer_traffic, score_table, token_source_gpu)
 from .eplb import rebalance_experts
 from .evaluate import compare_plans, eval_token_index, format_comparison, score_plan
-from .export import FORMATS, export_plan, load_sglang, load_vllm, save_sglang, save_vllm
+from .export import EXPORT_FORMATS, FORMATS, export_plan
 from .optimizer import optimize_layer
 from .place import BASELINES, METHODS, PlaceSettings, fit_token_range, place
 from .topology import LINKS, Topology, make_topology
 
 __all__ = [
-    "BASELINES", "FORMATS", "LINKS", "METHODS", "POLICIES",
+    "BASELINES", "EXPORT_FORMATS", "FORMATS", "LINKS", "METHODS", "POLICIES",
     "CostModel", "LayerTraffic", "PlaceSettings", "Topology",
     "assign_replicas", "compare_plans", "contiguous_plan", "contiguous_table", "dispatch_matrix",
     "dispatch_matrix_from_dest", "eplb_table", "estimate_time", "eval_token_index", "export_plan",
     "fit_token_range", "format_comparison", "gpus_per_token", "greedy_table", "layer_metrics", "layer_traffic",
-    "load_sglang", "load_vllm", "make_topology", "optimize_layer", "place", "random_table", "rebalance_experts",
-    "save_sglang", "save_vllm", "score_plan", "score_table", "token_source_gpu",
+    "make_topology", "optimize_layer", "place", "random_table", "rebalance_experts",
+    "score_plan", "score_table", "token_source_gpu",
 ]
