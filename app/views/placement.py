@@ -11,7 +11,7 @@ import streamlit as st
 from rlapp import charts, data, systems_charts, ui
 
 EXPORTS = [("json", ".json", "routelens plan (.json)"), ("sglang", ".pt", "SGLang --init-expert-location (.pt)"),
-           ("vllm", ".pt", "vLLM EPLB state (.pt)")]
+           ("vllm-ascend", ".json", "vllm-ascend expert_map_path (.json)")]
 METHODS = ["routelens", "eplb", "greedy", "contiguous", "random"]
 
 ui.header("Placement", "Where should the experts live, and how much All-to-All does that save?")
@@ -105,6 +105,10 @@ if foreign:
         st.dataframe([{"file": p, "why": why} for p, why in foreign], hide_index=True, width="stretch")
 
 # ---------------------------------------------------------------------------- what if
+if trace.counts_only:
+    ui.counts_only_notice(trace, "Scoring plans (All-to-All volumes, what-if placements)")
+    st.code(f"routelens place {info.path} --method eplb --gpus 8 --format sglang --out plan.pt", language="bash")
+    st.stop()
 st.subheader("What if")
 st.caption("Another cluster or method: the library places the experts and scores the result against contiguous "
            "in seconds (fitted on the first half of the trace, scored on the second).")

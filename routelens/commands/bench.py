@@ -74,12 +74,13 @@ def resolve_gpus(args) -> int:
         if args.gpus < 1:
             raise InputError(f"--gpus must be >= 1, got {args.gpus}")
         return args.gpus
+    from ..engines.plan_files import PlanTarget, load_plan_file
     from ..runner.routing import CONTIGUOUS
-    from ..plan import Plan
+    from ..trace import Trace
 
     for spec in args.plans:
         if spec != CONTIGUOUS:
-            return Plan.load(spec).num_gpus
+            return load_plan_file(spec, PlanTarget.for_trace(Trace.open(args.run))).num_gpus
     import torch
 
     if torch.cuda.device_count() > 0:

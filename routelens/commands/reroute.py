@@ -43,11 +43,12 @@ def add_parser(subparsers) -> None:
                         "the weight the unconstrained router gives it (default renorm)")
     parser.add_argument("--capacity-factor", type=positive_float, default=None,
                         help="capacity policies: gamma, capacity = ceil(gamma * tokens * k / experts) (default 1.25)")
-    placement = parser.add_mutually_exclusive_group()
-    placement.add_argument("--plan", metavar="FILE", default=None,
-                           help="placement for gpu-limited and the GPU metrics (routelens place output)")
-    placement.add_argument("--gpus", type=positive_int, default=8,
-                           help="without --plan: fit a routelens plan for this many GPUs on the trace (default 8)")
+    parser.add_argument("--plan", metavar="FILE", default=None,
+                        help="placement for gpu-limited and the GPU metrics: a routelens plan, an SGLang expert-location "
+                        "map or a vllm-ascend expert map")
+    parser.add_argument("--gpus", type=positive_int, default=None,
+                        help="without --plan: fit a routelens plan for this many GPUs on the trace (default 8); with an "
+                        "SGLang --plan map: its EP size")
     parser.add_argument("--batch-tokens", type=positive_int, default=4096,
                         help="tokens per forward pass: the batch that shares expert capacity and over which the "
                         "GPU metrics are taken (default 4096)")
@@ -61,23 +62,24 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..engines.plan_files import PlanTarget, load_plan_file
     from ..io import atomic_write_json
-    from ..plan import Plan
     from ..reroute.fitting import coactivation_counts, fit_plan
     from ..reroute.policy import c2r_policy, capacity_policy, gpu_adaptive_policy, gpu_limited_policy
     from ..reroute.simulate import default_output, reroute_trace, rules_from_trace
     from ..trace import Trace
 
     trace = Trace.open(args.run)
+    trace.require_weights("reroute")
     if not trace.has_logits:
         from ..errors import TraceError
 
         raise TraceError(f"trace {trace.path} has no router logits: capture it with --save-logits to re-route it")
     if args.plan:
-        plan = Plan.load(args.plan)
+        plan = load_plan_file(args.plan, PlanTarget.for_trace(trace, num_gpus=args.gpus))
         plan.check_fits(trace.layers, trace.num_experts)
     else:
-        plan = fit_plan({layer: trace.topk_ids(layer) for layer in trace.layers}, trace.num_experts, args.gpus,
+        plan = fit_plan({layer: trace.topk_ids(layer) for layer in trace.layers}, trace.num_experts, args.gpus or 8,
                         config=trace.config)
     if args.policy == "c2r":
         calib = Trace.open(args.calib) if args.calib else trace

@@ -74,10 +74,15 @@ def plan_from_vllm_ascend(data: dict[str, Any], source: str, layers: list[str], 
     """
     try:
         count = int(data["moe_layer_count"])
-        entries = data["layer_list"]
-        tables = [np.asarray([device["device_expert"] for device in entry["device_list"]]) for entry in entries]
+        entries = [[device["device_expert"] for device in entry["device_list"]] for entry in data["layer_list"]]
     except (KeyError, TypeError, ValueError) as exc:
-        raise PlanError(f"{source} is not a vllm-ascend expert map ({type(exc).__name__}: {exc})") from None
+        raise PlanError(f"{source} is not a vllm-ascend expert map (missing or malformed {exc})") from None
+    tables = []
+    for j, devices in enumerate(entries):
+        if len({len(d) if isinstance(d, list) else -1 for d in devices}) != 1:
+            raise PlanError(f"{source}: layer {j} needs the same number of experts on every device (vllm-ascend "
+                            "stacks them into one tensor)")
+        tables.append(np.asarray(devices))
     if count != len(layers) or len(tables) < count:
         raise PlanError(f"{source} maps {count} MoE layers ({len(tables)} listed), the model has {len(layers)}")
     for j, table in enumerate(tables[:count]):

@@ -24,6 +24,8 @@ from .graph import expert_load
 from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_kicks, default_seeds, optimize_layer
 
 METHODS = ("routelens", "contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
+LOAD_METHODS = ("contiguous", "random", "greedy", "eplb")
+"""Methods that need only each expert's load, so they also place counts-only runs (SGLang ``stat`` records)."""
 BASELINES = ("contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
 KAHYPAR_MAX_TOKENS = 16384  # Mt-KaHyPar's deterministic preset takes seconds per layer beyond this
 METRIC_KEYS = ("gpus_per_token", "copies_per_token", "busiest_gpu_recv", "busiest_gpu_send", "compute_imbalance",
@@ -111,15 +113,8 @@ def layer_table(method: str, topk_ids: np.ndarray, num_experts: int, cost: CostM
                                 max_fit_tokens=settings.max_fit_tokens, objective=settings.objective,
                                 deadline=deadline, kicks=settings.kicks)
         return result.table, result.info()
-    if method == "contiguous":
-        return contiguous_table(num_experts, num_gpus, redundant), {}
-    if method == "random":
-        return random_table(num_experts, num_gpus, redundant, seed=settings.seed), {}
-    load = expert_load(ids, num_experts)
-    if method == "greedy":
-        return greedy_table(load, num_gpus, redundant), {}
-    if method == "eplb":
-        return eplb_table(load, num_gpus, redundant, cost.topology.num_nodes, settings.num_groups), {}
+    if method in LOAD_METHODS:
+        return load_table(method, expert_load(ids, num_experts), cost, settings), {}
     if method in ("kahypar", "kahypar-load"):
         from .hypergraph import kahypar_table
         from .optimizer import subsample_tokens
@@ -129,6 +124,34 @@ def layer_table(method: str, topk_ids: np.ndarray, num_experts: int, cost: CostM
         weights = "load" if method == "kahypar-load" else "unit"
         return kahypar_table(sample, num_experts, num_gpus, redundant, weights=weights, seed=settings.seed), {}
     raise InputError(f"unknown placement method '{method}' (known: {', '.join(METHODS)})")
+
+
+def load_table(method: str, load: np.ndarray, cost: CostModel, settings: PlaceSettings) -> np.ndarray:
+    """``[G, S]`` table of one layer by a method of :data:`LOAD_METHODS` from its expert load ``[E]``."""
+    num_experts, num_gpus, redundant = int(np.asarray(load).size), cost.topology.num_gpus, settings.redundant
+    if method == "contiguous":
+        return contiguous_table(num_experts, num_gpus, redundant)
+    if method == "random":
+        return random_table(num_experts, num_gpus, redundant, seed=settings.seed)
+    if method == "greedy":
+        return greedy_table(load, num_gpus, redundant)
+    if method == "eplb":
+        return eplb_table(load, num_gpus, redundant, cost.topology.num_nodes, settings.num_groups)
+    raise InputError(f"'{method}' is not a load-only method ({', '.join(LOAD_METHODS)})")
+
+
+def load_metrics(table: np.ndarray, load: np.ndarray) -> dict[str, float]:
+    """What a placement's expert load alone tells: ``compute_imbalance`` (busiest GPU over the mean).
+
+    Each replica of an expert takes an equal share of its load (what EPLB assumes); the All-to-All
+    metrics need per-token routing and are left out.
+    """
+    table = np.asarray(table, dtype=np.int64)
+    load = np.asarray(load, dtype=np.float64)
+    replicas = np.bincount(table.ravel(), minlength=load.size)
+    per_gpu = (load / np.maximum(replicas, 1))[table].sum(axis=1)
+    mean = float(per_gpu.mean()) if per_gpu.size else 0.0
+    return {"compute_imbalance": float(per_gpu.max(initial=0)) / mean if mean else 1.0}
 
 
 def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] | None = None,
@@ -143,9 +166,15 @@ def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] 
 
     Returns:
         A validated :class:`~routelens.plan.Plan`; ``plan.meta["metrics"]`` holds the metrics on
-        the fit tokens (mean over layers and per layer).
+        the fit tokens (mean over layers and per layer). A counts-only run is placed from its
+        recorded counts by a method of :data:`LOAD_METHODS`, with :func:`load_metrics` only.
+
+    Raises:
+        InputError: bad settings; TraceError: a co-activation method on a counts-only run.
     """
     settings.check()
+    if trace.counts_only and settings.method not in LOAD_METHODS:
+        trace.require_tokens(f"place --method {settings.method} (co-activation)")
     num_experts, num_gpus = int(trace.num_experts), cost.topology.num_gpus
     slots_per_gpu(num_experts, num_gpus, settings.redundant)  # fail before reading anything
     start, end = fit if fit is not None else (0, int(trace.num_tokens))
@@ -156,6 +185,11 @@ def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] 
     started = time.perf_counter()
     bar = tqdm(layers, desc=f"place ({settings.method})", unit="layer", disable=not progress)
     for n, layer in enumerate(bar):
+        if trace.counts_only:
+            load = trace.expert_counts(layer)
+            tables[layer] = load_table(settings.method, load, cost, settings)
+            per_layer[layer] = load_metrics(tables[layer], load)
+            continue
         ids = np.asarray(trace.topk_ids(layer)[start:end], dtype=np.int64)
         deadline = None
         if settings.time_budget_s is not None:
@@ -176,7 +210,8 @@ def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] 
                   "fit_tokens": [int(start), int(end)]},
         "model": {"id": trace.model_id, "family": trace.family, "num_layers": config.get("num_layers"),
                   "hidden_size": config.get("hidden_size"), "num_experts": num_experts, "top_k": int(trace.top_k)},
-        "metrics": {"on": "fit tokens", "mean": mean_metrics(per_layer), "layers": per_layer},
+        "metrics": {"on": "recorded expert counts" if trace.counts_only else "fit tokens",
+                    "mean": mean_metrics(per_layer), "layers": per_layer},
         "seconds": round(seconds, 3),
     }
     if info:
@@ -192,6 +227,6 @@ def mean_metrics(per_layer: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Mean over layers of each numeric metric (``layer_us`` also summed as ``total_us``)."""
     out = {key: float(np.mean([m[key] for m in per_layer.values()])) for key in METRIC_KEYS
            if per_layer and all(key in m for m in per_layer.values())}
-    if per_layer:
+    if per_layer and all("layer_us" in m for m in per_layer.values()):
         out["total_us"] = float(np.sum([m["layer_us"] for m in per_layer.values()]))
     return out

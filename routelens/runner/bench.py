@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engines.plan_files import PlanTarget, load_plan_file
 from ..errors import InputError, PlanError, RoutelensError
 from ..io import atomic_write_json, read_json
 from ..plan import Plan
@@ -109,6 +110,7 @@ def _config_int(config: dict, key: str) -> int | None:
 def prepare(args: argparse.Namespace, num_gpus: int) -> BenchSetup:
     """Open the trace and plans and check they fit ``num_gpus`` ranks; one-line errors otherwise."""
     trace = Trace.open(args.run)
+    trace.require_tokens("bench")
     if trace.num_tokens == 0:
         raise InputError(f"trace {args.run} holds no tokens")
     layers = trace.layers if not args.layers else [trace.layers[trace.layer_index(_layer_key(l))] for l in args.layers]
@@ -123,7 +125,7 @@ def prepare(args: argparse.Namespace, num_gpus: int) -> BenchSetup:
         else:
             if not Path(spec).is_file():
                 raise PlanError(f"plan file not found: {spec} (or use 'contiguous')")
-            plan = Plan.load(spec)
+            plan = load_plan_file(spec, PlanTarget.for_trace(trace, num_gpus=num_gpus))
         plan.check_fits(trace.layers, trace.num_experts)
         if plan.num_gpus != num_gpus:
             raise PlanError(f"plan {spec} is for {plan.num_gpus} GPUs, the bench runs on {num_gpus}")
