@@ -118,7 +118,7 @@ def run(args) -> int:
         raise InputError(UPSTREAM_NOTE)
     out = Path(args.out)
     suffixes = EXPORT_FORMATS[args.format].suffixes if args.format in EXPORT_FORMATS else (".pt", ".json")
-    if out.suffix not in suffixes:
+    if suffixes and out.suffix not in suffixes:
         raise InputError(f"--format {args.format} writes a {' or '.join(suffixes)} file, got '{out.name}'")
     trace = Trace.open(args.run)
     layer_indices = trace_layer_indices(trace)

@@ -94,10 +94,11 @@ def read_sglang_dumps(paths: list[Path], layout: ModelLayout, ranks: str = "auto
         raise InputError("no SGLang dump files given")
     loaded = [(path, load_torch_file(path, WHAT)) for path in paths]
     kinds = {path: _kind(data, path) for path, data in loaded}
-    if len(set(kinds.values())) != 1:
-        raise InputError("the files mix recorder modes (" + ", ".join(f"{p.name}: {k}" for p, k in kinds.items())
+    named = {path: kind for path, kind in kinds.items() if kind != "empty"}  # a rank that recorded no pass
+    if len(set(named.values())) > 1:
+        raise InputError("the files mix recorder modes (" + ", ".join(f"{p.name}: {k}" for p, k in named.items())
                          + "): import each recording separately")
-    kind = next(iter(kinds.values()))
+    kind = next(iter(named.values()), "per_token")
     if kind == "stat":
         return _read_stat(loaded, layout)
     maps = [_physical_map(data, path, layout) for path, data in loaded]
@@ -116,6 +117,8 @@ def _kind(data: Any, path: Path) -> str:
         records = data["records"]
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise InputError(f"{path}: 'records' must be a list of dicts")
+        if not records:
+            return "empty"
         if any("topk_ids_of_layer" in r for r in records):
             return "per_token"
         return "per_pass"

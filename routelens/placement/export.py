@@ -47,12 +47,13 @@ class ExportFormat:
     name: str
     loaded_by: str
     write: Callable[[Plan, Path, ExportTarget], Path] | None
-    suffixes: tuple[str, ...] = (".json",)
+    suffixes: tuple[str, ...] = (".json",)  # empty: any file name
 
 
 EXPORT_FORMATS: dict[str, ExportFormat] = {
     f.name: f for f in (
-        ExportFormat("json", "routelens plan-eval / bench / reroute --plan", lambda plan, path, target: plan.save(path)),
+        ExportFormat("json", "routelens plan-eval / bench / reroute --plan", lambda plan, path, target: plan.save(path),
+                     ()),
         ExportFormat("sglang", "sglang --init-expert-location FILE --ep-size G --ep-num-redundant-experts R",
                      lambda plan, path, target: save_sglang_location(plan, path, target.layer_indices,
                                                                      target.num_decoder_layers),
@@ -83,7 +84,7 @@ def export_plan(plan: Plan, path: str | os.PathLike, fmt: str = "json", num_laye
     if spec.write is None:
         raise PlanError(UPSTREAM_NOTE)
     path = Path(path)
-    if path.suffix not in spec.suffixes:
+    if spec.suffixes and path.suffix not in spec.suffixes:
         raise PlanError(f"--format {fmt} writes a {' or '.join(spec.suffixes)} file, got '{path.name}'")
     indices = list(layer_indices) if layer_indices is not None else [layer_index(name) for name in plan.layers]
     if num_layers is None:
