@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,3 +102,50 @@ def test_truncated_hostile_and_foreign_files_get_one_line_errors(tmp_path, layou
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(InputError, match=".jsonl, .npz or .pt"):
         read_vllm_collections([tmp_path / "x.csv"], layout)
+
+
+def test_the_docs_client_saves_what_routelens_imports(tmp_path, layout):
+    """docs/vllm_routed_experts_client.py against a loopback stand-in answering as vLLM 0.34's server does."""
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    rng = np.random.default_rng(3)
+    made = [vllm_request(rng, layout, 5, 3) for _ in range(2)]
+    bodies = []
+
+    class Server(BaseHTTPRequestHandler):
+        def _send(self, obj):
+            data = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self._send({"data": [{"id": "tiny"}]})
+
+        def do_POST(self):  # noqa: N802
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            request = made[len(bodies) - 1][0]
+            self._send({"choices": [{"index": 0, "text": "", "prompt_token_ids": request["prompt_token_ids"],
+                                     "token_ids": request["token_ids"],
+                                     "routed_experts": b64_npy(np.asarray(request["routed_experts"]))}]})
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "prompts.txt").write_text("first prompt\nsecond prompt\n")
+        client = Path(__file__).resolve().parents[2] / "docs" / "vllm_routed_experts_client.py"
+        subprocess.run([sys.executable, str(client), str(tmp_path / "prompts.txt"), str(tmp_path / "out.jsonl"),
+                        f"http://127.0.0.1:{server.server_address[1]}"], check=True, timeout=60)
+    finally:
+        server.shutdown()
+    assert [b["return_token_ids"] for b in bodies] == [True, True] and bodies[0]["model"] == "tiny"
+    ids = read_vllm_collections([tmp_path / "out.jsonl"], layout).routing.arrays()[4]
+    assert np.array_equal(ids, np.concatenate([w[3] for _, w in made]))
