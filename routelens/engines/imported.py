@@ -38,35 +38,45 @@ class TokenRouting:
     Attributes:
         num_layers: MoE layers ``L`` (the model's, in trace order).
         top_k: ``k``.
-        windows: each ``(token_ids [n], positions [n], phase [n] int8, ids [n, L, k] int16 logical)``.
+        chunks: each ``(token_ids [n], positions [n], phase [n] int8, ids [n, L, k] int16 logical,
+            window lengths [w] summing to n)`` — one forward pass or one request (a decode pass is one
+            chunk of ``n`` one-token windows, so millions of decode tokens stay a few arrays).
     """
 
     num_layers: int
     top_k: int
-    windows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
-    def add(self, token_ids: Any, positions: Any, phase: Any, ids: np.ndarray) -> None:
-        """Append one window (a request, or a request's segment of one forward pass)."""
+    def add(self, token_ids: Any, positions: Any, phase: Any, ids: np.ndarray, window_lengths: Any = None) -> None:
+        """Append tokens: one window, or several given by ``window_lengths`` (in token order)."""
         ids = np.asarray(ids)
         n = ids.shape[0]
         if ids.shape != (n, self.num_layers, self.top_k):
             raise ValueError(f"window ids of shape {ids.shape}, expected ({n}, {self.num_layers}, {self.top_k})")
+        lengths = np.asarray([n] if window_lengths is None else window_lengths, dtype=np.int64)
+        if int(lengths.sum()) != n or (lengths <= 0).any():
+            raise ValueError(f"window lengths {lengths.tolist()} do not split {n} tokens")
         phase = np.broadcast_to(np.asarray(phase, dtype=np.int8), (n,))
-        self.windows.append((np.asarray(token_ids, np.int64), np.asarray(positions, np.int64), phase,
-                             ids.astype(np.int16)))
+        self.chunks.append((np.asarray(token_ids, np.int64), np.asarray(positions, np.int64), phase,
+                            ids.astype(np.int16), lengths))
 
     @property
     def num_tokens(self) -> int:
-        return int(sum(w[0].size for w in self.windows))
+        return int(sum(c[0].size for c in self.chunks))
+
+    @property
+    def num_windows(self) -> int:
+        return int(sum(c[4].size for c in self.chunks))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(token_ids [T], seq_ids [T], positions [T], phase [T], ids [T, L, k])`` of all windows in order."""
-        if not self.windows:
+        if not self.chunks:
             return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8),
                     np.zeros((0, self.num_layers, self.top_k), np.int16))
-        seq = np.concatenate([np.full(w[0].size, i, np.int64) for i, w in enumerate(self.windows)])
-        return (np.concatenate([w[0] for w in self.windows]), seq, np.concatenate([w[1] for w in self.windows]),
-                np.concatenate([w[2] for w in self.windows]), np.concatenate([w[3] for w in self.windows]))
+        lengths = np.concatenate([c[4] for c in self.chunks])
+        seq = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
+        return (np.concatenate([c[0] for c in self.chunks]), seq, np.concatenate([c[1] for c in self.chunks]),
+                np.concatenate([c[2] for c in self.chunks]), np.concatenate([c[3] for c in self.chunks]))
 
 
 def write_routing_trace(out: str | os.PathLike, layout: ModelLayout, routing: TokenRouting,

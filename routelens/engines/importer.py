@@ -131,7 +131,7 @@ def import_records(settings: ImportSettings) -> ImportResult:
               **details, "files": describe_files(paths), "caveats": caveats}
     run_settings = {"model": layout.model_id, "engine": importer.name, "mode": mode,
                     "files": [p.name for p in paths]}
-    if hasattr(data, "windows"):
+    if hasattr(data, "chunks"):
         trace = write_routing_trace(out, layout, data, run_settings, source)
     else:
         trace = write_counts_trace(out, layout, data, run_settings, source)

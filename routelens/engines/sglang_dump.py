@@ -168,9 +168,8 @@ def _read_detail(loaded: list[tuple[Path, dict]], layout: ModelLayout, mapping: 
         routing = TokenRouting(len(layout.layers), layout.top_k)
         for fpid, rank in kept:
             record = passes[fpid][rank]
-            for lo, hi in record["windows"]:
-                routing.add(record["input_ids"][lo:hi], record["positions"][lo:hi], record["phase"],
-                            record["ids"][lo:hi])
+            routing.add(record["input_ids"], record["positions"], record["phase"], record["ids"],
+                        window_lengths=[hi - lo for lo, hi in record["windows"]])
         caveats.append("a decode token is its own one-token window: SGLang does not record which request it belongs to")
         if any(passes[f][r]["phase"] == MIXED for f, r in kept):
             caveats.append("tokens of MIXED passes (chunked prefill with decode) have phase 'mixed': their own "
