@@ -137,3 +137,17 @@ def test_hostile_truncated_foreign_and_repeated_files_get_one_line_errors(tmp_pa
     stat = write_sglang_stat(tmp_path / "stat.pt", layout, np.ones((1, 2, 8), dtype=np.int64))
     with pytest.raises(InputError, match="mix recorder modes"):
         read_sglang_dumps([files[0], stat], layout)
+
+
+@settings(max_examples=40, deadline=None)
+@given(blob=st.binary(max_size=300), cut=st.integers(0, 4000))
+def test_any_bytes_or_any_cut_of_a_real_dump_is_read_or_refused_in_one_line(tmp_path_factory, layout, blob, cut):
+    folder = tmp_path_factory.mktemp("junk")
+    rng = np.random.default_rng(cut)
+    files, _ = write_sglang_per_token(folder, rng, layout, known_passes(rng, layout, 1), eplb_map(rng, 3, 8, 0), 1)
+    raw = files[0].read_bytes()
+    for name, content in (("blob.pt", blob), ("cut.pt", raw[: cut % len(raw)])):
+        (folder / name).write_bytes(content)
+        with pytest.raises(InputError) as error:
+            read_sglang_dumps([folder / name], layout)
+        assert "\n" not in str(error.value)

@@ -149,3 +149,17 @@ def test_the_docs_client_saves_what_routelens_imports(tmp_path, layout):
     assert [b["return_token_ids"] for b in bodies] == [True, True] and bodies[0]["model"] == "tiny"
     ids = read_vllm_collections([tmp_path / "out.jsonl"], layout).routing.arrays()[4]
     assert np.array_equal(ids, np.concatenate([w[3] for _, w in made]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(max_size=200), blob=st.binary(max_size=200))
+def test_any_text_or_bytes_is_read_or_refused_in_one_line(tmp_path_factory, layout, text, blob):
+    folder = tmp_path_factory.mktemp("junk")
+    (folder / "x.jsonl").write_text(text, encoding="utf-8")
+    (folder / "x.npz").write_bytes(blob)
+    (folder / "x.pt").write_bytes(blob)
+    for name in ("x.jsonl", "x.npz", "x.pt"):
+        try:
+            read_vllm_collections([folder / name], layout)
+        except InputError as error:
+            assert "\n" not in str(error)
