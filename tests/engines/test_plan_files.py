@@ -169,3 +169,15 @@ def test_hostile_truncated_and_foreign_plan_files_get_one_line_errors(tmp_path):
         load_plan_file(tmp_path / "loc.json", PlanTarget(tuple(LAYERS), tuple(INDICES), 7, DECODER_LAYERS, 3))
     with pytest.raises(PlanError, match="rows"):  # a model with another layer count
         load_plan_file(tmp_path / "loc.json", PlanTarget(tuple(LAYERS), tuple(INDICES), E, 6, 3))
+
+
+@settings(max_examples=40, deadline=None)
+@given(blob=st.binary(max_size=300), cut=st.integers(1, 2000), suffix=st.sampled_from([".pt", ".json"]))
+def test_any_bytes_or_any_cut_of_an_engine_file_is_a_plan_or_a_one_line_error(tmp_path_factory, blob, cut, suffix):
+    folder = tmp_path_factory.mktemp("junk")
+    raw = export_plan(_plan(), folder / f"good{suffix}", "sglang", layer_indices=INDICES).read_bytes()
+    for name, content in ((f"blob{suffix}", blob), (f"cut{suffix}", raw[: cut % len(raw)])):
+        (folder / name).write_bytes(content)
+        with pytest.raises(PlanError) as error:
+            load_plan_file(folder / name, _target(3))
+        assert "\n" not in str(error.value)
