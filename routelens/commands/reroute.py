@@ -78,6 +78,10 @@ def run(args) -> int:
     if args.plan:
         plan = load_plan_file(args.plan, PlanTarget.for_trace(trace, num_gpus=args.gpus))
         plan.check_fits(trace.layers, trace.num_experts)
+        if args.gpus is not None and plan.num_gpus != args.gpus:
+            from ..errors import InputError
+
+            raise InputError(f"--plan {args.plan} is for {plan.num_gpus} GPUs, --gpus says {args.gpus}")
     else:
         plan = fit_plan({layer: trace.topk_ids(layer) for layer in trace.layers}, trace.num_experts, args.gpus or 8,
                         config=trace.config)

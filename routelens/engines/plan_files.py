@@ -113,9 +113,7 @@ def load_plan_file(path: str | os.PathLike, target: PlanTarget) -> Plan:
         if kind.matches(data):
             plan = kind.read(data, path, target)
             plan.check_fits(list(target.layers), target.num_experts)
-            if target.num_gpus is not None and plan.num_gpus != target.num_gpus:
-                raise PlanError(f"{path} is for {plan.num_gpus} GPUs, not {target.num_gpus}")
-            return plan
+            return plan  # callers compare plan.num_gpus with their cluster and say so in their words
     known = ", ".join(kind.name for kind in PLAN_FILE_KINDS)
     raise PlanError(f"{path} is none of: {known} (keys {sorted(map(str, data))[:5]})")
 
