@@ -20,6 +20,16 @@ tensor                      dtype      shape / meaning
 ``router_logits.{j}``       float16    ``[n, E]`` raw router logits (only with ``--save-logits``)
 ==========================  =========  ===========================================================
 
+Optional per-token field: ``phase`` (int8 ``[n]``, index into ``manifest["phases"]``, e.g. prefill /
+decode) in traces imported from a serving engine (``routelens import``, :mod:`routelens.engines`).
+
+Optional manifest fields: ``has_weights`` (default true; false when the source recorded expert ids only:
+the shards then hold uniform ``1/k`` weights and :meth:`Trace.require_weights` refuses), ``phases``,
+``source`` (what the run came from: a capture's text, or an engine's record files). A *counts-only*
+run (``"routing": "counts"``) holds no shards but ``counts.safetensors`` with ``logical_count``
+(int64 ``[steps, layers, E]``, tokens per expert per recorded step): :meth:`Trace.expert_counts` works
+on it, everything that needs per-token routing refuses it with one line (:meth:`Trace.require_tokens`).
+
 ``j`` indexes ``manifest["layers"]``, the router module paths in model order. Shards are written
 atomically and listed in the manifest only once complete, so an interrupted run can resume without
 losing or duplicating tokens. Each shard entry records the file's ``sha256`` and ``size`` (traces
@@ -46,7 +56,7 @@ from .errors import RoutelensError, TraceError
 from .formats import PART_FILE, PARTS_DIR, TRACE
 from .io import atomic_write, file_sha256, read_json
 from .lock import is_lock_file, run_lock
-from .trace_format import (LAYER_FIELDS, MANIFEST, SHARD_DIR,
+from .trace_format import (COUNTS_FILE, COUNTS_KEY, COUNTS_ROUTING, LAYER_FIELDS, MANIFEST, SHARD_DIR,
                            check_array, expected_array, layer_expert_counts, regular_file_inside, validate_manifest)
 
 # Manifest keys that change without the routing changing (a resumed session's timings, the software
@@ -96,7 +106,10 @@ class Trace:
         self.num_tokens: int = int(sum(s["num_tokens"] for s in self.shards))
         self.layer_experts: list[int] = layer_expert_counts(manifest)
         self._files = list(files) if files is not None else [str(path / s["file"]) for s in self.shards]
+        if self.counts_only:
+            self.num_tokens = int(manifest.get("num_tokens", 0) or 0)
         self._token_cache: dict[str, np.ndarray] = {}
+        self._counts: np.ndarray | None = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -123,6 +136,8 @@ class Trace:
             if file is None:
                 raise TraceError(f"trace {path} is missing shard {shard['file']}")
             files.append(file)
+        if manifest.get("routing") == COUNTS_ROUTING and regular_file_inside(root, COUNTS_FILE, f"trace {path}") is None:
+            raise TraceError(f"counts-only run {path} is missing {COUNTS_FILE}")
         return cls(path, manifest, files)
 
     def shard_file(self, index: int) -> Path:
@@ -146,6 +161,40 @@ class Trace:
     @property
     def has_logits(self) -> bool:
         return bool(self.manifest.get("has_logits", False))
+
+    @property
+    def has_weights(self) -> bool:
+        """False when the source recorded expert ids only (engine imports): weights are uniform ``1/k``."""
+        return bool(self.manifest.get("has_weights", True))
+
+    @property
+    def counts_only(self) -> bool:
+        """True for a run that holds expert counts per step, not per-token routing (SGLang ``stat`` records)."""
+        return self.manifest.get("routing") == COUNTS_ROUTING
+
+    @property
+    def source_label(self) -> str:
+        """Where the routing came from, in a few words (``sglang per_token records``, or ``""`` for captures)."""
+        source = self.manifest.get("source") or {}
+        if isinstance(source, dict) and source.get("engine"):
+            return f"{source['engine']} {source.get('mode', '')} records".replace("  ", " ")
+        return ""
+
+    def require_tokens(self, what: str) -> None:
+        """Raise TraceError (one line naming ``what``) unless the run holds per-token routing."""
+        if self.counts_only:
+            label = self.source_label or "counts"
+            raise TraceError(f"{what} needs per-token routing, but {self.path} holds expert counts only ({label}); "
+                             "import per-token records (SGLang --expert-distribution-recorder-mode per_token, or vLLM "
+                             "--enable-return-routed-experts)")
+
+    def require_weights(self, what: str) -> None:
+        """Raise TraceError (one line naming ``what``) unless the run holds real routing weights and logits."""
+        self.require_tokens(what)
+        if not self.has_weights:
+            raise TraceError(f"{what} needs routing weights or router logits, but {self.path} holds expert ids only "
+                             f"({self.source_label or 'no weights recorded'}): capture the model with "
+                             "routelens capture --save-logits instead")
 
     def layer_index(self, layer: str | int) -> int:
         """Index ``j`` of a layer given by router module path or by index."""
@@ -196,7 +245,57 @@ class Trace:
         """``[T]`` int32 position of each token inside its window."""
         return self._token_field("positions")
 
+    @property
+    def phase(self) -> np.ndarray | None:
+        """``[T]`` int8 phase of each token (index into ``manifest["phases"]``), or None if not recorded."""
+        if not self.manifest.get("phases"):
+            return None
+        phase = self._token_field("phase")
+        if phase.size and int(phase.max()) >= len(self.phases):
+            raise TraceError(f"trace {self.path}: phase code {int(phase.max())} names no entry of 'phases' {self.phases}")
+        return phase
+
+    @property
+    def phases(self) -> list[str]:
+        """Names of the phase codes (``["prefill", "decode", ...]``), empty when the trace has none."""
+        return [str(p) for p in self.manifest.get("phases") or []]
+
+    def expert_counts(self, layer: str | int) -> np.ndarray:
+        """``[E]`` int64 tokens routed to each expert at ``layer`` (each token once per chosen expert).
+
+        Works on every run: streams ``topk_ids`` shard by shard (dropped slots ``-1`` skipped), or sums
+        a counts-only run's ``logical_count`` over its steps.
+        """
+        j = self.layer_index(layer)
+        if self.counts_only:
+            return self.step_counts()[:, j].sum(axis=0)
+        counts = np.zeros(self.num_experts, dtype=np.int64)
+        for _, ids in self.iter_chunks(j, "topk_ids"):
+            flat = ids.reshape(-1).astype(np.int64)
+            counts += np.bincount(flat[(flat >= 0) & (flat < self.num_experts)], minlength=self.num_experts)
+        return counts
+
+    def step_counts(self) -> np.ndarray:
+        """``[steps, L, E]`` int64 expert counts of a counts-only run, per recorded step."""
+        if not self.counts_only:
+            raise TraceError(f"trace {self.path} holds per-token routing, not per-step counts")
+        if self._counts is None:
+            from safetensors import safe_open
+
+            file = self.path / COUNTS_FILE
+            try:
+                with safe_open(str(file), framework="numpy") as fh:
+                    counts = fh.get_tensor(COUNTS_KEY)
+            except Exception as exc:
+                raise TraceError(f"{file} is corrupt or unreadable: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+            if counts.ndim != 3 or counts.shape[1:] != (len(self.layers), self.num_experts) or (counts < 0).any():
+                raise TraceError(f"{file} holds counts of shape {counts.shape}, expected [steps, {len(self.layers)}, "
+                                 f"{self.num_experts}] of non-negative integers")
+            self._counts = counts.astype(np.int64)
+        return self._counts
+
     def _token_field(self, name: str) -> np.ndarray:
+        self.require_tokens(f"reading '{name}'")
         if name not in self._token_cache:
             parts = [self._read(i, name) for i in range(len(self.shards))]
             self._token_cache[name] = np.concatenate(parts) if parts else np.zeros(0, np.int32)
@@ -223,6 +322,7 @@ class Trace:
         Memory stays bounded by one shard, for analyses over traces larger than RAM.
         """
         j = self.layer_index(layer)
+        self.require_tokens(f"reading '{field}'")
         start = 0
         for i, shard in enumerate(self.shards):
             yield start, self._read(i, f"{field}.{j}")
@@ -245,6 +345,7 @@ class Trace:
 
     def _layer_field(self, field: str, layer: str | int) -> np.ndarray:
         j = self.layer_index(layer)
+        self.require_tokens(f"reading '{field}'")
         parts = [self._read(i, f"{field}.{j}") for i in range(len(self.shards))]
         if not parts:
             width = self.layer_experts[j] if field == "router_logits" else self.top_k
@@ -409,6 +510,7 @@ class TraceWriter:
         topk_weights: Sequence[np.ndarray],
         router_logits: Sequence[np.ndarray] | None = None,
         num_seqs: int | None = None,
+        phase: np.ndarray | None = None,
     ) -> None:
         """Write one shard atomically, then list it in the manifest.
 
@@ -417,6 +519,7 @@ class TraceWriter:
             topk_ids, topk_weights: one ``[n, k]`` array per MoE layer, in ``layers`` order.
             router_logits: one ``[n, E]`` array per layer, or None.
             num_seqs: windows this shard completes (for resume); defaults to the distinct seq_ids.
+            phase: optional ``[n]`` phase code of each token (index into the header's ``phases``).
         """
         n = int(np.asarray(token_ids).shape[0])
         num_layers = len(self.header["layers"])
@@ -427,6 +530,11 @@ class TraceWriter:
             "seq_ids": np.ascontiguousarray(seq_ids, dtype=np.int32),
             "positions": np.ascontiguousarray(positions, dtype=np.int32),
         }
+        if phase is not None:
+            phase = np.asarray(phase)
+            if phase.shape != (n,) or phase.min(initial=0) < 0 or phase.max(initial=0) >= len(self.header.get("phases") or []):
+                raise ValueError(f"phase must be [{n}] codes into the header's phases {self.header.get('phases')}")
+            tensors["phase"] = np.ascontiguousarray(phase, dtype=np.int8)
         for j in range(num_layers):
             ids = np.asarray(topk_ids[j])
             weights = np.asarray(topk_weights[j], dtype=np.float32)
@@ -577,3 +685,56 @@ def _settings_summary(settings: Any) -> str:
         return str(settings)
     keys = ("model", "seq_len", "save_logits", "text", "dataset", "dtype")
     return ", ".join(f"{k}={settings[k]}" for k in keys if k in settings) or json.dumps(settings)[:120]
+
+
+def write_counts_run(path: str | os.PathLike, header: dict[str, Any], logical_count: np.ndarray) -> Trace:
+    """Write a counts-only run: ``counts.safetensors`` (``logical_count``) and its manifest.
+
+    Args:
+        header: the manifest's metadata, as for :class:`TraceWriter` (``layers``, ``num_experts``,
+            ``top_k``, ``model``, ``source``...).
+        logical_count: ``[steps, L, E]`` non-negative integer tokens per expert per recorded step,
+            ``L`` = ``len(header["layers"])`` in layer order.
+
+    Returns:
+        The opened :class:`Trace` (``counts_only`` is True).
+
+    Raises:
+        TraceError: the folder already holds something; ValueError: counts of the wrong shape.
+    """
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    counts = np.asarray(logical_count)
+    expected = (len(header["layers"]), int(header["num_experts"]))
+    if counts.ndim != 3 or counts.shape[1:] != expected or counts.dtype.kind not in "iu" or (counts < 0).any():
+        raise ValueError(f"logical_count must be [steps, {expected[0]}, {expected[1]}] non-negative integers, "
+                         f"got {counts.dtype} {counts.shape}")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise TraceError(f"output folder {path} is not empty; choose another --out")
+    path.mkdir(parents=True, exist_ok=True)
+    with run_lock(path, "routelens import"):
+        counts_file = atomic_write(path / COUNTS_FILE,
+                                   lambda tmp: save_file({COUNTS_KEY: np.ascontiguousarray(counts, np.int64)}, tmp))
+        _write_counts_manifest(path, header, counts, file_sha256(counts_file)[0])
+    return Trace.open(path)
+
+
+def _write_counts_manifest(path: Path, header: dict[str, Any], counts: np.ndarray, sha256: str) -> None:
+    top_k = max(int(header["top_k"]), 1)
+    manifest = {
+        "complete": True,
+        **header,
+        "routing": COUNTS_ROUTING,
+        "has_logits": False,
+        "has_weights": False,
+        "num_steps": int(counts.shape[0]),
+        "counts_sha256": sha256,  # the counts' content: part of the run's fingerprint
+        # every token is counted once per chosen expert; the busiest layer's sum / k is the token count
+        "num_tokens": int(counts.sum(axis=(0, 2)).max(initial=0) // top_k),
+        "num_sequences": 0,
+        "shards": [],
+        "stats": {},
+        "software": software_versions(),
+    }
+    TRACE.write(path / MANIFEST, manifest)

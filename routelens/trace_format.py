@@ -38,6 +38,10 @@ FORMAT_VERSION = TRACE.version
 MANIFEST = TRACE.file
 
 TOKEN_FIELDS = {"token_ids": np.int32, "seq_ids": np.int32, "positions": np.int32}
+OPTIONAL_TOKEN_FIELDS = {"phase": np.int8}  # engine imports: index into manifest["phases"] (prefill, decode...)
+COUNTS_ROUTING = "counts"  # manifest["routing"] of a counts-only run (SGLang stat records): no per-token shards
+COUNTS_FILE = "counts.safetensors"  # its [steps, layers, E] counts, beside the manifest
+COUNTS_KEY = "logical_count"
 LAYER_FIELDS = {"topk_ids": np.int16, "topk_weights": np.float16, "router_logits": np.float16}
 MAX_EXPERTS = 32768  # expert ids are stored as int16
 DROPPED = -1  # an expert slot left empty (token dropped by a capacity limit)
@@ -133,13 +137,23 @@ def check_shard_name(file: Any, where: str) -> None:
 
 def _validate_optional(manifest: dict[str, Any], where: str, num_layers: int, num_experts: int, top_k: int) -> None:
     """Fields a manifest may lack, but that must have the right type when present."""
-    for key in ("complete", "has_logits"):
+    for key in ("complete", "has_logits", "has_weights"):
         if key in manifest and not isinstance(manifest[key], bool):
             raise TraceError(f"{where}: '{key}' must be true or false, got {_show(manifest[key])}")
+    routing = manifest.get("routing", "tokens")
+    if routing not in ("tokens", COUNTS_ROUTING):
+        raise TraceError(f"{where}: 'routing' must be \"tokens\" or \"{COUNTS_ROUTING}\", got {_show(routing)}")
+    phases = manifest.get("phases")
+    if phases is not None and not (isinstance(phases, list) and len(phases) <= 127 and len(set(map(str, phases))) == len(phases)
+                                   and all(isinstance(p, str) for p in phases)):
+        raise TraceError(f"{where}: 'phases' must be a list of distinct names, got {_show(phases)}")
     for key in ("num_sequences", "world_size"):
         if key in manifest and (not _is_int(manifest[key]) or manifest[key] < (1 if key == "world_size" else 0)):
             raise TraceError(f"{where}: '{key}' must be a whole number, got {_show(manifest[key])}")
-    if "num_tokens" in manifest:
+    if "num_tokens" in manifest and routing == COUNTS_ROUTING:
+        if not _is_int(manifest["num_tokens"]) or manifest["num_tokens"] < 0:
+            raise TraceError(f"{where}: 'num_tokens' must be a whole number, got {_show(manifest['num_tokens'])}")
+    elif "num_tokens" in manifest:
         total = sum(int(s["num_tokens"]) for s in manifest["shards"])
         if not _is_int(manifest["num_tokens"]) or manifest["num_tokens"] != total:
             raise TraceError(f"{where}: 'num_tokens' is {_show(manifest['num_tokens'])} but its shards hold {total} tokens")
@@ -309,6 +323,8 @@ def expected_array(key: str, num_tokens: int, top_k: int, layer_experts: list[in
     """
     if key in TOKEN_FIELDS:
         return TOKEN_FIELDS[key], (num_tokens,), None
+    if key in OPTIONAL_TOKEN_FIELDS:
+        return OPTIONAL_TOKEN_FIELDS[key], (num_tokens,), None
     field, _, index = key.partition(".")
     if field not in LAYER_FIELDS or not index.isdigit() or int(index) >= len(layer_experts):
         raise TraceError(f"no trace field {key!r}")
@@ -342,7 +358,7 @@ def check_array(array: np.ndarray, key: str, dtype: Any, shape: tuple[int, ...],
             bad = high if high >= num_experts else low
             raise TraceError(f"{where}: expert id {bad} outside [-1, {num_experts}) (the manifest says E={num_experts}: "
                              "a wrong num_experts, or a damaged shard)")
-    elif key in TOKEN_FIELDS:
+    elif key in TOKEN_FIELDS or key in OPTIONAL_TOKEN_FIELDS:
         if int(array.min()) < 0:
             raise TraceError(f"{where}: '{key}' holds negative values")
     elif key.startswith("topk_weights.") and int((array.view(np.uint16) & _F16_EXPONENT).max()) == _F16_EXPONENT:

@@ -50,7 +50,8 @@ class RunInfo:
             return "unreadable manifest"
         model = Path(self.model).name if self.model else "unknown model"
         status = "" if self.complete else " · incomplete"
-        return f"{model} · {self.num_tokens:,} tokens{status}"
+        source = f" · from {self.extra['engine']}" if self.extra.get("engine") else ""
+        return f"{model} · {self.num_tokens:,} tokens{status}{source}"
 
 
 def find_runs(runs_dir: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[RunInfo]:
@@ -80,8 +81,11 @@ def read_run_info(folder: Path, root: Path) -> RunInfo:
     except RoutelensError as exc:
         return RunInfo(str(folder), name, problem=str(exc))
     model = str((manifest.get("model") or {}).get("id", "") or "")
-    num_tokens = sum(int(shard["num_tokens"]) for shard in manifest["shards"])
-    return RunInfo(str(folder), name, model=model, num_tokens=num_tokens, complete=bool(manifest.get("complete")))
+    num_tokens = int(manifest.get("num_tokens") or sum(int(shard["num_tokens"]) for shard in manifest["shards"]))
+    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+    extra = {"engine": str(source["engine"])} if source.get("engine") else {}
+    return RunInfo(str(folder), name, model=model, num_tokens=num_tokens, complete=bool(manifest.get("complete")),
+                   extra=extra)
 
 
 def runs_dir_from_argv(main_script: str | os.PathLike, argv: list[str] | None = None) -> Path:

@@ -9,13 +9,15 @@ import pandas as pd
 import streamlit as st
 
 from routelens.formats import PLAN
-from routelens.placement.export import FORMATS, SUFFIXES
+from routelens.placement.export import EXPORT_FORMATS
 from routelens.placement.methods import get_method, method_names
 
 from rlapp import charts, data, systems_charts, ui
 
-LABELS = {"json": "routelens plan", "sglang": "SGLang --init-expert-location", "vllm": "vLLM EPLB state"}
-EXPORTS = [(fmt, SUFFIXES[fmt], f"{LABELS[fmt]} ({SUFFIXES[fmt]})") for fmt in FORMATS]
+LABELS = {"json": "routelens plan", "sglang": "SGLang --init-expert-location",
+          "vllm-ascend": "vllm-ascend expert_map_path"}  # every format an engine loads (upstream vLLM loads none)
+EXPORTS = [(name, (EXPORT_FORMATS[name].suffixes or (".json",))[0], label) for name, label in LABELS.items()]
+EXPORTS = [(name, suffix, f"{label} ({suffix})") for name, suffix, label in EXPORTS]
 METHODS = [name for name in method_names() if get_method(name).is_available()]
 
 ui.header("Placement", "Where should the experts live, and how much All-to-All does that save?")
@@ -110,6 +112,10 @@ if foreign:
         st.dataframe([{"file": p, "why": why} for p, why in foreign], hide_index=True, width="stretch")
 
 # ---------------------------------------------------------------------------- what if
+if trace.counts_only:
+    ui.counts_only_notice(trace, "Scoring plans (All-to-All volumes, what-if placements)")
+    st.code(f"routelens place {info.path} --method eplb --gpus 8 --format sglang --out plan.pt", language="bash")
+    st.stop()
 st.subheader("What if")
 st.caption("Another cluster or method: the library places the experts and scores the result against contiguous "
            "in seconds (fitted on the first half of the trace, scored on the second).")

@@ -131,6 +131,18 @@ def load_model(
     return model, tokenizer
 
 
+def load_config(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
+    """The model's transformers config only (``config.json``; no weights, no tokenizer).
+
+    Raises:
+        RoutelensError: a missing folder, a folder without config.json, an unreachable hub, code that
+            needs ``trust_remote_code`` (one line naming the path).
+    """
+    name = str(name_or_path)
+    _check_reference(name)
+    return _load_config(name, trust_remote_code)
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False, local_files_only: bool = False):
     """``AutoTokenizer.from_pretrained`` with a one-line error when the checkpoint has no tokenizer."""
     from transformers import AutoTokenizer

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..trace import Trace
+from ..trace import COUNTS_FILE, Trace
 
 
 def expert_load(trace: Trace, layer: str | int) -> np.ndarray:
@@ -19,13 +19,10 @@ def expert_load(trace: Trace, layer: str | int) -> np.ndarray:
 
     Streams the layer shard by shard; ids of -1 (slots a capacity limit dropped) are skipped. The trace
     checks every id it reads, so an id outside ``[-1, E)`` raises :class:`TraceError` naming the layer
-    and shard instead of being miscounted.
+    and shard instead of being miscounted. A counts-only run (imported SGLang ``stat`` records) gives
+    its recorded counts.
     """
-    counts = np.zeros(trace.num_experts, dtype=np.int64)
-    for _, ids in trace.iter_chunks(layer, "topk_ids"):
-        flat = ids.reshape(-1).astype(np.int64)
-        counts += np.bincount(flat[flat >= 0], minlength=trace.num_experts)
-    return counts
+    return trace.expert_counts(layer)
 
 
 def summarize_trace(trace: Trace) -> dict[str, Any]:
@@ -49,6 +46,13 @@ def summarize_trace(trace: Trace) -> dict[str, Any]:
         })
     ratios = [row["load_max_over_mean"] for row in per_layer if row["load_max_over_mean"] is not None]
     size_bytes = sum(trace.shard_file(i).stat().st_size for i in range(len(trace.shards)))
+    if trace.counts_only:
+        size_bytes += (trace.path / COUNTS_FILE).stat().st_size
+    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+    phase_counts = None
+    if trace.phases and not trace.counts_only and trace.num_tokens:
+        codes = np.bincount(trace.phase.astype(np.int64), minlength=len(trace.phases))
+        phase_counts = {name: int(n) for name, n in zip(trace.phases, codes)}
     return {
         "path": str(trace.path),
         "complete": bool(manifest.get("complete", False)),
@@ -60,9 +64,16 @@ def summarize_trace(trace: Trace) -> dict[str, Any]:
         "num_experts": trace.num_experts,
         "top_k": trace.top_k,
         "num_tokens": trace.num_tokens,
-        "num_sequences": int(manifest.get("num_sequences", len(np.unique(trace.seq_ids)))),
+        "num_sequences": int(manifest["num_sequences"] if "num_sequences" in manifest else len(np.unique(trace.seq_ids))),
         "seq_len": settings.get("seq_len"),
         "has_logits": trace.has_logits,
+        "has_weights": trace.has_weights,
+        "counts_only": trace.counts_only,
+        "num_steps": manifest.get("num_steps"),
+        "source": {key: source.get(key) for key in ("engine", "mode", "version", "format_read", "rank_layout", "caveats")
+                   if source.get(key) is not None} if source.get("engine") else None,
+        "source_files": len(source.get("files") or []) if source.get("engine") else None,
+        "phases": phase_counts,
         "num_shards": len(trace.shards),
         "size_bytes": int(size_bytes),
         "text": settings.get("text"),
@@ -92,10 +103,26 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"model     {s['model'] or '?'}",
         f"family    {s['family'] or '?'}  ({s['architecture'] or '?'}, {s['dtype'] or '?'})",
         f"routing   {s['num_layers']} MoE layers, {s['num_experts']} experts, top-{s['top_k']}",
-        f"tokens    {s['num_tokens']:,} in {s['num_sequences']:,} sequences"
-        + (f" of {s['seq_len']}" if s.get("seq_len") else "")
-        + f"; router logits: {'yes' if s['has_logits'] else 'no'}",
     ]
+    if s.get("counts_only"):
+        lines.append(f"tokens    {s['num_tokens']:,} counted over {s.get('num_steps') or 0:,} steps: expert counts only "
+                     "(load views, place --method eplb|greedy; no co-activation)")
+    else:
+        lines.append(f"tokens    {s['num_tokens']:,} in {s['num_sequences']:,} sequences"
+                     + (f" of {s['seq_len']}" if s.get("seq_len") else "")
+                     + f"; router logits: {'yes' if s['has_logits'] else 'no'}"
+                     + ("" if s.get("has_weights", True) else "; routing weights: not recorded"))
+    if s.get("source"):
+        src = s["source"]
+        parts = [f"{src.get('engine')} {src.get('mode', '')} records".replace("  ", " "),
+                 f"{s.get('source_files') or 0} file(s)"]
+        if src.get("version"):
+            parts.append(f"engine {src['version']}")
+        if src.get("rank_layout"):
+            parts.append(f"ranks {src['rank_layout']}")
+        lines.append("source    " + ", ".join(parts))
+    if s.get("phases"):
+        lines.append("phases    " + ", ".join(f"{name} {n:,}" for name, n in s["phases"].items() if n))
     if s.get("text"):
         lines.append(f"text      {s['text']}")
     if s.get("parent"):

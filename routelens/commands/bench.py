@@ -124,7 +124,7 @@ def run(args) -> int:
         from ..runner.bench import run_process
 
         return run_process(config)
-    gpus = resolve_gpus(args.gpus, config.plans)
+    gpus = resolve_gpus(args.gpus, config.plans, config.run)
     config = dataclasses.replace(config, backend=config.backend or _default_backend())
     if config.backend == "nccl":
         import torch
@@ -157,16 +157,17 @@ def _default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def resolve_gpus(gpus: int | None, plans) -> int:
+def resolve_gpus(gpus: int | None, plans, run: str) -> int:
     """``--gpus``, else the first plan file's GPU count, else the local CUDA device count."""
     if gpus is not None:
         return gpus
-    from ..plan import Plan
+    from ..engines.plan_files import PlanTarget, load_plan_file
     from ..runner.routing import CONTIGUOUS
+    from ..trace import Trace
 
     for spec in plans:  # the PLAN arguments (none: contiguous, no GPU count)
         if spec != CONTIGUOUS:
-            return Plan.load(spec).num_gpus
+            return load_plan_file(spec, PlanTarget.for_trace(Trace.open(run))).num_gpus
     import torch
 
     if torch.cuda.device_count() > 0:

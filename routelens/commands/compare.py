@@ -31,6 +31,8 @@ def run(args) -> int:
     if args.top < 0:
         raise InputError(f"--top must be >= 0, got {args.top}")
     a_trace, b_trace = Trace.open(args.run_a), Trace.open(args.run_b)
+    a_trace.require_tokens("compare")
+    b_trace.require_tokens("compare")
     if (a_trace.num_experts, a_trace.top_k, len(a_trace.layers)) != (b_trace.num_experts, b_trace.top_k, len(b_trace.layers)):
         raise InputError(
             f"cannot compare runs of different architectures: {args.run_a} has {len(a_trace.layers)} layers, "

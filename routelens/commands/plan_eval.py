@@ -17,7 +17,9 @@ def add_parser(subparsers) -> None:
         "to contiguous.",
     )
     parser.add_argument("run", metavar="RUN", help="trace folder to score on")
-    parser.add_argument("plan", metavar="PLAN", help="routelens plan file (routelens place output)")
+    parser.add_argument("plan", metavar="PLAN", help="plan file: a routelens plan, an SGLang --init-expert-location map "
+                        "(.pt/.json; give --gpus, the EP size, unless place wrote <plan>.plan.json next to it) or a "
+                        "vllm-ascend expert map")
     parser.add_argument("--baselines", default=None, metavar="METHODS",
                         help="comma-separated baselines, from the placement methods of routelens place --method "
                         "but routelens (default: all of them whose optional dependency is installed: kahypar and "
@@ -39,11 +41,13 @@ def run(args) -> int:
     from ..placement.methods import baseline_names
     from ..placement.place import PlaceSettings, place
     from ..placement.topology import Topology
-    from ..plan import Plan
+    from ..engines.plan_files import PlanTarget, load_plan_file
     from ..trace import Trace
 
     trace = Trace.open(args.run)
-    plan = Plan.load(args.plan)
+    trace.require_tokens("plan-eval")
+    gpus = args.gpus or (args.nodes * args.gpus_per_node if args.nodes and args.gpus_per_node else None)
+    plan = load_plan_file(args.plan, PlanTarget.for_trace(trace, num_gpus=gpus, num_nodes=args.nodes))
     plan.check_trace(trace)
     cluster_given = any(v is not None for v in (args.gpus, args.nodes, args.gpus_per_node))
     if cluster_given:

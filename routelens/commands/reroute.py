@@ -21,11 +21,12 @@ def add_parser(subparsers) -> None:
                         help="c2r: trace whose co-activation the collaborator groups are fitted on (default: RUN "
                         "itself)")
     add_deprecated_alias(parser, "--calib", "--fit-trace")
-    placement = parser.add_mutually_exclusive_group()
-    placement.add_argument("--plan", metavar="FILE", default=None,
-                           help="placement for gpu-limited and the GPU metrics (routelens place output)")
-    placement.add_argument("--gpus", type=positive_int, default=8,
-                           help="without --plan: fit a routelens plan for this many GPUs on the trace (default 8)")
+    parser.add_argument("--plan", metavar="FILE", default=None,
+                        help="placement for gpu-limited and the GPU metrics: a routelens plan, an SGLang expert-location "
+                        "map or a vllm-ascend expert map")
+    parser.add_argument("--gpus", type=positive_int, default=None,
+                        help="without --plan: fit a routelens plan for this many GPUs on the trace (default 8); with an "
+                        "SGLang --plan map: its EP size")
     parser.add_argument("--batch-tokens", type=positive_int, default=4096,
                         help="tokens per forward pass: the batch that shares expert capacity and over which the "
                         "GPU metrics are taken (default 4096)")
@@ -40,8 +41,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..engines.plan_files import PlanTarget, load_plan_file
     from ..errors import InputError, TraceError
-    from ..plan import Plan
     from ..reroute.fitting import fit_plan
     from ..reroute.policy import FitData, fit_policy
     from ..reroute.registry import PolicyContext
@@ -49,13 +50,18 @@ def run(args) -> int:
     from ..trace import Trace
 
     trace = Trace.open(args.run)
+    trace.require_weights("reroute")
     if not trace.has_logits:
         raise TraceError(f"trace {trace.path} has no router logits: capture it with --save-logits to re-route it")
     if args.plan:
-        plan = Plan.load(args.plan)
+        plan = load_plan_file(args.plan, PlanTarget.for_trace(trace, num_gpus=args.gpus))
         plan.check_fits(trace.layers, trace.num_experts)
+        if args.gpus is not None and plan.num_gpus != args.gpus:
+            from ..errors import InputError
+
+            raise InputError(f"--plan {args.plan} is for {plan.num_gpus} GPUs, --gpus says {args.gpus}")
     else:
-        plan = fit_plan({layer: trace.topk_ids(layer) for layer in trace.layers}, trace.num_experts, args.gpus,
+        plan = fit_plan({layer: trace.topk_ids(layer) for layer in trace.layers}, trace.num_experts, args.gpus or 8,
                         config=trace.config)
     spec, settings = policy_choice(args).resolve(
         PolicyContext(trace.num_experts, trace.top_k, plan.num_gpus, plan.slots_per_gpu))

@@ -112,7 +112,9 @@ def analyze_trace(
             e = layer_num_experts(trace, j)
             nxt = j + 1 if j + 1 < len(trace.layers) else None
             acc = L.LayerAccumulator(e)
-            streams = [trace.iter_chunks(j, "topk_ids"), trace.iter_chunks(j, "topk_weights")]
+            # imported runs hold no routing weights (uniform 1/k placeholders): no weight mass then
+            streams = [trace.iter_chunks(j, "topk_ids"),
+                       trace.iter_chunks(j, "topk_weights") if trace.has_weights else _none_pairs()]
             streams.append(trace.iter_chunks(nxt, "topk_ids") if nxt is not None else _nones())
             streams.append(trace.iter_chunks(j, "router_logits") if trace.has_logits else _nones())
             for (start, ids), (_, weights), nxt_chunk, logit_chunk in zip(*streams):
@@ -224,6 +226,11 @@ class LayerFinisher:
 def _nones():
     while True:
         yield None
+
+
+def _none_pairs():
+    while True:
+        yield None, None
 
 
 def _bar(enabled: bool, total: int):

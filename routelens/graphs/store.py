@@ -224,6 +224,7 @@ def ensure_analysis(
         ``(analysis, computed)``: ``computed`` is False when the stored one was reused.
     """
     trace = Trace.open(run_path)
+    trace.require_tokens("analyze (co-activation)")
     chosen = parse_layers(layers, trace.layers)
     wanted = analysis_params(trace, chosen, params.get("top_t"), params.get("threshold", 0.5), params.get("seed", 0),
                              params.get("resolution", 1.0), params.get("max_vocab", 4096), params.get("tokenizer_path"))

@@ -19,7 +19,7 @@ from .baselines import contiguous_plan, contiguous_table, eplb_table, greedy_tab
 from .cost import CostModel, LayerTraffic, estimate_time, layer_metrics, layer_traffic, score_table
 from .eplb import rebalance_experts
 from .evaluate import compare_plans, eval_token_index, format_comparison, score_plan
-from .export import FORMATS, export_plan, load_sglang, load_vllm, save_sglang, save_vllm
+from .export import EXPORT_FORMATS, FORMATS, export_plan
 from .methods import LayerFit, PlacementMethod, baseline_names, get_method, load_only_names, method_names
 from .optimizer import optimize_layer
 from .place import BASELINES, METHODS, PlaceSettings, fit_token_range, place
@@ -28,13 +28,13 @@ from .traffic import (POLICIES, REPLICA_POLICIES, ReplicaPolicy, assign_replicas
                       dispatch_matrix_from_dest, gpus_per_token, hit_matrix, route_tokens, token_source_gpu)
 
 __all__ = [
-    "BASELINES", "FORMATS", "LINKS", "METHODS", "POLICIES", "REPLICA_POLICIES",
+    "BASELINES", "EXPORT_FORMATS", "FORMATS", "LINKS", "METHODS", "POLICIES", "REPLICA_POLICIES",
     "CostModel", "LayerFit", "LayerTraffic", "PlaceSettings", "PlacementMethod", "ReplicaPolicy", "Topology",
     "baseline_names", "get_method", "load_only_names", "method_names",
     "assign_replicas", "compare_plans", "contiguous_plan", "contiguous_table", "dispatch_matrix",
     "dispatch_matrix_from_dest", "eplb_table", "estimate_time", "eval_token_index", "export_plan",
     "fit_token_range", "format_comparison", "gpus_per_token", "greedy_table", "hit_matrix", "layer_metrics",
     "layer_traffic",
-    "load_sglang", "load_vllm", "make_topology", "optimize_layer", "place", "random_table", "rebalance_experts",
-    "route_tokens", "save_sglang", "save_vllm", "score_plan", "score_table", "token_source_gpu",
+    "make_topology", "optimize_layer", "place", "random_table", "rebalance_experts",
+    "route_tokens", "score_plan", "score_table", "token_source_gpu",
 ]

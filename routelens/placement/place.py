@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..plan import Plan
 from .baselines import slots_per_gpu
 from .cost import CostModel, score_table
-from .methods import LayerFit, baseline_names, get_method, method_names
+from .methods import LayerFit, baseline_names, get_method, load_only_names, method_names
 from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_kicks, default_seeds
 from .traffic import POLICIES
 
@@ -109,6 +109,20 @@ def layer_table(method: str, topk_ids: np.ndarray, num_experts: int, cost: CostM
     return get_method(method).build(layer, cost, settings, deadline)
 
 
+def load_metrics(table: np.ndarray, load: np.ndarray) -> dict[str, float]:
+    """What a placement's expert load alone tells: ``compute_imbalance`` (busiest GPU over the mean).
+
+    Each replica of an expert takes an equal share of its load (what EPLB assumes); the All-to-All
+    metrics need per-token routing and are left out.
+    """
+    table = np.asarray(table, dtype=np.int64)
+    load = np.asarray(load, dtype=np.float64)
+    replicas = np.bincount(table.ravel(), minlength=load.size)
+    per_gpu = (load / np.maximum(replicas, 1))[table].sum(axis=1)
+    mean = float(per_gpu.mean()) if per_gpu.size else 0.0
+    return {"compute_imbalance": float(per_gpu.max(initial=0)) / mean if mean else 1.0}
+
+
 def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] | None = None,
           layers: list[str] | None = None, progress: bool = True) -> Plan:
     """Fit a plan for ``trace`` on its tokens ``fit = (start, end)`` (default: all).
@@ -121,9 +135,15 @@ def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] 
 
     Returns:
         A validated :class:`~routelens.plan.Plan`; ``plan.meta["metrics"]`` holds the metrics on
-        the fit tokens (mean over layers and per layer).
+        the fit tokens (mean over layers and per layer). A counts-only run is placed from its
+        recorded counts by a load-only method (:func:`~.methods.load_only_names`), with :func:`load_metrics` only.
+
+    Raises:
+        InputError: bad settings; TraceError: a co-activation method on a counts-only run.
     """
     settings.check()
+    if trace.counts_only and settings.method not in load_only_names():
+        trace.require_tokens(f"place --method {settings.method} (co-activation)")
     num_experts, num_gpus = int(trace.num_experts), cost.topology.num_gpus
     slots_per_gpu(num_experts, num_gpus, settings.redundant)  # fail before reading anything
     start, end = fit if fit is not None else (0, int(trace.num_tokens))
@@ -134,6 +154,11 @@ def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] 
     started = time.perf_counter()
     bar = tqdm(layers, desc=f"place ({settings.method})", unit="layer", disable=not progress)
     for n, layer in enumerate(bar):
+        if trace.counts_only:
+            load = trace.expert_counts(layer)
+            tables[layer], _ = get_method(settings.method).build(LayerFit(num_experts, load=load), cost, settings, None)
+            per_layer[layer] = load_metrics(tables[layer], load)
+            continue
         ids = np.asarray(trace.topk_ids(layer)[start:end], dtype=np.int64)
         deadline = None
         if settings.time_budget_s is not None:
@@ -154,7 +179,8 @@ def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] 
                   "fit_tokens": [int(start), int(end)]},
         "model": {"id": trace.model_id, "family": trace.family, "num_layers": config.get("num_layers"),
                   "hidden_size": config.get("hidden_size"), "num_experts": num_experts, "top_k": int(trace.top_k)},
-        "metrics": {"on": "fit tokens", "mean": mean_metrics(per_layer), "layers": per_layer},
+        "metrics": {"on": "recorded expert counts" if trace.counts_only else "fit tokens",
+                    "mean": mean_metrics(per_layer), "layers": per_layer},
         "seconds": round(seconds, 3),
     }
     if info:
@@ -170,6 +196,6 @@ def mean_metrics(per_layer: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Mean over layers of each numeric metric (``layer_us`` also summed as ``total_us``)."""
     out = {key: float(np.mean([m[key] for m in per_layer.values()])) for key in METRIC_KEYS
            if per_layer and all(key in m for m in per_layer.values())}
-    if per_layer:
+    if per_layer and all("layer_us" in m for m in per_layer.values()):
         out["total_us"] = float(np.sum([m["layer_us"] for m in per_layer.values()]))
     return out

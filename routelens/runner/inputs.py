@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import InputError, PlanError
 from ..io import read_json
 from ..layer_selection import select_layers
+from ..engines.plan_files import PlanTarget, load_plan_file
 from ..plan import Plan
 from ..trace import Trace
 from .config import BenchConfig
@@ -68,7 +69,7 @@ def load_plans(config: BenchConfig, trace: Trace, num_gpus: int) -> dict[str, Pl
         else:
             if not Path(spec).is_file():
                 raise PlanError(f"plan file not found: {spec} (or use 'contiguous')")
-            plan = Plan.load(spec)
+            plan = load_plan_file(spec, PlanTarget.for_trace(trace, num_gpus=num_gpus))
         plan.check_fits(trace.layers, trace.num_experts)
         if plan.num_gpus != num_gpus:
             raise PlanError(f"plan {spec} is for {plan.num_gpus} GPUs, the bench runs on {num_gpus}")
@@ -86,6 +87,7 @@ def prepare(config: BenchConfig, num_gpus: int) -> BenchSetup:
     if num_gpus < 1:
         raise InputError(f"need at least one rank, got {num_gpus}")
     trace = Trace.open(config.run)
+    trace.require_tokens("bench")
     if trace.num_tokens == 0:
         raise InputError(f"trace {config.run} holds no tokens")
     layers = [trace.layers[j] for j in select_layers(config.layers, trace.layers)]
