@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from routelens.cli import main
-from routelens.placement.export import export_plan, load_sglang, load_vllm
+from routelens.engines.plan_files import PlanTarget, load_plan_file
+from routelens.placement.export import export_plan
+from routelens.trace import Trace
 from routelens.placement.hypergraph import mtkahypar_available
 from routelens.placement.place import METHODS
 from routelens.plan import Plan
@@ -68,15 +70,14 @@ def test_every_method_places_scores_exports_and_replays_replicas(trace_path, tmp
                      "--no-progress"]) == 0
     assert "plan (kahypar-load)" in capfd.readouterr().out or not mtkahypar_available()
 
-    # exports: the engines' files read back into the same tables; vLLM's tensors count the replicas
+    # exports: each engine's file reads back into the same tables (SGLang's map needs the EP size)
+    target = PlanTarget.for_trace(Trace.open(trace_path), num_gpus=num_gpus)
     for method, plan in plans.items():
         export_plan(plan, tmp_path / f"{method}.sglang.pt", "sglang")
-        export_plan(plan, tmp_path / f"{method}.vllm.json", "vllm")
-        for back in (load_sglang(tmp_path / f"{method}.sglang.pt", plan.layers, NUM_EXPERTS, num_gpus),
-                     load_vllm(tmp_path / f"{method}.vllm.json", plan.layers, NUM_EXPERTS, num_gpus)):
+        export_plan(plan, tmp_path / f"{method}.vllm-ascend.json", "vllm-ascend")
+        for back in (load_plan_file(tmp_path / f"{method}.sglang.pt", target),
+                     load_plan_file(tmp_path / f"{method}.vllm-ascend.json", target)):
             assert all(np.array_equal(back.gpu_experts[l], plan.gpu_experts[l]) for l in plan.layers)
-        state = json.loads((tmp_path / f"{method}.vllm.json").read_text())
-        assert np.asarray(state["logical_to_physical_map"]).shape == (2, NUM_EXPERTS, num_gpus + 1)
     assert _place(trace_path, tmp_path / "eplb.sglang.json", num_gpus, "eplb", "--format", "sglang") == 0
     assert f"--ep-num-redundant-experts {num_gpus}" in capfd.readouterr().out
     assert Plan.load(tmp_path / "eplb.sglang.plan.json").num_redundant == num_gpus

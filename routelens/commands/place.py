@@ -192,12 +192,12 @@ def _write_counts(trace, fit: tuple[int, int], out: Path, layer_indices: list[in
     import numpy as np
 
     from ..engines.sglang_location import save_sglang_counts
-    from ..placement.graph import expert_load
+    from ..graphs import load_counts
 
     if trace.counts_only:
         counts = np.stack([trace.expert_counts(layer) for layer in trace.layers])
     else:
-        counts = np.stack([expert_load(trace.topk_ids(layer)[fit[0]:fit[1]], trace.num_experts)
+        counts = np.stack([load_counts(np.asarray(trace.topk_ids(layer)[fit[0]:fit[1]], dtype=np.int64), trace.num_experts)
                            for layer in trace.layers])
     path = save_sglang_counts(counts, out, layer_indices, num_layers)
     print(f"counts  {len(trace.layers)} MoE layers × {trace.num_experts} experts over tokens [{fit[0]}, {fit[1]}), "

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import PlanError
-from ..plan import PLAN_FORMAT, Plan
+from ..formats import PLAN
+from ..plan import Plan
 from .files import read_placement_file
 from .layout import trace_decoder_layers, trace_layer_indices
 from .sglang_location import COUNT_KEY, MAP_KEY, plan_from_sglang
@@ -94,7 +95,7 @@ def _read_vllm_ascend(data: dict[str, Any], path: Path, target: PlanTarget) -> P
 
 
 PLAN_FILE_KINDS: tuple[PlanFileKind, ...] = (
-    PlanFileKind("routelens plan", lambda d: d.get("format") == PLAN_FORMAT, _read_routelens),
+    PlanFileKind("routelens plan", lambda d: d.get("format") == PLAN.name, _read_routelens),
     PlanFileKind("SGLang expert-location map", lambda d: MAP_KEY in d, _read_sglang),
     PlanFileKind("SGLang expert counts", lambda d: COUNT_KEY in d, _read_counts),
     PlanFileKind("vllm-ascend expert map", lambda d: "moe_layer_count" in d and "layer_list" in d, _read_vllm_ascend),
