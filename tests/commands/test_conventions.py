@@ -36,7 +36,7 @@ def hidden_aliases(parser) -> set[str]:
 
 
 def test_every_command_is_listed():
-    assert list(COMMANDS) == ["capture", "info", "check", "analyze", "compare", "place", "plan-eval", "reroute", "reroute-eval",
+    assert list(COMMANDS) == ["capture", "import", "info", "check", "analyze", "compare", "place", "plan-eval", "reroute", "reroute-eval",
                               "finetune", "bench", "app"]
 
 
@@ -80,9 +80,9 @@ CONVENTIONS = {
 }
 
 # Commands that write a result of their own take --out; those that only read or report do not.
-WRITES = {"capture", "place", "reroute", "reroute-eval", "finetune", "bench"}
+WRITES = {"capture", "import", "place", "reroute", "reroute-eval", "finetune", "bench"}
 # Commands that report numbers take --json FILE.
-REPORTS = {"info", "check", "analyze", "compare", "plan-eval", "reroute", "reroute-eval", "bench"}
+REPORTS = {"import", "info", "check", "analyze", "compare", "plan-eval", "reroute", "reroute-eval", "bench"}
 # Spellings that now mean nothing else and must not be shown by any command.
 RETIRED = {"--weights", "--top-t", "--out-dir", "--plans", "--max-windows", "--calib", "--calib-fraction", "--seeds",
            "--train-windows", "--calib-windows", "--eval-windows"}
@@ -117,7 +117,7 @@ def test_an_option_name_stores_into_one_place_in_every_command():
 def test_json_takes_a_file_and_dash_means_stdout(name):
     parser = COMMANDS[name]
     positionals = {"compare": ["A", "B"], "plan-eval": ["RUN", "PLAN"], "reroute": ["RUN", "--policy", "c2r"],
-                   "reroute-eval": []}.get(name, ["RUN"])
+                   "reroute-eval": [], "import": ["sglang", "dump.pt", "--model", "M", "--out", "R"]}.get(name, ["RUN"])
     assert parser.parse_args([*positionals, "--json", "out.json"]).json == "out.json"
     assert parser.parse_args([*positionals, "--json", "-"]).json == "-"
     assert parser.parse_args(positionals).json is None
