@@ -13,13 +13,13 @@ import os
 import sys
 
 from .commands import (analyze, app, bench, capture, check, compare, finetune, import_, info, place, plan_eval, reroute,
-                       reroute_eval)
+                       reroute_eval, schedule_eval)
 from .commands._args import HelpFormatter
 from .errors import RoutelensError
 
 # Sub-command modules, in the order ``routelens --help`` lists them.
-COMMANDS = [capture, import_, info, check, analyze, compare, place, plan_eval, reroute, reroute_eval, finetune,
-            bench, app]
+COMMANDS = [capture, import_, info, check, analyze, compare, place, plan_eval, schedule_eval, reroute, reroute_eval,
+            finetune, bench, app]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ def hidden_aliases(parser) -> set[str]:
 
 
 def test_every_command_is_listed():
-    assert list(COMMANDS) == ["capture", "import", "info", "check", "analyze", "compare", "place", "plan-eval", "reroute", "reroute-eval",
+    assert list(COMMANDS) == ["capture", "import", "info", "check", "analyze", "compare", "place", "plan-eval", "schedule-eval", "reroute", "reroute-eval",
                               "finetune", "bench", "app"]
 
 
@@ -80,9 +80,9 @@ CONVENTIONS = {
 }
 
 # Commands that write a result of their own take --out; those that only read or report do not.
-WRITES = {"capture", "import", "place", "reroute", "reroute-eval", "finetune", "bench"}
+WRITES = {"capture", "import", "place", "schedule-eval", "reroute", "reroute-eval", "finetune", "bench"}
 # Commands that report numbers take --json FILE.
-REPORTS = {"import", "info", "check", "analyze", "compare", "plan-eval", "reroute", "reroute-eval", "bench"}
+REPORTS = {"import", "info", "check", "analyze", "compare", "plan-eval", "schedule-eval", "reroute", "reroute-eval", "bench"}
 # Spellings that now mean nothing else and must not be shown by any command.
 RETIRED = {"--weights", "--top-t", "--out-dir", "--plans", "--max-windows", "--calib", "--calib-fraction", "--seeds",
            "--train-windows", "--calib-windows", "--eval-windows"}
