@@ -404,7 +404,31 @@ def summarize(windows: list[dict[str, Any]], num_layers: int) -> dict[str, Any]:
     moves = {"replacements": len(windows) - 1, "moved": sum(1 for w in windows if w["move"]["copies"]),
              **{k: sum(w["move"][k] for w in windows) for k in ("experts_changed", "copies", "bytes", "seconds")}}
     return {"mean": mean, "static": static, "moves": moves,
-            "gain_vs_static": 1.0 - mean["layer_us_with_moves"] / static["layer_us"] if static["layer_us"] else 0.0}
+            "gain_vs_static": 1.0 - mean["layer_us_with_moves"] / static["layer_us"] if static["layer_us"] else 0.0,
+            "break_even_tokens": break_even_tokens(windows, num_layers)}
+
+
+def break_even_tokens(windows: list[dict[str, Any]], num_layers: int) -> float | None:
+    """The re-placement period (tokens) at which a schedule's moves would cost what its re-fitted plans save.
+
+    ``move seconds per re-placement / (L × layer time saved per execution) × B``, from the windows
+    served by a re-fitted plan (all but the first): a longer period spreads the same moves over more
+    passes. The saving measured at this period is kept, though older plans save less, so the true
+    break-even lies a little above. None when the re-fitted plans save nothing (or never re-fit).
+
+    Args:
+        windows: a schedule's windows (:func:`replay_schedules`); num_layers: ``L``.
+    """
+    served = windows[1:]
+    if not served:
+        return None
+    passes = sum(w["batches"] for w in served)
+    saved_us = sum((w["static"]["layer_us"] - w["layer_us"]) * w["batches"] for w in served) / passes
+    if saved_us <= 0:
+        return None
+    move_s = sum(w["move"]["seconds"] for w in served) / len(served)
+    batch_tokens = (windows[0]["end"] - windows[0]["start"]) / windows[0]["batches"]
+    return float(move_s * 1e6 / (num_layers * saved_us) * batch_tokens)
 
 
 def best_schedules(schedules: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -414,6 +438,7 @@ def best_schedules(schedules: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
         value = entry["mean"]["layer_us_with_moves"]
         if entry["method"] not in best or value < best[entry["method"]]["layer_us_with_moves"]:
             best[entry["method"]] = {"every_tokens": entry["every_tokens"], "layer_us_with_moves": value,
+                                     "layer_us": entry["mean"]["layer_us"],
                                      "busiest_gpu_recv": entry["mean"]["busiest_gpu_recv"],
                                      "gain_vs_static": entry["gain_vs_static"],
                                      "static_layer_us": entry["static"]["layer_us"]}
@@ -488,7 +513,7 @@ def format_schedules(result: dict[str, Any]) -> str:
         "",
     ]
     header = ("method", "every", "layer µs", "+moves", "= µs", "max recv", "static µs", "vs static", "re-placed",
-              "copies", "GB moved", "move ms")
+              "copies", "GB moved", "move ms", "pays from")
     rows = [header]
     for entry in result["schedules"]:
         mean, moves = entry["mean"], entry["moves"]
@@ -497,11 +522,14 @@ def format_schedules(result: dict[str, Any]) -> str:
                      f"{mean['move_us_per_layer']:.1f}", f"{mean['layer_us_with_moves']:.1f}",
                      f"{mean['busiest_gpu_recv']:.3f}", f"{entry['static']['layer_us']:.1f}",
                      f"{-100 * entry['gain_vs_static']:+.1f}%", f"{moves['moved']}/{moves['replacements']}",
-                     f"{moves['copies']:,}", f"{moves['bytes'] / 1e9:.2f}", f"{moves['seconds'] * 1e3:.2f}"))
+                     f"{moves['copies']:,}", f"{moves['bytes'] / 1e9:.2f}", f"{moves['seconds'] * 1e3:.2f}",
+                     "" if every is None else "never" if entry["break_even_tokens"] is None
+                     else f"{entry['break_even_tokens']:,.0f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     table = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     table.insert(1, "  ".join("-" * w for w in widths))
-    lines += table + [""]
+    lines += table + ["(pays from: the period, in tokens, from which that schedule's moves would cost less than its "
+                      "re-fitted plans save)", ""]
     best = result["best"]
     for method, choice in best.items():
         every = "never re-place (static)" if choice["every_tokens"] is None else f"every {choice['every_tokens']:,} tokens"
