@@ -399,7 +399,7 @@ def summarize(windows: list[dict[str, Any]], num_layers: int) -> dict[str, Any]:
     mean = {k: float(np.average([w[k] for w in windows], weights=weights)) for k in WINDOW_METRICS}
     static = {k: float(np.average([w["static"][k] for w in windows], weights=weights)) for k in WINDOW_METRICS}
     move_s = float(sum(w["move"]["seconds"] for w in windows))
-    mean["move_us_per_layer"] = move_s * 1e6 / (weights.sum() * num_layers)
+    mean["move_us_per_layer"] = float(move_s * 1e6 / (weights.sum() * num_layers))
     mean["layer_us_with_moves"] = mean["layer_us"] + mean["move_us_per_layer"]
     moves = {"replacements": len(windows) - 1, "moved": sum(1 for w in windows if w["move"]["copies"]),
              **{k: sum(w["move"][k] for w in windows) for k in ("experts_changed", "copies", "bytes", "seconds")}}

@@ -119,6 +119,21 @@ def test_the_best_period_per_method_is_the_lowest_layer_time_with_moves(drifting
         assert best["layer_us_with_moves"] == min(s["mean"]["layer_us_with_moves"] for s in candidates)
 
 
+def test_break_even_is_the_period_whose_amortised_moves_equal_the_saving():
+    from routelens.placement.schedule import break_even_tokens
+
+    def window(start, layer_us, move_s):
+        return {"start": start, "end": start + 2048, "batches": 2, "layer_us": layer_us,
+                "static": {"layer_us": 100.0}, "move": {"seconds": move_s}}
+
+    # 4 layers, passes of 1024 tokens; re-fitted plans save 10 µs per layer execution and move for 1 ms:
+    # 1 ms / (4 × 10 µs) = 25 passes of 1024 tokens
+    windows = [window(0, 100.0, 0.0), window(2048, 90.0, 1e-3), window(4096, 90.0, 1e-3)]
+    assert break_even_tokens(windows, 4) == pytest.approx(25 * 1024)
+    assert break_even_tokens([window(0, 100.0, 0.0), window(2048, 101.0, 1e-3)], 4) is None  # no saving
+    assert break_even_tokens(windows[:1], 4) is None  # never re-placed
+
+
 # ---------------------------------------------------------------------------- moves
 def _tables(draw, num_experts, num_gpus, redundant):
     """Two random [G, S] placements of E experts + R replicas (no GPU holding an expert twice)."""
