@@ -392,7 +392,8 @@ def summarize(windows: list[dict[str, Any]], num_layers: int) -> dict[str, Any]:
 
     Returns:
         ``{"mean": metric → value (``layer_us_with_moves`` included), "static": the static plan's
-        means on the same passes, "moves": totals and ``replacements`` (re-fits after the first),
+        means on the same passes, "moves": totals, ``replacements`` (re-fits after the first plan) and
+        ``moved`` (those that copied something),
         "gain_vs_static": 1 - layer time with moves / the static plan's layer time}``.
     """
     weights = np.array([w["batches"] for w in windows], dtype=np.float64)
@@ -401,7 +402,8 @@ def summarize(windows: list[dict[str, Any]], num_layers: int) -> dict[str, Any]:
     move_s = float(sum(w["move"]["seconds"] for w in windows))
     mean["move_us_per_layer"] = float(move_s * 1e6 / (weights.sum() * num_layers))
     mean["layer_us_with_moves"] = mean["layer_us"] + mean["move_us_per_layer"]
-    moves = {"replacements": len(windows) - 1, "moved": sum(1 for w in windows if w["move"]["copies"]),
+    refits = sum(1 for before, after in zip(windows, windows[1:]) if after["fit"] != before["fit"])
+    moves = {"replacements": refits, "moved": sum(1 for w in windows if w["move"]["copies"]),
              **{k: sum(w["move"][k] for w in windows) for k in ("experts_changed", "copies", "bytes", "seconds")}}
     return {"mean": mean, "static": static, "moves": moves,
             "gain_vs_static": 1.0 - mean["layer_us_with_moves"] / static["layer_us"] if static["layer_us"] else 0.0,

@@ -209,7 +209,7 @@ def test_schedule_page_draws_each_methods_windows_and_the_best_schedules_from_th
         row = best[best["method"] == method].iloc[0]
         assert row["layer µs with moves"] == pytest.approx(choice["layer_us_with_moves"], abs=1e-3)
     for method in ("greedy", "eplb"):
-        at.segmented_control(key="schedule_method").set_value(method).run()
+        at.button_group(key="schedule_method").set_value(method).run()
         assert not at.exception
         layer, recv, moves = _charts(at)
         entries = [s for s in report["schedules"] if s["method"] == method]
