@@ -19,8 +19,8 @@ with the same slots. Each row prints met / missed with the values and, when miss
 own numbers say about why (how much of EPLB's layer time is All-to-All, the only part co-activation
 placement can shorten).
 
-    .venv/bin/python benchmarks/bench_schedule.py --quick                  # ~2-3 minutes on 2 cores
-    .venv/bin/python benchmarks/bench_schedule.py --json schedule.json     # both streams, 8 and 16 GPUs
+    .venv/bin/python benchmarks/bench_schedule.py --quick                  # ~3 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_schedule.py --json schedule.json     # both streams, 8 and 16 GPUs (about an hour)
     .venv/bin/python benchmarks/bench_schedule.py --code-run runs/code --drift-run runs/drift   # reuse captures
 
 Times are estimated at a production token size (``--hidden-size``, default 4096, bf16 tokens and
@@ -125,11 +125,11 @@ def why_missed(best_mine: dict, best_eplb: dict, eplb_entry: dict, mine_entry: d
 
 def bench_stream(name: str, trace: Trace, gpu_counts: list[int], args, save: bool) -> list[dict]:
     rows = []
-    methods = ["routelens", "eplb", "greedy"] + (["kahypar-load"] if mtkahypar_available() else [])
+    methods = [m for m in args.methods if m != "kahypar-load" or mtkahypar_available()]
     for gpus, nodes, redundant in clusters(int(trace.num_experts), gpu_counts):
         cost = CostModel.for_model(trace.config, make_topology(num_gpus=gpus, num_nodes=nodes),
                                    hidden_size=args.hidden_size)
-        settings = PlaceSettings(redundant=redundant, objective="layer", seeds=("coact", "lpt"), kicks=0,
+        settings = PlaceSettings(redundant=redundant, objective="layer", seeds=args.starts, kicks=0,
                                  time_budget_s=args.budget, max_fit_tokens=args.max_fit_tokens, seed=0)
         config = ScheduleConfig(methods=tuple(methods), every_tokens=tuple(args.every), fit_tokens=args.fit_tokens,
                                 batch_tokens=args.batch_tokens, max_tokens=args.max_tokens.get(name), place=settings)
@@ -206,7 +206,12 @@ def main(argv=None) -> int:
     parser.add_argument("--fit-tokens", type=int, default=16384, help="fit window of every plan")
     parser.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward pass")
     parser.add_argument("--hidden-size", type=int, default=4096, help="token and expert size the times are estimated at")
-    parser.add_argument("--budget", type=float, default=4.0, help="routelens optimizer seconds per re-fit (all layers)")
+    parser.add_argument("--methods", default="routelens,eplb,greedy,kahypar-load",
+                        help="placement methods to re-place with, comma-separated (kahypar-load needs mtkahypar)")
+    parser.add_argument("--budget", type=float, default=8.0, help="routelens optimizer seconds per re-fit (all layers)")
+    parser.add_argument("--starts", default=None,
+                        help="routelens optimizer starts, comma-separated (default: routelens place's, kahypar,coact,lpt "
+                        "with mtkahypar); the optimizer runs without kicks and with --objective layer")
     parser.add_argument("--max-fit-tokens", type=int, default=8192,
                         help="tokens of the window the optimizer and Mt-KaHyPar fit on (a seeded subsample)")
     parser.add_argument("--save-schedules", action="store_true", help="also write each result into RUN/schedules/")
@@ -214,15 +219,21 @@ def main(argv=None) -> int:
                         help="the drifting stream only, short (4 × ~8k tokens), 8 GPUs, periods 2048 and 8192")
     parser.add_argument("--json", default=None, help="write all numbers as JSON")
     args = parser.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.starts = tuple(s.strip() for s in args.starts.split(",") if s.strip()) if args.starts else None
     segment_chars = SEGMENT_CHARS
     streams = ["code", "drift"]
     if args.quick:
         segment_chars, streams = QUICK_SEGMENT_CHARS, ["drift"]
-        args.gpus, args.every, args.fit_tokens, args.batch_tokens, args.budget = [8], [2048, 8192], 8192, 2048, 2.0
+        args.gpus, args.every, args.fit_tokens, args.batch_tokens = [8], [2048, 8192], 8192, 2048
+        args.budget, args.starts = 2.0, args.starts or ("coact", "lpt")
     args.max_tokens = {"code": args.code_tokens}
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
           f"{platform.python_version()}; mtkahypar {'yes' if mtkahypar_available() else 'no'}; load average {_load()}",
           flush=True)
+    print(f"fits: routelens starts {','.join(args.starts) if args.starts else 'default (kahypar,coact,lpt)'}, objective "
+          f"layer, no kicks, {args.budget:g} s per re-fit; every method on a {args.max_fit_tokens:,}-token sample of the "
+          f"{args.fit_tokens:,}-token window", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-schedule-") as tmp:
         work = Path(args.work or tmp)
@@ -245,7 +256,8 @@ def main(argv=None) -> int:
         from routelens.io import atomic_write_json
 
         atomic_write_json(args.json, {"argv": sys.argv[1:], "cpu_count": os.cpu_count(), "load_average_end": _load(),
-                                      "python": platform.python_version(), "rows": rows})
+                                      "python": platform.python_version(), "starts": args.starts, "budget_s": args.budget,
+                                      "max_fit_tokens": args.max_fit_tokens, "rows": rows})
         print(f"wrote {args.json}")
     return 0
 

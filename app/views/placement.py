@@ -111,6 +111,39 @@ if foreign:
     with st.expander(f"{len(foreign)} plan file(s) that do not fit this run"):
         st.dataframe([{"file": p, "why": why} for p, why in foreign], hide_index=True, width="stretch")
 
+# ---------------------------------------------------------------------------- what if
+if trace.counts_only:
+    ui.counts_only_notice(trace, "Scoring plans (All-to-All volumes, what-if placements)")
+    st.code(f"routelens place {info.path} --method eplb --gpus 8 --format sglang --out plan.pt", language="bash")
+    st.stop()
+st.subheader("What if")
+st.caption("Another cluster or method: the library places the experts and scores the result against contiguous "
+           "in seconds (fitted on the first half of the trace, scored on the second).")
+with st.form("what_if"):
+    cols = st.columns(4)
+    gpus = cols[0].number_input("GPUs", min_value=1, max_value=1024, value=8, step=1)
+    nodes = cols[1].number_input("Nodes", min_value=1, max_value=128, value=1, step=1)
+    redundant = cols[2].number_input("Redundant experts", min_value=0, max_value=4 * trace.num_experts, value=0, step=1,
+                                     help="Extra slots per layer for replicas of hot experts; E + R must divide by the GPUs")
+    method = cols[3].selectbox("Method", METHODS)
+    submitted = st.form_submit_button("Place", type="primary", icon=":material/play_arrow:")
+if submitted or st.session_state.get("what_if_args"):
+    if submitted:
+        st.session_state["what_if_args"] = (int(gpus), int(nodes), int(redundant), method)
+    args = st.session_state["what_if_args"]
+    result = ui.guarded(data.what_if, info.path, trace_key, *args, what="what-if placement")
+    made = result["plan"]
+    st.plotly_chart(systems_charts.plan_metric_ratios(result["results"], result["label"],
+                                              title=f"{args[0]} GPUs on {args[1]} node(s), {args[2]} redundant: "
+                                                    f"{args[3]} vs contiguous"), width="stretch")
+    st.dataframe(metrics_table(result["results"], result["label"]), width="stretch")
+    show_grid(made, "what_if_layer")
+    cols = st.columns(len(EXPORTS))
+    for col, (fmt, suffix, label) in zip(cols, EXPORTS):
+        payload = data.export_bytes(made, fmt, suffix, trace.config.get("num_layers"))
+        col.download_button(label, payload, file_name=f"what-if-{args[3]}-g{args[0]}-{fmt}{suffix}",
+                            key=f"what_if_download_{fmt}", width="stretch", icon=":material/download:")
+
 # ---------------------------------------------------------------------------- plans × runs
 if fitting and not trace.counts_only:
     st.subheader("Plans × runs")
@@ -144,36 +177,3 @@ if fitting and not trace.counts_only:
                                                       for run, note in matrix["scored_on"].items()))
         else:
             st.info("Pick at least one plan and one run.")
-
-# ---------------------------------------------------------------------------- what if
-if trace.counts_only:
-    ui.counts_only_notice(trace, "Scoring plans (All-to-All volumes, what-if placements)")
-    st.code(f"routelens place {info.path} --method eplb --gpus 8 --format sglang --out plan.pt", language="bash")
-    st.stop()
-st.subheader("What if")
-st.caption("Another cluster or method: the library places the experts and scores the result against contiguous "
-           "in seconds (fitted on the first half of the trace, scored on the second).")
-with st.form("what_if"):
-    cols = st.columns(4)
-    gpus = cols[0].number_input("GPUs", min_value=1, max_value=1024, value=8, step=1)
-    nodes = cols[1].number_input("Nodes", min_value=1, max_value=128, value=1, step=1)
-    redundant = cols[2].number_input("Redundant experts", min_value=0, max_value=4 * trace.num_experts, value=0, step=1,
-                                     help="Extra slots per layer for replicas of hot experts; E + R must divide by the GPUs")
-    method = cols[3].selectbox("Method", METHODS)
-    submitted = st.form_submit_button("Place", type="primary", icon=":material/play_arrow:")
-if submitted or st.session_state.get("what_if_args"):
-    if submitted:
-        st.session_state["what_if_args"] = (int(gpus), int(nodes), int(redundant), method)
-    args = st.session_state["what_if_args"]
-    result = ui.guarded(data.what_if, info.path, trace_key, *args, what="what-if placement")
-    made = result["plan"]
-    st.plotly_chart(systems_charts.plan_metric_ratios(result["results"], result["label"],
-                                              title=f"{args[0]} GPUs on {args[1]} node(s), {args[2]} redundant: "
-                                                    f"{args[3]} vs contiguous"), width="stretch")
-    st.dataframe(metrics_table(result["results"], result["label"]), width="stretch")
-    show_grid(made, "what_if_layer")
-    cols = st.columns(len(EXPORTS))
-    for col, (fmt, suffix, label) in zip(cols, EXPORTS):
-        payload = data.export_bytes(made, fmt, suffix, trace.config.get("num_layers"))
-        col.download_button(label, payload, file_name=f"what-if-{args[3]}-g{args[0]}-{fmt}{suffix}",
-                            key=f"what_if_download_{fmt}", width="stretch", icon=":material/download:")
