@@ -361,13 +361,15 @@ class TraceWriter:
         }
         for j in range(num_layers):
             ids = np.asarray(topk_ids[j])
-            weights = np.asarray(topk_weights[j], dtype=np.float32)
+            # stored as float16 (no copy when the caller already holds float16, as the capture does);
+            # checked after the cast, so a weight beyond float16's range is refused like a NaN
+            weights = np.ascontiguousarray(topk_weights[j], dtype=np.float16)
             if ids.shape != (n, self.header["top_k"]) or weights.shape != ids.shape:
                 raise ValueError(f"layer {j}: topk arrays of shape {ids.shape}/{weights.shape}, expected ({n}, {self.header['top_k']})")
             if not np.all(np.isfinite(weights)):
                 raise TraceError(f"layer {self.header['layers'][j]}: routing weights contain NaN or inf")
             tensors[f"topk_ids.{j}"] = np.ascontiguousarray(ids, dtype=np.int16)
-            tensors[f"topk_weights.{j}"] = np.ascontiguousarray(weights, dtype=np.float16)
+            tensors[f"topk_weights.{j}"] = weights
             if router_logits is not None:
                 tensors[f"router_logits.{j}"] = np.ascontiguousarray(router_logits[j], dtype=np.float16)
         index = len(self.shards)

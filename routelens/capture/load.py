@@ -1,7 +1,9 @@
 """Load a Hugging Face MoE checkpoint (hub id or local folder) and its tokenizer for capture.
 
 Same words as transformers: ``from_pretrained(name_or_path)``, ``dtype=``, ``device_map="auto"``,
-``trust_remote_code`` (off unless the user asks). Every way a load can fail that a user can cause
+``max_memory=``, ``trust_remote_code`` (off unless the user asks). Weights load straight onto the
+device they run on (``device_map={"": device}``): a checkpoint larger than host memory captures on
+one GPU, and the host never holds a copy of the model. Every way a load can fail that a user can cause
 (a missing or unreadable path, a folder without a model, corrupt or incomplete weights, an
 unreachable hub) becomes one :class:`RoutelensError` line naming the path.
 """
@@ -82,6 +84,38 @@ def resolve_dtype(dtype: str | None, device) -> Any:
     return "auto" if dtype == "auto" else getattr(torch, dtype)
 
 
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)?$", re.IGNORECASE)
+
+
+def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
+    """``--max-memory 0=70GiB,1=70GiB,cpu=100GiB`` → ``{0: "70GiB", 1: "70GiB", "cpu": "100GiB"}``.
+
+    The dict ``from_pretrained(max_memory=...)`` takes with a device map: keys are GPU indices or
+    ``cpu``; sizes are numbers with an optional unit (``B``, ``KB``, ``MiB``, ``GiB``, ...).
+
+    Raises:
+        InputError: an entry that is not ``DEVICE=SIZE``, an unknown device or a malformed size.
+
+    Example:
+        >>> parse_max_memory("0=70GiB,cpu=100GiB")
+        {0: '70GiB', 'cpu': '100GiB'}
+    """
+    if text is None:
+        return None
+    limits: dict[int | str, str] = {}
+    for entry in text.split(","):
+        device, sep, size = (part.strip() for part in entry.partition("="))
+        if not sep or not device or not size:
+            raise InputError(f"--max-memory entry '{entry.strip()}' is not DEVICE=SIZE (e.g. 0=70GiB,cpu=100GiB)")
+        if not _MEMORY.match(size):
+            raise InputError(f"--max-memory size '{size}' for {device} is not a number with a unit such as GiB")
+        key: int | str = int(device) if device.isdigit() else device.lower()
+        if isinstance(key, str) and key not in ("cpu", "disk", "mps"):
+            raise InputError(f"--max-memory device '{device}' is not a GPU index or cpu")
+        limits[key] = size.replace(" ", "")
+    return limits
+
+
 def is_local_reference(name_or_path: str) -> bool:
     """True when ``name_or_path`` can only mean a local folder (exists, or is not a hub id)."""
     return Path(name_or_path).expanduser().exists() or not _HUB_ID.match(name_or_path)
@@ -101,6 +135,7 @@ def load_model(
     device: str | None = None,
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
+    max_memory: dict[int | str, str] | None = None,
 ):
     """Load an MoE checkpoint and its tokenizer, ready for inference (``model.eval()``).
 
@@ -112,6 +147,7 @@ def load_model(
         device_map: passed to ``from_pretrained`` (``"auto"`` spreads the layers over all GPUs and CPU
             memory with accelerate); inputs then go to the device of the input embeddings.
         trust_remote_code: run modeling code shipped with the checkpoint (off unless asked).
+        max_memory: per-device limits for ``device_map`` (:func:`parse_max_memory`).
 
     Returns:
         ``(model, tokenizer)``. ``AutoModelForCausalLM`` for decoder-only models,
@@ -121,17 +157,37 @@ def load_model(
         RoutelensError: a missing/unreadable path, a folder without a model, corrupt or incomplete
             weights, an unreachable hub, an unknown architecture (one line naming the path).
     """
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    model = load_weights(name_or_path, dtype=dtype, device=device, device_map=device_map,
+                         trust_remote_code=trust_remote_code, max_memory=max_memory)
+    return model, tokenizer
+
+
+def load_weights(
+    name_or_path: str | os.PathLike,
+    dtype: str | None = None,
+    device: str | None = None,
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    max_memory: dict[int | str, str] | None = None,
+):
+    """The model of :func:`load_model` without its tokenizer (same arguments and errors).
+
+    Without ``device_map`` every weight is read from the checkpoint straight onto ``device``
+    (``device_map={"": device}``), never staged in host memory; on the CPU it is read as usual.
+    """
     name = str(name_or_path)
     _check_reference(name)
+    if max_memory is not None and device_map is None:
+        raise InputError("--max-memory limits a --device-map: pass --device-map auto with it")
     config = _load_config(name, trust_remote_code)
-    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
     target = resolve_device(device) if device_map is None else None
     torch_dtype = resolve_dtype(dtype, target if target is not None else resolve_device(None))
-    model = _load_weights(name, config, torch_dtype, device_map, trust_remote_code)
-    if target is not None:
-        model.to(target)
+    if target is not None and target.type != "cpu":
+        device_map = {"": target}
+    model = _load_weights(name, config, torch_dtype, device_map, trust_remote_code, max_memory)
     model.eval()
-    return model, tokenizer
+    return model
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
@@ -182,13 +238,16 @@ def _load_config(name: str, trust_remote_code: bool):
         raise RoutelensError(f"cannot read the model config in {name}: {message}") from exc
 
 
-def _load_weights(name: str, config, torch_dtype, device_map, trust_remote_code: bool):
+def _load_weights(name: str, config, torch_dtype, device_map, trust_remote_code: bool,
+                  max_memory: dict[int | str, str] | None = None):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     classes = [AutoModelForSeq2SeqLM] if getattr(config, "is_encoder_decoder", False) else [AutoModelForCausalLM, AutoModelForSeq2SeqLM]
     kwargs: dict[str, Any] = {"config": config, "dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if max_memory is not None:
+        kwargs["max_memory"] = max_memory
     unsupported = None
     for auto_class in classes:
         try:
