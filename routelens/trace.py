@@ -225,6 +225,39 @@ class Trace:
             yield start, self._read(shard, f"{field}.{j}")
             start += int(shard["num_tokens"])
 
+    def iter_token_chunks(self, field: str = "token_ids") -> Iterator[tuple[int, np.ndarray]]:
+        """Stream a per-token field (``token_ids``, ``seq_ids``, ``positions``) shard by shard, like :meth:`iter_chunks`."""
+        if field not in TOKEN_FIELDS:
+            raise TraceError(f"'{field}' is not a per-token field of a trace ({', '.join(TOKEN_FIELDS)})")
+        start = 0
+        for shard in self.shards:
+            yield start, self._read(shard, field)
+            start += int(shard["num_tokens"])
+
+    def layer_range(self, layer: str | int, start: int, end: int, field: str = "topk_ids") -> np.ndarray:
+        """Rows ``[start, end)`` of one layer's ``field``, reading only the shards that hold them.
+
+        Returns:
+            ``[end - start, width]`` (``k`` for ids and weights, ``E`` for logits).
+        """
+        j = self.layer_index(layer)
+        start, end = max(0, int(start)), min(int(end), self.num_tokens)
+        parts, first = [], 0
+        for shard in self.shards:
+            last = first + int(shard["num_tokens"])
+            if last > start and first < end:
+                array = self._read(shard, f"{field}.{j}")
+                lo, hi = max(start - first, 0), min(end, last) - first
+                # a part of a shard is copied, so that the rest of the shard is freed
+                parts.append(array if (lo, hi) == (0, array.shape[0]) else array[lo:hi].copy())
+            first = last
+            if first >= end:
+                break
+        if not parts:
+            width = self.num_experts if field == "router_logits" else self.top_k
+            return np.zeros((0, width), LAYER_FIELDS[field])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def _layer_field(self, field: str, layer: str | int) -> np.ndarray:
         j = self.layer_index(layer)
         parts = [self._read(shard, f"{field}.{j}") for shard in self.shards]
@@ -253,6 +286,14 @@ class Trace:
             f"Trace({str(self.path)!r}, model={self.model_id!r}, layers={len(self.layers)}, "
             f"E={self.num_experts}, k={self.top_k}, tokens={self.num_tokens})"
         )
+
+
+def as_trace(trace: "Trace | str | os.PathLike") -> Trace:
+    """``trace`` itself, or the trace in that folder: per-layer jobs in worker processes get it by path.
+
+    The caller opened (and checked) the trace, so a path is reopened as is, finished or not.
+    """
+    return trace if isinstance(trace, Trace) else Trace.open(trace, allow_incomplete=True)
 
 
 @dataclass

@@ -26,3 +26,20 @@ def positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0 (0 often means "automatic", e.g. ``--workers 0`` = every core)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    """``--workers N``: processes working on layers at once (default 0: every core)."""
+    parser.add_argument("--workers", type=non_negative_int, default=0, metavar="N",
+                        help="processes working on layers at once (default 0: one per CPU core; 1: no extra processes)")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from ._args import add_workers_argument
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -30,6 +32,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resolution", type=float, default=1.0, help="Louvain resolution (default 1.0)")
     parser.add_argument("--tokenizer", help="tokenizer folder or tokenizer.json (default: the trace's model folder, if local)")
     parser.add_argument("--force", action="store_true", help="recompute even if a current analysis exists")
+    add_workers_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the per-layer summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -49,7 +52,7 @@ def run(args) -> int:
     analysis, computed = ensure_analysis(
         args.run, args.layers, force=args.force, exports=exports, progress=not args.no_progress,
         top_t=args.top_t, threshold=args.threshold, seed=args.seed, resolution=args.resolution,
-        tokenizer_path=args.tokenizer,
+        tokenizer_path=args.tokenizer, workers=args.workers,
     )
     if args.json:
         print(json.dumps(to_jsonable({"path": str(analysis.path), "computed": computed,

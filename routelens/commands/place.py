@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._args import positive_int, positive_float
+from ._args import add_workers_argument, positive_float, positive_int
 
 METHOD_HELP = ("routelens: the optimizer (estimated All-to-All bottleneck; --objective layer adds compute); "
                "contiguous: experts in id order (the engines' default); random; greedy: load-balanced packing; "
@@ -90,6 +90,7 @@ def add_parser(subparsers) -> None:
                         "swaps, each kept only if the estimate improves (default 16 when E <= 128, else 0)")
     parser.add_argument("--expert-groups", type=positive_int, default=1,
                         help="eplb: expert groups of the model for the hierarchical policy (DeepSeek-V3: 8)")
+    add_workers_argument(parser)
     add_cluster_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -118,7 +119,7 @@ def run(args) -> int:
     )
     settings.check()
     fit = fit_token_range(trace, args.fit_fraction)
-    plan = place(trace, cost, settings, fit=fit, progress=not args.no_progress)
+    plan = place(trace, cost, settings, fit=fit, progress=not args.no_progress, workers=args.workers)
     if args.format == "json":
         written = [export_plan(plan, out, "json")]
     else:

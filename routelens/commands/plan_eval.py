@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._args import positive_int
+from ._args import add_workers_argument, positive_int
 from .place import add_cluster_arguments, cost_from_args, topology_from_args
 
 
@@ -24,6 +24,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     parser.add_argument("--expert-groups", type=positive_int, default=1, help="eplb: expert groups of the model")
+    add_workers_argument(parser)
     add_cluster_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
@@ -37,7 +38,7 @@ def run(args) -> int:
     from ..placement.cost import CostModel
     from ..placement.evaluate import compare_plans, eval_token_index, format_comparison, ratios
     from ..placement.hypergraph import mtkahypar_available
-    from ..placement.place import BASELINES, PlaceSettings, place
+    from ..placement.place import BASELINES, PlaceSettings, fit_baselines
     from ..placement.topology import Topology
     from ..plan import Plan
     from ..trace import Trace
@@ -69,14 +70,13 @@ def run(args) -> int:
         names = [b for b in BASELINES if mtkahypar_available() or not b.startswith("kahypar")]
     held, note = eval_token_index(trace, plan)
     fit_trace, fit, fit_note = _baseline_fit(trace, plan, Trace)
-    plans = {}
-    for name in names:
-        settings = PlaceSettings(method=name, redundant=plan.num_redundant, replica_policy=plan.replica_policy,
-                                 seed=args.seed, num_groups=args.expert_groups)
-        plans[name] = place(fit_trace, cost, settings, fit=fit, progress=False)
+    settings = PlaceSettings(method=names[0] if names else "contiguous", redundant=plan.num_redundant,
+                             replica_policy=plan.replica_policy, seed=args.seed, num_groups=args.expert_groups)
+    plans = fit_baselines(fit_trace, cost, names, settings, fit=fit, layers=plan.layers,
+                          progress=not args.no_progress, workers=args.workers) if names else {}
     label = f"plan ({plan.method})"
     plans[label] = plan
-    results = compare_plans(plans, trace, held, cost, progress=not args.no_progress)
+    results = compare_plans(plans, trace, held, cost, progress=not args.no_progress, workers=args.workers)
     topo = cost.topology
     print(f"trace   {trace.path}: {len(trace.layers)} layers, E={trace.num_experts}, top-{trace.top_k}")
     print(f"scored  {note}; {fit_note}")

@@ -14,12 +14,12 @@ References:
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import numpy as np
 
 from ..errors import InputError, RoutelensError
+from ..parallel import thread_budget
 from .baselines import replica_counts, slots_per_gpu
 from .graph import coactivation
 
@@ -44,7 +44,9 @@ def _initializer():
         import mtkahypar
     except ImportError as exc:
         raise MissingDependencyError(f"the kahypar baseline needs Mt-KaHyPar: {INSTALL_HINT}") from exc
-    return mtkahypar, mtkahypar.initialize(max(1, min(os.cpu_count() or 1, 8)), False)
+    # the deterministic preset partitions the same whatever the thread count, so a worker process
+    # of a parallel run takes its share of the cores (routelens.parallel) and still equals a serial run
+    return mtkahypar, mtkahypar.initialize(max(1, min(thread_budget(), 8)), False)
 
 
 def token_hyperedges(topk_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
