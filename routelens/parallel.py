@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .errors import InputError
 
+MIN_PARALLEL_TOKENS = 16384  # automatic worker count: jobs over fewer tokens run in this process
 MEMORY_SHARE = 0.75  # of the available memory, what the jobs running at once may take together
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS")
@@ -51,18 +52,24 @@ def available_memory() -> int | None:
     return None
 
 
-def resolve_workers(workers: int | None, num_jobs: int, bytes_per_job: int | None = None) -> int:
+def resolve_workers(workers: int | None, num_jobs: int, bytes_per_job: int | None = None,
+                    tokens_per_job: int | None = None) -> int:
     """Worker processes for ``num_jobs`` jobs: ``workers`` (None or 0: every core), at most one per job.
 
     Args:
         bytes_per_job: the most memory one job may take; with it, no more workers than
             :data:`MEMORY_SHARE` of the available memory holds (jobs over huge traces).
+        tokens_per_job: tokens one job works on; with the automatic count (``workers`` None or 0),
+            jobs over fewer than :data:`MIN_PARALLEL_TOKENS` run in this process (a pool takes
+            about a second to start, more than such jobs take).
 
     Raises:
         InputError: a negative worker count.
     """
     if workers is not None and workers < 0:
         raise InputError(f"--workers must be 0 (every core) or more, got {workers}")
+    if not workers and tokens_per_job is not None and tokens_per_job < MIN_PARALLEL_TOKENS:
+        return 1
     wanted = available_cores() if not workers else int(workers)
     count = max(1, min(wanted, int(num_jobs)))
     memory = available_memory() if bytes_per_job else None

@@ -28,6 +28,7 @@ all layers at once; :class:`TraceWriter` writes shards and keeps the manifest cu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -52,6 +53,13 @@ LAYER_FIELDS = {"topk_ids": np.int16, "topk_weights": np.float16, "router_logits
 
 def software_versions() -> dict[str, str]:
     """Versions of the packages that shaped a result (stored in manifests and plans)."""
+    return dict(_software_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _software_versions() -> dict[str, str]:
+    # looked up once per process: reading package metadata takes tens of milliseconds, and a
+    # capture rewrites its manifest after every shard
     versions = {"python": platform.python_version()}
     for name in ("routelens", "torch", "transformers", "numpy"):
         try:
@@ -404,7 +412,8 @@ class TraceWriter:
             ids = np.asarray(topk_ids[j])
             # stored as float16 (no copy when the caller already holds float16, as the capture does);
             # checked after the cast, so a weight beyond float16's range is refused like a NaN
-            weights = np.ascontiguousarray(topk_weights[j], dtype=np.float16)
+            with np.errstate(over="ignore"):
+                weights = np.ascontiguousarray(topk_weights[j], dtype=np.float16)
             if ids.shape != (n, self.header["top_k"]) or weights.shape != ids.shape:
                 raise ValueError(f"layer {j}: topk arrays of shape {ids.shape}/{weights.shape}, expected ({n}, {self.header['top_k']})")
             if not np.all(np.isfinite(weights)):

@@ -161,7 +161,7 @@ def analyze_trace(
     finish = dict(top_k=k, top_t=top_t, threshold=threshold, seed=seed, resolution=resolution,
                   vocab_ids=frequent_ids, top_tokens_limit=top_tokens, min_token_count=min_token_count,
                   token_texts=None if texts is None else {int(t): texts.get(int(t), "") for t in frequent_ids})
-    count = resolve_workers(workers, len(chosen))
+    count = resolve_workers(workers, len(chosen), tokens_per_job=num_tokens)
     jobs = []
     for j in chosen:
         nxt = j + 1 if j + 1 < len(trace.layers) else None

@@ -83,8 +83,9 @@ def compare_plans(plans: dict[str, Plan], trace, token_index: np.ndarray, cost: 
     _check_plans(plans, trace, token_index, cost)
     layers = [layer for layer in trace.layers if any(layer in plan.gpu_experts for plan in plans.values())]
     selection = token_selection(token_index)
-    count = resolve_workers(workers, len(layers),
-                            bytes_per_job=int(np.asarray(token_index).size) * (48 * trace.top_k + 2 * cost.topology.num_gpus))
+    scored = int(np.asarray(token_index).size)
+    count = resolve_workers(workers, len(layers), bytes_per_job=scored * (48 * trace.top_k + 2 * cost.topology.num_gpus),
+                            tokens_per_job=scored)
     jobs = [_ScoreJob(trace=trace if count == 1 else shared_path(trace.path), layer=layer, selection=selection,
                       tables={name: (plan.gpu_experts[layer], plan.replica_policy) for name, plan in plans.items()
                               if layer in plan.gpu_experts}, cost=cost) for layer in layers]

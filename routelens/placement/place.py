@@ -155,7 +155,8 @@ def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] 
     """
     settings.check()
     start, end, layers = _fit_setup(trace, cost, settings.redundant, fit, layers)
-    count = resolve_workers(workers, len(layers), bytes_per_job=_job_bytes(end - start, trace.top_k, cost))
+    count = resolve_workers(workers, len(layers), bytes_per_job=_job_bytes(end - start, trace.top_k, cost),
+                            tokens_per_job=end - start)
     deadline_wall = allowance = None
     if settings.time_budget_s is not None:
         deadline_wall = time.time() + settings.time_budget_s
@@ -197,7 +198,8 @@ def fit_baselines(trace, cost: CostModel, methods: list[str], settings: PlaceSet
     for method in methods:
         dataclasses.replace(settings, method=method).check()
     start, end, layers = _fit_setup(trace, cost, settings.redundant, fit, layers)
-    count = resolve_workers(workers, len(layers), bytes_per_job=_job_bytes(end - start, trace.top_k, cost))
+    count = resolve_workers(workers, len(layers), bytes_per_job=_job_bytes(end - start, trace.top_k, cost),
+                            tokens_per_job=end - start)
     started = time.perf_counter()
     jobs = [_LayerJob(trace=trace if count == 1 else shared_path(trace.path), layer=layer, fit=(start, end),
                       methods=tuple(methods), settings=settings, cost=cost, num_experts=int(trace.num_experts),
