@@ -120,3 +120,19 @@ def test_write_shard_refuses_weights_beyond_float16_and_keeps_float16_input_as_i
     writer.write_shard(*args, [half])
     writer.close()
     assert np.array_equal(Trace.open(tmp_path / "run").topk_weights(0), half)
+
+
+def test_all_finite_on_float16_bits_agrees_with_isfinite():
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    from routelens.trace import all_finite
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(arrays(np.float16, st.tuples(st.integers(0, 12), st.integers(1, 4)), elements=st.floats(width=16)))
+    def check(values):
+        assert all_finite(values) == bool(np.isfinite(values).all())
+        assert all_finite(values[:, ::2]) == bool(np.isfinite(values[:, ::2]).all())  # strided views too
+
+    check()
+    assert not all_finite(np.array([1.0, np.nan], np.float32)) and all_finite(np.zeros((0, 2), np.float16))

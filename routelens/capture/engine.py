@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import InputError, RoutelensError, TraceError
 from ..io import read_json
-from ..trace import MANIFEST, Trace, TraceWriter, merge_rank_parts
+from ..trace import MANIFEST, Trace, TraceWriter, all_finite, merge_rank_parts
 from .distributed import DistContext, init_distributed, rank_windows
 from .header import build_header, config_summary
 from .hooks import BatchRouting, HostCopy, RouterRecorder
@@ -228,7 +228,7 @@ def _write_shard(writer: TraceWriter, windows: Windows, layers: list[str], buffe
 
 def _check_finite(topk_weights: list[np.ndarray], layers: list[str], index: np.ndarray) -> None:
     for name, weights in zip(layers, topk_weights):
-        if not np.isfinite(weights).all():
+        if not all_finite(weights):
             raise RoutelensError(
                 f"routing weights at {name} are NaN or inf for windows {int(index[0])}-{int(index[-1])}: "
                 "the model's numbers overflowed or its weights are corrupt (try --dtype float32)"
