@@ -163,7 +163,10 @@ def write_scale_trace(path, shape: ScaleShape, seed: int = 0, shard_tokens: int 
             for rank in range(count)]
     run_jobs(_write_part, jobs, count)
     pool_file.unlink()
-    merge_rank_parts(path, count)
+    if count > 1:
+        merge_rank_parts(path, count)
+    else:  # one writer wrote manifest.json itself
+        pool_file.parent.rmdir()
     return Trace.open(path)
 
 
