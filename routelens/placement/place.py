@@ -28,11 +28,11 @@ from ..trace import as_trace
 from .baselines import contiguous_table, eplb_table, greedy_table, random_table, slots_per_gpu
 from .cost import POLICIES, CostModel, score_table
 from .graph import expert_load
+from .hypergraph import KAHYPAR_MAX_TOKENS
 from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_kicks, default_seeds, optimize_layer
 
 METHODS = ("routelens", "contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
 BASELINES = ("contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
-KAHYPAR_MAX_TOKENS = 16384  # Mt-KaHyPar's deterministic preset takes seconds per layer beyond this
 METRIC_KEYS = ("gpus_per_token", "copies_per_token", "busiest_gpu_recv", "busiest_gpu_send", "compute_imbalance",
                "inter_node_share", "a2a_us", "compute_us", "layer_us")
 
