@@ -229,7 +229,9 @@ def pack_windows(
     total = 0
     text_hash = hashlib.sha256() if source.sha256 is None else None
     index = 0
-    for batch in _batches(source.documents()):
+    # a short capture tokenizes about what it needs (a token is rarely more than 8 characters)
+    batch_chars = BATCH_CHARS if needed is None else min(BATCH_CHARS, max(BLOCK_CHARS, 8 * needed))
+    for batch in _batches(source.documents(), batch_chars):
         if stop is not None and stop.is_set():
             raise PackingStopped("text packing stopped")
         for document, ids in zip(batch, _encode_batch(tokenizer, batch)):
@@ -262,14 +264,14 @@ class PackingStopped(RoutelensError):
     """:func:`pack_windows` was asked to stop (the capture failed elsewhere before the text was packed)."""
 
 
-def _batches(documents: Iterator[str]) -> Iterator[list[str]]:
-    """Consecutive documents in lists of about :data:`BATCH_CHARS` characters (at least one document each)."""
+def _batches(documents: Iterator[str], batch_chars: int = BATCH_CHARS) -> Iterator[list[str]]:
+    """Consecutive documents in lists of about ``batch_chars`` characters (at least one document each)."""
     batch: list[str] = []
     size = 0
     for document in documents:
         batch.append(document)
         size += len(document)
-        if size >= BATCH_CHARS or len(batch) >= BATCH_DOCUMENTS:
+        if size >= batch_chars or len(batch) >= BATCH_DOCUMENTS:
             yield batch
             batch, size = [], 0
     if batch:
