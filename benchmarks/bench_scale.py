@@ -500,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 results["parts"][part] = part_place(args, work, goals, part)
             print(f"  ({time.perf_counter() - started:.0f} s for this part)", flush=True)
+            results["goals"] = goals
+            if args.json:  # after every part: a run stopped by a time limit keeps what it measured
+                Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
     finally:
         if not args.keep and not args.work:
             shutil.rmtree(work, ignore_errors=True)
