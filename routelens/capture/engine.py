@@ -364,7 +364,7 @@ def capture_from_path(
     ``device_map``. See :func:`capture` for the other arguments and what is raised.
     """
     from .adapters import find_router_sites
-    from .load import demo_model_path, load_tokenizer, load_weights, model_reference
+    from .load import demo_model_path, load_config, load_tokenizer, load_weights, model_reference
     from .text import resolve_source
 
     import torch
@@ -383,11 +383,12 @@ def capture_from_path(
         if source.kind == "bundled" and max_tokens is None:
             max_tokens = BUNDLED_MAX_TOKENS
         started = time.perf_counter()
+        config = load_config(name, trust_remote_code=trust_remote_code)  # a wrong model fails before anything starts
         tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
         packing = _Packing(source, tokenizer, seq_len, max_tokens)
         with _hf_progress_bars(progress and ctx.rank == 0):
             loaded = load_weights(name, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
-                                  trust_remote_code=trust_remote_code)
+                                  trust_remote_code=trust_remote_code, config=config)
         routing = find_router_sites(loaded)  # before waiting for the text: a dense model fails fast
         _check_seq_len(loaded.config, seq_len)
         loaded_at = time.perf_counter()

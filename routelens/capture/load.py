@@ -157,10 +157,22 @@ def load_model(
         RoutelensError: a missing/unreadable path, a folder without a model, corrupt or incomplete
             weights, an unreachable hub, an unknown architecture (one line naming the path).
     """
+    config = load_config(name_or_path, trust_remote_code=trust_remote_code)  # the quick checks first
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     model = load_weights(name_or_path, dtype=dtype, device=device, device_map=device_map,
-                         trust_remote_code=trust_remote_code, max_memory=max_memory)
+                         trust_remote_code=trust_remote_code, max_memory=max_memory, config=config)
     return model, tokenizer
+
+
+def load_config(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
+    """The checkpoint's transformers config, after checking that the reference names a model.
+
+    Raises:
+        RoutelensError: as :func:`load_model`, for the path, the config or the hub.
+    """
+    name = str(name_or_path)
+    _check_reference(name)
+    return _load_config(name, trust_remote_code)
 
 
 def load_weights(
@@ -170,17 +182,19 @@ def load_weights(
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
     max_memory: dict[int | str, str] | None = None,
+    config=None,
 ):
     """The model of :func:`load_model` without its tokenizer (same arguments and errors).
 
     Without ``device_map`` every weight is read from the checkpoint straight onto ``device``
     (``device_map={"": device}``), never staged in host memory; on the CPU it is read as usual.
+    ``config``: the checkpoint's config when the caller already has it (:func:`load_config`).
     """
     name = str(name_or_path)
-    _check_reference(name)
     if max_memory is not None and device_map is None:
         raise InputError("--max-memory limits a --device-map: pass --device-map auto with it")
-    config = _load_config(name, trust_remote_code)
+    if config is None:
+        config = load_config(name, trust_remote_code)
     target = resolve_device(device) if device_map is None else None
     torch_dtype = resolve_dtype(dtype, target if target is not None else resolve_device(None))
     if target is not None and target.type != "cpu":
