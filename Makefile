@@ -42,12 +42,12 @@ $(PLAN4): $(RUN)/manifest.json
 
 # 4 CPU processes (gloo) replay the trace with the checkpoint's own experts: contiguous vs the plan
 $(BENCH): $(PLAN4)
-	$(RL) bench $(RUN) --plans contiguous $(PLAN4) --gpus 4 --backend gloo --tokens-per-rank 4096 \
-	  --weights data/demo-moe --check --repeats 5 --warmup 1
+	$(RL) bench $(RUN) contiguous $(PLAN4) --gpus 4 --backend gloo --tokens-per-rank 4096 \
+	  --model data/demo-moe --check --repeats 5 --warmup 1
 
 # every re-routing policy applied inside the demo model: quality cost vs GPUs per token (8 GPUs)
 $(TRADEOFF): $(RUN)/manifest.json
-	$(RL) reroute-eval --max-windows 12 --batch-size 9 --out $(RUN)/reroute --json $(RUN)/reroute/rows.json
+	$(RL) reroute-eval --max-tokens 3072 --batch-size 9 --out $(RUN)/reroute --json $(RUN)/reroute/rows.json
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

@@ -64,9 +64,10 @@ def tiny_model_traces(folder: Path, tokens: int) -> list[Trace]:
     from transformers import OlmoeConfig
 
     from routelens.capture.engine import capture_from_path
+    from routelens.capture.load import demo_corpus_path
     from routelens.capture.tiny import build_tiny_moe, tiny_qwen3_moe_config
 
-    corpus = Path(__file__).resolve().parents[1] / "data" / "corpus" / "train.txt"
+    corpus = demo_corpus_path()
     configs = {
         "tiny-qwen3-moe-E64-k8": tiny_qwen3_moe_config(num_experts=64, top_k=8, num_layers=4, hidden_size=32),
         "tiny-olmoe-E32-k4": OlmoeConfig(vocab_size=320, hidden_size=32, intermediate_size=32, num_hidden_layers=4,
@@ -225,7 +226,7 @@ def _met(flag: bool) -> str:
 def bench_scale(layers: int, tokens: int, max_fit_tokens: int) -> dict:
     """Optimizer wall time on 256 experts × 64 GPUs × ``layers`` layers, against greedy in the same run."""
     from routelens.placement.baselines import greedy_table
-    from routelens.placement.graph import expert_load
+    from routelens.graphs import load_counts
 
     topology = make_topology(64, gpus_per_node=8)
     cost = CostModel(topology, token_bytes=7168 * 2)
@@ -233,7 +234,7 @@ def bench_scale(layers: int, tokens: int, max_fit_tokens: int) -> dict:
               for i in range(layers)]
     started = time.perf_counter()
     for ids in routed:
-        greedy_table(expert_load(ids, 256), 64)
+        greedy_table(load_counts(ids, 256), 64)
     greedy_s = time.perf_counter() - started
     started, cpu_started = time.perf_counter(), time.process_time()
     for ids in routed:

@@ -80,9 +80,10 @@ def tradeoff(model_path: str, args, text_path: Path) -> dict:
     from routelens.capture.engine import config_summary
     from routelens.capture.load import load_model
     from routelens.capture.text import file_source, pack_windows
-    from routelens.reroute.evaluate import (
-        best_within, build_policies, calibration_routing, default_settings, evaluate_policies, split_windows)
+    from routelens.reroute.evaluate import best_within, calibration_routing, evaluate_policies, split_windows
     from routelens.reroute.fitting import fit_plan
+    from routelens.reroute.policy import FitData, fit_sweep
+    from routelens.reroute.registry import PolicyContext, PolicySweep
 
     model, tokenizer = load_model(model_path, dtype=args.dtype, device=args.device)
     sites = find_router_sites(model).sites
@@ -93,8 +94,9 @@ def tradeoff(model_path: str, args, text_path: Path) -> dict:
     calibration = calibration_routing(model, sites, calib, batch_size=args.batch_size)
     gpus = min(args.gpus, num_experts)
     plan = fit_plan(calibration, num_experts, gpus, config=config_summary(model.config))
-    settings = default_settings(num_experts, top_k, plan.num_gpus, plan.slots_per_gpu, fills=args.gpu_fill.split(","))
-    policies = build_policies(settings, calibration, num_experts, plan)
+    sweep = PolicySweep(values={"fill": tuple(args.gpu_fill.split(","))})
+    policies = fit_sweep(sweep, PolicyContext(num_experts, top_k, plan.num_gpus, plan.slots_per_gpu),
+                         FitData(plan=plan, calibration=calibration, num_experts=num_experts))
     with torch.inference_mode():
         rows = evaluate_policies(model, sites, heldout, policies, plan=plan, batch_size=args.batch_size,
                                  progress=not args.no_progress, clock=_clock(args))
@@ -142,7 +144,7 @@ def policy_kernels(args) -> list[dict]:
     import numpy as np
     import torch
 
-    from routelens.capture.adapters import RoutingRule
+    from routelens.routing_rule import RoutingRule
     from routelens.plan import Plan
     from routelens.reroute import c2r_policy, capacity_policy, gpu_adaptive_policy, gpu_limited_policy
 

@@ -23,6 +23,7 @@ The inputs of the measurements in docs/runner.md are made on a CPU machine first
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -56,38 +57,42 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def bench_namespace(trace: str, plans: list[str], hidden: int, tokens: int, args, overlap: bool, check: bool):
-    from routelens.runner.bench import add_bench_arguments
+def bench_config(trace: str, plans: list[str], hidden: int, tokens: int, args, overlap: bool, check: bool):
+    """The :class:`~routelens.runner.config.BenchConfig` of one sweep cell."""
+    from routelens.runner.config import BenchConfig
 
-    parser = argparse.ArgumentParser()
-    add_bench_arguments(parser)
-    argv = [trace, "--plans", *plans, "--hidden-size", str(hidden), "--tokens-per-rank", str(tokens),
-            "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-    argv += ["--overlap"] * overlap + ["--check"] * check
-    return parser.parse_args(argv)
+    return BenchConfig(run=trace, plans=tuple(plans), hidden_size=hidden, tokens_per_rank=tokens,
+                       repeats=args.repeats, warmup=args.warmup, overlap=overlap, check=check, progress=False)
 
 
-def run_config(ns, rank, world, device, calibration=None, group=None):
+def run_config(config, ctx, calibration=None):
     """One bench configuration; rank 0 returns its report."""
     import torch
     import torch.distributed as dist
 
-    from routelens.runner.bench import build_report, load_calibration, prepare, replay
+    from routelens.runner.bench import run_environment
+    from routelens.runner.calibration import load_calibration
     from routelens.runner.check import check_outputs
+    from routelens.runner.inputs import prepare, rank_inputs
+    from routelens.runner.replay import replay
+    from routelens.runner.report import build_report
 
-    setup = prepare(ns, world)
-    record, outputs, routes = replay(setup, ns, rank, world, device, group=group, keep_outputs=ns.check)
-    check = check_outputs(setup, ns, outputs, routes, rank, device, group) if ns.check else None
+    setup = prepare(config, ctx.world)
+    inputs = rank_inputs(setup, config, ctx.rank, ctx.world, ctx.device)
+    record, outputs = replay(setup, inputs, config, ctx, keep_outputs=config.check)
+    check = (check_outputs(setup, inputs.tokens, outputs, inputs.routes, ctx, model=config.model, seed=config.seed)
+             if config.check else None)
     del outputs
-    records = [None] * world if rank == 0 else None
-    dist.gather_object(record, records, dst=0, group=group)
+    records = [None] * ctx.world if ctx.rank == 0 else None
+    dist.gather_object(record, records, dst=0, group=ctx.group)
     report = None
-    if rank == 0:
-        report = build_report(setup, ns, records, routes, world, device,
-                              calibration or load_calibration(Path(ns.run) / "bench", ns.backend_resolved, world))
+    if ctx.rank == 0:
+        report = build_report(setup, config, records, inputs.routes, run_environment(config, ctx, inputs.dtype),
+                              calibration or load_calibration(config.out_dir, ctx.backend, ctx.world))
         if check is not None:
             report["check"] = check
-    if device.type == "cuda":
+    del inputs
+    if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
     return report
 
@@ -218,29 +223,26 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch.distributed as dist
 
-    from routelens.runner.bench import init_from_env
+    from routelens.runner.group import comm_group, join_group
 
     start = time.time()
-    rank, world, device = init_from_env(args.backend, timeout_s=180)
-    backend = dist.get_backend()
+    ctx = join_group(args.backend, timeout_s=180)
+    rank, world, backend = ctx.rank, ctx.world, ctx.backend
     out = Path(args.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     overlap_at = {tuple(map(int, s.split(":"))) for s in args.overlap_at}
     check_at = {tuple(map(int, s.split(":"))) for s in args.check_at}
     results, table, failures = [], [], []
-    from routelens.runner.bench import comm_group
-
     groups = {"default": (None, "default")}
     if "high" in args.overlap_priorities:
         groups["high"] = comm_group("high")  # (group, priority really used: "default" on gloo)
     calibration = None
     fit = None
     if args.calibrate:
-        from routelens.runner.bench import calibrate
+        from routelens.runner.calibration import calibrate
 
-        cal_args = argparse.Namespace(calibrate_max_mib=256.0, repeats=10, warmup=3, backend_resolved=backend)
-        fit = [calibrate(cal_args, rank, world, device)]
+        fit = [calibrate(ctx, max_mib=256.0, repeats=10, warmup=3)]
         dist.broadcast_object_list(fit, src=0)
         fit = fit[0]
         calibration = {"source": "bench_runner calibration sweep", "topology": fit["topology"]}
@@ -259,13 +261,13 @@ def main(argv=None) -> int:
                     continue
                 overlap = (hidden, tokens) in overlap_at
                 for priority in (args.overlap_priorities if overlap else ["default"]):
-                    ns = bench_namespace(trace, plans.split(","), hidden, tokens, args, overlap,
-                                         (hidden, tokens) in check_at)
-                    ns.backend_resolved = backend
-                    ns.comm_priority_used = groups[priority][1]
+                    config = bench_config(trace, plans.split(","), hidden, tokens, args, overlap,
+                                          (hidden, tokens) in check_at)
+                    group, used_priority = groups[priority]
                     t0 = time.time()
                     try:
-                        report = run_config(ns, rank, world, device, calibration, groups[priority][0])
+                        report = run_config(config, dataclasses.replace(ctx, group=group, comm_priority=used_priority),
+                                            calibration)
                     except Exception as exc:  # keep sweeping: one bad size must not lose the others
                         if rank == 0:
                             traceback.print_exc()

@@ -9,45 +9,33 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import os
 import sys
 
+from .commands import (analyze, app, bench, capture, check, compare, finetune, import_, info, place, plan_eval, reroute,
+                       reroute_eval)
+from .commands._args import HelpFormatter
 from .errors import RoutelensError
 
 # Sub-command modules, in the order ``routelens --help`` lists them.
-COMMANDS = [
-    "capture",
-    "info",
-    "analyze",
-    "compare",
-    "place",
-    "plan_eval",
-    "reroute",
-    "reroute_eval",
-    "finetune",
-    "bench",
-    "app",
-]
+COMMANDS = [capture, import_, info, check, analyze, compare, place, plan_eval, reroute, reroute_eval, finetune,
+            bench, app]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="routelens",
-        description="See how Mixture-of-Experts models route tokens, and turn it into faster expert parallelism.",
+        description="See how Mixture-of-Experts models route tokens, and turn it into faster expert parallelism. "
+        "The options mean the same in every command: see docs/cli.md.",
     )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"routelens {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"routelens.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"routelens.commands.{name}":
-                continue  # that command is not part of this build
-            raise
+    for module in COMMANDS:
         module.add_parser(sub)
+    for command_parser in sub.choices.values():
+        command_parser.formatter_class = HelpFormatter
     return parser
 
 

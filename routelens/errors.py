@@ -26,3 +26,12 @@ class PlanError(RoutelensError):
 
 class InputError(RoutelensError):
     """A user-supplied argument or input file is invalid (bad range, unreadable text, NaNs...)."""
+
+
+class ResultFileError(RoutelensError):
+    """A result file (analysis, re-routing trade-off, bench report, calibration) is missing, corrupt, of
+    another format or of an unsupported version."""
+
+
+class RunBusyError(RoutelensError):
+    """Another process is writing the run folder (it holds ``RUN/.lock``)."""

@@ -30,10 +30,8 @@ from typing import Any
 import numpy as np
 
 from .errors import PlanError
-from .io import atomic_write_json, read_json
+from .formats import HEADER_KEYS, PLAN
 
-PLAN_FORMAT = "routelens-plan"
-PLAN_VERSION = 1
 REPLICA_POLICIES = ("nearest-then-least-loaded", "round-robin", "first")
 
 
@@ -76,17 +74,24 @@ class Plan:
             raise PlanError(f"{self.num_gpus} GPUs cannot be split evenly over {self.num_nodes} nodes")
         if self.replica_policy not in REPLICA_POLICIES:
             raise PlanError(f"unknown replica policy '{self.replica_policy}' (known: {', '.join(REPLICA_POLICIES)})")
+        if self.num_experts > self.num_physical:
+            raise PlanError(f"num_experts {self.num_experts} is more than the {self.num_physical} slots of "
+                            f"{self.num_gpus} GPUs × {self.slots_per_gpu}: some expert is placed on no GPU")
         for layer, table in self.gpu_experts.items():
-            present = np.zeros(self.num_experts, dtype=bool)
-            if table.min() < 0 or table.max() >= self.num_experts:
-                raise PlanError(f"layer {layer}: expert ids must lie in [0, {self.num_experts}), found {table.min()}..{table.max()}")
-            present[table.ravel()] = True
-            if not present.all():
-                missing = np.flatnonzero(~present)[:5].tolist()
-                raise PlanError(f"layer {layer}: experts {missing} are placed on no GPU")
+            name = _printable(str(layer))
+            low, high = int(table.min()), int(table.max())
+            if low < 0 or high >= self.num_experts:
+                raise PlanError(f"layer {name}: gpu_experts holds expert id {low if low < 0 else high}, "
+                                f"outside [0, {self.num_experts}) (num_experts)")
+            missing = np.setdiff1d(np.arange(self.num_experts), table)
+            if missing.size:
+                raise PlanError(f"layer {name}: gpu_experts: {missing.size} expert(s) are placed on no GPU, "
+                                f"e.g. {missing[:5].tolist()}")
             for g, row in enumerate(table):
-                if np.unique(row).size != row.size:
-                    raise PlanError(f"layer {layer}: GPU {g} holds the same expert twice")
+                values, counts = np.unique(row, return_counts=True)
+                if (counts > 1).any():
+                    raise PlanError(f"layer {name}: gpu_experts GPU {g} holds the same expert twice "
+                                    f"(expert {values[np.argmax(counts)]})")
 
     # ------------------------------------------------------------------ shape
     @property
@@ -190,8 +195,7 @@ class Plan:
     # ------------------------------------------------------------------ I/O
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": PLAN_FORMAT,
-            "version": PLAN_VERSION,
+            **PLAN.header(),
             "num_gpus": self.num_gpus,
             "num_nodes": self.num_nodes,
             "gpus_per_node": self.gpus_per_node,
@@ -206,56 +210,177 @@ class Plan:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the plan as JSON atomically."""
-        return atomic_write_json(path, self.to_json())
+        return PLAN.write(path, self.to_json())
 
     @classmethod
     def from_json(cls, obj: Any, source: str = "plan") -> "Plan":
-        if not isinstance(obj, dict) or obj.get("format") != PLAN_FORMAT:
-            raise PlanError(f"{source} is not a routelens plan (no \"format\": \"{PLAN_FORMAT}\")")
-        if obj.get("version") != PLAN_VERSION:
-            raise PlanError(f"{source} has plan format version {obj.get('version')}; this routelens reads {PLAN_VERSION}")
+        """Build a plan from its JSON object, refusing anything that does not add up.
+
+        Every declared count must be a JSON integer (not a bool, float or string) that matches the
+        ``gpu_experts`` tables: ``num_gpus`` and ``slots_per_gpu`` their shape (the same in every
+        layer), ``num_redundant`` = ``num_gpus·slots_per_gpu - num_experts``, ``num_nodes ×
+        gpus_per_node`` = ``num_gpus``; table entries are expert ids in ``[0, num_experts)``, every
+        expert on some GPU, none twice on a GPU; ``replica_policy`` is a known policy. The
+        metadata routelens reads back (``topology``, ``cost_model``, ``trace``, ``model``) must
+        have the right types and agree with the counts.
+
+        Raises:
+            PlanError: one line naming ``source``, the layer (where there is one) and the field.
+        """
+        PLAN.check(obj, source)
+        if not _is_int(obj.get("version")):  # JSON true == 1 in Python
+            raise PlanError(f"{source} has plan format version {_show(obj.get('version'))}; this routelens reads {PLAN.version}")
         try:
-            layers = {name: np.asarray(spec["gpu_experts"]) for name, spec in obj["layers"].items()}
-            num_experts = int(obj["num_experts"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PlanError(f"{source} is malformed: {exc}") from exc
-        if not layers:
-            raise PlanError(f"{source} has no layers")
-        try:
-            shapes = {name: np.asarray(table).shape for name, table in layers.items()}
-        except ValueError:
-            raise PlanError(f"{source}: a layer's gpu_experts is ragged: every GPU needs the same number of slots") from None
-        for name, shape in shapes.items():
-            if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
-                raise PlanError(f"{source}: layer {name} gpu_experts must be a non-empty [GPUs][slots] list, got shape {shape}")
-        first_shape = next(iter(shapes.values()))
-        for key, value in (("num_gpus", first_shape[0]), ("slots_per_gpu", first_shape[1])):
-            if key in obj and int(obj[key]) != value:
-                raise PlanError(f"{source}: {key} {obj[key]} does not match its gpu_experts tables ({value})")
-        num_nodes = int(obj.get("num_nodes", 1))
-        if "gpus_per_node" in obj and int(obj["gpus_per_node"]) * num_nodes != first_shape[0]:
-            raise PlanError(f"{source}: {num_nodes} nodes × {obj['gpus_per_node']} GPUs per node != {first_shape[0]} GPUs")
-        meta = {k: v for k, v in obj.items() if k not in _RESERVED}
-        return cls(
-            gpu_experts=layers,
-            num_experts=num_experts,
-            num_nodes=num_nodes,
-            replica_policy=obj.get("replica_policy", "nearest-then-least-loaded"),
-            method=obj.get("method", "custom"),
-            meta=meta,
-        )
+            tables = _read_tables(obj.get("layers"))
+            num_experts = _count(obj, "num_experts", minimum=1)
+            shape = next(iter(tables.values())).shape
+            num_gpus, slots = int(shape[0]), int(shape[1])
+            for key, value in (("num_gpus", num_gpus), ("slots_per_gpu", slots)):
+                declared = _count(obj, key, minimum=1, required=False)
+                if declared is not None and declared != value:
+                    raise PlanError(f"{key} {declared} does not match the gpu_experts tables ({value})")
+            if num_experts > num_gpus * slots:
+                raise PlanError(f"num_experts {num_experts} is more than the {num_gpus * slots} slots of "
+                                f"{num_gpus} GPUs × {slots}: some expert is placed on no GPU")
+            redundant = _count(obj, "num_redundant", minimum=0, required=False)
+            if redundant is not None and redundant != num_gpus * slots - num_experts:
+                raise PlanError(f"num_redundant {redundant} does not match the tables: num_gpus {num_gpus} × "
+                                f"slots_per_gpu {slots} - num_experts {num_experts} = {num_gpus * slots - num_experts}")
+            num_nodes = _count(obj, "num_nodes", minimum=1, required=False) or 1
+            per_node = _count(obj, "gpus_per_node", minimum=1, required=False)
+            if num_gpus % num_nodes or (per_node is not None and per_node * num_nodes != num_gpus):
+                raise PlanError(f"num_nodes {num_nodes} × gpus_per_node {_show(per_node)} does not make "
+                                f"the {num_gpus} GPUs of the gpu_experts tables")
+            policy = obj.get("replica_policy", REPLICA_POLICIES[0])
+            if not isinstance(policy, str) or policy not in REPLICA_POLICIES:
+                raise PlanError(f"unknown replica_policy {_show(policy)} (known: {', '.join(REPLICA_POLICIES)})")
+            method = obj.get("method", "custom")
+            if not isinstance(method, str):
+                raise PlanError(f"method must be a string, got {_show(method)}")
+            _check_meta(obj, num_gpus, num_nodes, num_experts)
+            return cls(gpu_experts=tables, num_experts=num_experts, num_nodes=num_nodes, replica_policy=policy,
+                       method=method, meta={k: v for k, v in obj.items() if k not in _RESERVED})
+        except PlanError as exc:
+            raise PlanError(f"{source}: {exc}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
         """Read and validate a plan file (one-line PlanError on any problem)."""
-        try:
-            obj = read_json(path, what="plan")
-        except Exception as exc:
-            raise PlanError(str(exc)) from exc
-        return cls.from_json(obj, source=str(path))
+        return cls.from_json(PLAN.read(path), source=_printable(str(path)))
 
 
 _RESERVED = {
-    "format", "version", "num_gpus", "num_nodes", "gpus_per_node", "num_experts",
+    *HEADER_KEYS, "num_gpus", "num_nodes", "gpus_per_node", "num_experts",
     "slots_per_gpu", "num_redundant", "replica_policy", "method", "layers",
 }
+
+
+# ---------------------------------------------------------------------- JSON checks (Plan.from_json)
+def _is_int(value: Any) -> bool:
+    """A JSON integer: ``int`` but not ``bool`` (``true == 1`` in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite JSON number (not a bool; NaN and Infinity, which Python's json reads, are refused)."""
+    return _is_int(value) or (isinstance(value, float) and bool(np.isfinite(value)))
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """``repr`` of a JSON value cut to ``limit`` characters, so an error stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _printable(name: str) -> str:
+    """A layer name or path fit for a one-line message (escaped when it holds control characters)."""
+    return name if name.isprintable() and len(name) <= 120 else _show(name, 120)
+
+
+def _count(obj: dict, key: str, minimum: int, required: bool = True) -> int | None:
+    """``obj[key]`` as a JSON integer ``>= minimum`` (None when absent and not required)."""
+    if key not in obj and not required:
+        return None
+    value = obj.get(key)
+    if not _is_int(value) or value < minimum:
+        what = "missing" if key not in obj else f"{_show(value)} ({type(value).__name__})"
+        raise PlanError(f"{key} must be an integer >= {minimum}, got {what}")
+    return value
+
+
+def _read_tables(layers: Any) -> dict[str, np.ndarray]:
+    """``layers`` → ``{name: [G, S] int64}``: lists of lists of JSON integers, one shape for all layers."""
+    if not isinstance(layers, dict):
+        raise PlanError(f"layers must be an object of layer name → {{\"gpu_experts\": [[...], ...]}}, got {_show(layers)}")
+    if not layers:
+        raise PlanError("no layers")
+    tables: dict[str, np.ndarray] = {}
+    first: tuple[str, tuple[int, int]] | None = None
+    for key, spec in layers.items():
+        name = _printable(key)
+        rows = spec.get("gpu_experts") if isinstance(spec, dict) else None
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, list) and r for r in rows):
+            raise PlanError(f"layer {name}: gpu_experts must be a non-empty list of non-empty lists (one per GPU)")
+        widths = {len(r) for r in rows}
+        if len(widths) != 1:
+            raise PlanError(f"layer {name}: gpu_experts is ragged: GPUs have {sorted(widths)} slots, all need the same")
+        bad = [x for r in rows for x in r if not _is_int(x)]
+        if bad:
+            raise PlanError(f"layer {name}: gpu_experts must hold integer expert ids, found {_show(bad[0])}")
+        shape = (len(rows), len(rows[0]))
+        if first is None:
+            first = (name, shape)
+        elif shape != first[1]:
+            raise PlanError(f"layer {name}: gpu_experts is {shape[0]}×{shape[1]} but layer {first[0]} is "
+                            f"{first[1][0]}×{first[1][1]}: every layer needs the same GPUs and slots")
+        if any(not -2**62 < x < 2**62 for r in rows for x in r):
+            raise PlanError(f"layer {name}: gpu_experts holds an expert id far out of range")
+        tables[key] = np.array(rows, dtype=np.int64)
+    return tables
+
+
+def _check_meta(obj: dict, num_gpus: int, num_nodes: int, num_experts: int) -> None:
+    """Types of the metadata routelens reads back, and its counts against the plan's."""
+    topo = obj.get("topology")
+    if topo is not None:
+        if not isinstance(topo, dict):
+            raise PlanError(f"topology must be an object, got {_show(topo)}")
+        nodes = _count(topo, "num_nodes", minimum=1, required=False)
+        per_node = _count(topo, "gpus_per_node", minimum=1, required=False)
+        if nodes is not None and nodes != num_nodes:
+            raise PlanError(f"topology num_nodes {nodes} does not match num_nodes {num_nodes}")
+        if per_node is not None and per_node * (nodes or num_nodes) != num_gpus:
+            raise PlanError(f"topology gpus_per_node {per_node} does not match the {num_gpus} GPUs on {num_nodes} node(s)")
+        for key, value in topo.items():
+            if key.endswith(("_gbps", "_us", "_tflops")) and not (_is_number(value) and value >= 0):
+                raise PlanError(f"topology {key} must be a number >= 0, got {_show(value)}")
+            if key.endswith("_link") and not isinstance(value, str):
+                raise PlanError(f"topology {key} must be a string, got {_show(value)}")
+    cost = obj.get("cost_model")
+    if cost is not None:
+        if not isinstance(cost, dict):
+            raise PlanError(f"cost_model must be an object, got {_show(cost)}")
+        for key, minimum in (("token_bytes", 1e-9), ("expert_flops_per_token", 0.0)):
+            if key in cost and not (_is_number(cost[key]) and cost[key] >= minimum):
+                raise PlanError(f"cost_model {key} must be a number >= {minimum:g}, got {_show(cost[key])}")
+    origin = obj.get("trace")
+    if origin is not None:
+        if not isinstance(origin, dict):
+            raise PlanError(f"trace must be an object, got {_show(origin)}")
+        for key in ("path", "fingerprint"):
+            if key in origin and not isinstance(origin[key], str):
+                raise PlanError(f"trace {key} must be a string, got {_show(origin[key])}")
+        _count(origin, "num_tokens", minimum=0, required=False)
+        fit = origin.get("fit_tokens")
+        if fit is not None and not (isinstance(fit, list) and len(fit) == 2 and all(_is_int(x) for x in fit)
+                                    and 0 <= fit[0] <= fit[1]):
+            raise PlanError(f"trace fit_tokens must be [start, end] integers with 0 <= start <= end, got {_show(fit)}")
+    model = obj.get("model")
+    if model is not None:
+        if not isinstance(model, dict):
+            raise PlanError(f"model must be an object, got {_show(model)}")
+        for key in ("num_layers", "hidden_size", "top_k"):
+            if model.get(key) is not None:
+                _count(model, key, minimum=1)
+        if model.get("num_experts") is not None and _count(model, "num_experts", minimum=1) != num_experts:
+            raise PlanError(f"model num_experts {model['num_experts']} does not match num_experts {num_experts}")

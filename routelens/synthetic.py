@@ -141,6 +141,7 @@ def write_scale_trace(path, shape: ScaleShape, seed: int = 0, shard_tokens: int 
     """
     from pathlib import Path
 
+    from .lock import run_lock
     from .parallel import resolve_workers, run_jobs, shared_path
     from .trace import Trace, merge_rank_parts
 
@@ -164,7 +165,8 @@ def write_scale_trace(path, shape: ScaleShape, seed: int = 0, shard_tokens: int 
     run_jobs(_write_part, jobs, count)
     pool_file.unlink()
     if count > 1:
-        merge_rank_parts(path, count)
+        with run_lock(path, "routelens synthetic trace"):  # the writers have finished: rank 0's lock is free
+            merge_rank_parts(path, count)
     else:  # one writer wrote manifest.json itself
         pool_file.parent.rmdir()
     return Trace.open(path)
@@ -182,10 +184,22 @@ def _layer_pool(job) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _write_part(job) -> int:
-    """Write tokens ``[first, last)`` as rank ``rank``'s shards (a job of :func:`write_scale_trace`)."""
-    from .trace import TraceWriter
+    """Write tokens ``[first, last)`` as rank ``rank``'s shards (a job of :func:`write_scale_trace`).
+
+    Each writer holds its rank's lock of the run folder (:func:`routelens.lock.run_lock`), as the
+    ranks of a ``torchrun`` capture do.
+    """
+    from .lock import lock_name, run_lock
 
     path, pool_file, shape, seed, rank, world, first, last, shard_tokens, model_id = job
+    with run_lock(path, "routelens synthetic trace", lock_name(rank)):
+        return _write_part_locked(path, pool_file, shape, seed, rank, world, first, last, shard_tokens, model_id)
+
+
+def _write_part_locked(path, pool_file, shape: ScaleShape, seed: int, rank: int, world: int, first: int, last: int,
+                       shard_tokens: int, model_id: str) -> int:
+    from .trace import TraceWriter
+
     with np.load(pool_file) as pools:
         pool_ids, pool_weights = pools["ids"], pools["weights"]
     header = scale_header(shape, seed, model_id)

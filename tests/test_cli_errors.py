@@ -170,7 +170,7 @@ def test_info_on_a_corrupt_shard_or_a_non_trace(models, tmp_path, capsys):
     assert main(capture_args(models["moe"], out, models["text"])) == 0
     shard = next((out / "shards").iterdir())
     shard.write_bytes(b"\x00" * 64)
-    fails(capsys, ["info", str(out)], f"shard {shard} is corrupt or unreadable")
+    fails(capsys, ["info", str(out)], f"shard shards/{shard.name}, layer 0 (model.layers.0.mlp.gate): corrupt or unreadable")
     fails(capsys, ["info", str(tmp_path / "nothing")], "no trace folder at")
 
 
@@ -193,3 +193,31 @@ def test_unknown_moe_family_through_a_real_subprocess(models, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("routelens: error: ") and "Traceback" not in run.stderr, run.stderr
     assert "model type 'odd_moe'" in lines[0] and "no Mixture-of-Experts router" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_config_choosing_more_experts_than_it_has_is_one_line(models, tmp_path, capsys):
+    import json
+
+    bad = tmp_path / "bad-k"
+    shutil.copytree(models["moe"], bad)
+    config = json.loads((bad / "config.json").read_text())
+    experts = config["num_local_experts"]
+    config["num_experts_per_tok"] = experts + 4
+    (bad / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    fails(capsys, capture_args(bad, tmp_path / "run", models["text"]),
+          f"chooses num_experts_per_tok={experts + 4} of num_experts={experts} experts")
+
+
+def test_a_hub_id_that_cannot_be_fetched_is_one_line_without_retries(models, tmp_path, capfd, monkeypatch):
+    """Offline here (the hub is unreachable), or online with no such model: one line either way, at once."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    started = time.perf_counter()
+    assert main(capture_args("routelens-tests/no-such-moe-3f9a1c", tmp_path / "run", models["text"])) == 2
+    assert time.perf_counter() - started < 30  # transformers' own retries would take about 25 s
+    err = capfd.readouterr().err.strip().splitlines()  # fd level: the hub library logs through its own handlers
+    assert len(err) == 1 and err[0].startswith("routelens: error: cannot load model 'routelens-tests/no-such-moe-3f9a1c'"), err
+    assert "Retrying" not in err[0]

@@ -126,7 +126,7 @@ def test_all_finite_on_float16_bits_agrees_with_isfinite():
     from hypothesis import HealthCheck, given, settings, strategies as st
     from hypothesis.extra.numpy import arrays
 
-    from routelens.trace import all_finite
+    from routelens.trace_format import all_finite
 
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(arrays(np.float16, st.tuples(st.integers(0, 12), st.integers(1, 4)), elements=st.floats(width=16)))
@@ -136,3 +136,80 @@ def test_all_finite_on_float16_bits_agrees_with_isfinite():
 
     check()
     assert not all_finite(np.array([1.0, np.nan], np.float32)) and all_finite(np.zeros((0, 2), np.float16))
+
+
+def _edit_manifest(run, **changes):
+    m = json.loads((run / "manifest.json").read_text())
+    m.update(changes)
+    (run / "manifest.json").write_text(json.dumps(m))
+    return m
+
+
+def test_every_shard_records_the_sha256_and_size_of_its_file(synthetic_trace):
+    from routelens.io import file_sha256
+
+    for i, shard in enumerate(synthetic_trace.shards):
+        assert (shard["sha256"], shard["size"]) == file_sha256(synthetic_trace.shard_file(i))
+
+
+def test_a_copied_run_keeps_its_fingerprint_and_its_analysis_stays_current(synthetic_trace, tmp_path):
+    import os
+    import shutil
+
+    from routelens.graphs import ensure_analysis
+
+    _, computed = ensure_analysis(synthetic_trace.path, progress=False)
+    assert computed
+    copy = tmp_path / "copied"
+    shutil.copytree(synthetic_trace.path, copy)  # like scp -r: new files, new modification times
+    for path in copy.rglob("*"):
+        os.utime(path, (1e9, 1e9))
+    assert Trace.open(copy).fingerprint() == synthetic_trace.fingerprint()
+    _, computed = ensure_analysis(copy, progress=False)
+    assert not computed
+
+
+def test_a_trace_without_recorded_hashes_opens_and_its_fingerprint_follows_file_times(synthetic_trace):
+    import os
+
+    m = json.loads((synthetic_trace.path / "manifest.json").read_text())
+    for shard in m["shards"]:
+        del shard["sha256"], shard["size"]
+    (synthetic_trace.path / "manifest.json").write_text(json.dumps(m))
+    old = Trace.open(synthetic_trace.path)
+    before = old.fingerprint()
+    assert np.array_equal(old.topk_ids(0), synthetic_trace.topk_ids(0))
+    os.utime(old.shard_file(0), (1e9, 1e9))
+    assert Trace.open(synthetic_trace.path).fingerprint() != before
+
+
+def test_a_manifest_that_understates_num_experts_fails_on_read_naming_the_layer_and_shard(synthetic_trace):
+    _edit_manifest(synthetic_trace.path, num_experts=8, routing_rules=None)  # the trace has 16 experts
+    trace = Trace.open(synthetic_trace.path)
+    with pytest.raises(TraceError, match=r"shard shards/r0-000000.safetensors, layer 0 \(model.layers.0.mlp.gate\): "
+                                         r"expert id 1\d outside \[-1, 8\)"):
+        trace.topk_ids(0)
+    with pytest.raises(TraceError, match=r"expert id 1\d outside \[-1, 8\)"):
+        trace.layer_range(0, 10, 20)  # per-layer jobs read by range: checked the same way
+
+
+def test_a_manifest_with_shards_of_the_wrong_type_is_refused_in_one_line(synthetic_trace):
+    _edit_manifest(synthetic_trace.path, shards=5)
+    with pytest.raises(TraceError, match="'shards' must be a list"):
+        Trace.open(synthetic_trace.path)
+
+
+def test_shard_files_get_the_same_permissions_as_every_other_file(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        a = synthetic_trace_arrays(num_tokens=64, num_layers=1, num_experts=4, top_k=2)
+        run = tmp_path / "run"
+        trace = write_trace(run, a["header"], a["token_ids"], a["seq_ids"], a["positions"], a["topk_ids"],
+                            a["topk_weights"])
+    finally:
+        os.umask(old)
+    modes = {stat.S_IMODE(os.stat(p).st_mode) for p in [run / "manifest.json", trace.shard_file(0)]}
+    assert modes == {0o644}

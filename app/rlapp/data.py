@@ -7,6 +7,7 @@ Loaders raise :class:`routelens.errors.RoutelensError` on bad input; pages turn 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -14,22 +15,33 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from routelens.trace import MANIFEST, Trace
+from routelens.formats import ANALYSIS, BENCH, PLAN, TRACE, TRADEOFF, FileFormat
+from routelens.trace import Trace
 
 from .runs import RunInfo, find_runs
 
 
 def stamp(*paths: str | os.PathLike) -> tuple:
-    """``(mtime_ns, size)`` of each existing path (files or folders' direct files): a cache key part."""
+    """``(mtime_ns, size)`` of each existing path (files or folders' direct files): a cache key part.
+
+    Links are not followed (``lstat``): a run's files are judged by the library, which refuses links
+    that leave the run, and a key needs nothing outside it.
+    """
     parts = []
     for path in paths:
         path = Path(path)
-        if path.is_dir():
-            parts.extend((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(path.iterdir()) if p.is_file())
-        elif path.exists():
-            parts.append((path.name, path.stat().st_mtime_ns, path.stat().st_size))
-        else:
+        try:
+            info = path.lstat()
+        except OSError:
             parts.append((path.name, None))
+            continue
+        if path.is_dir() and not path.is_symlink():
+            for p in sorted(path.iterdir()):
+                with contextlib.suppress(OSError):
+                    entry = p.lstat()
+                    parts.append((p.name, entry.st_mtime_ns, entry.st_size))
+        else:
+            parts.append((path.name, info.st_mtime_ns, info.st_size))
     return tuple(parts)
 
 
@@ -45,7 +57,7 @@ def open_trace(run_path: str) -> Trace:
 
 
 def trace_stamp(run_path: str) -> tuple:
-    return stamp(Path(run_path) / MANIFEST)
+    return stamp(Path(run_path) / TRACE.file)
 
 
 @st.cache_data(show_spinner="Reading the trace…", max_entries=16)
@@ -67,15 +79,14 @@ def expert_loads(run_path: str, key: tuple) -> np.ndarray:
 
 @st.cache_data(ttl=5, show_spinner=False)
 def reroute_tradeoffs(runs_dir: str) -> list[dict[str, Any]]:
-    """Every ``tradeoff.json`` written by ``routelens reroute-eval`` below ``runs_dir``.
+    """Every trade-off file (``tradeoff.json``) written by ``routelens reroute-eval`` below ``runs_dir``.
 
-    Each item: ``path``, and either the file's content (``format: routelens-reroute-eval``, ``rows``...)
+    Each item: ``path``, and either the file's content (:data:`routelens.formats.TRADEOFF`: ``rows``...)
     or ``problem`` (a one-line reason the file cannot be shown).
     """
     from .runs import find_files
 
-    return [item for item in _read_results(find_files(runs_dir, "tradeoff.json"), "routelens-reroute-eval",
-                                           "re-routing trade-off")
+    return [item for item in _read_results(find_files(runs_dir, TRADEOFF.file), TRADEOFF)
             if item.get("problem") or item.get("rows")]
 
 
@@ -86,41 +97,40 @@ def best_setting(rows: list[dict[str, Any]], max_perplexity_change: float = 0.01
     return best_within(rows, max_perplexity_change)
 
 
-def _read_results(paths: list[Path], fmt: str, what: str) -> list[dict[str, Any]]:
-    """Read JSON result files of format ``fmt``: each item is ``path`` plus the content, or ``problem``."""
-    from routelens.io import read_json
+def _read_results(paths: list[Path], fmt: FileFormat) -> list[dict[str, Any]]:
+    """Read result files with ``fmt``'s reader: each item is ``path`` plus the content, or ``problem``."""
+    from routelens.errors import RoutelensError
 
     found = []
     for path in paths:
         try:
-            content = read_json(path, what=what)
-        except Exception as exc:  # RoutelensError: unreadable or half-written
+            found.append({"path": str(path), **fmt.read(path)})
+        except RoutelensError as exc:  # missing, half-written, of another format or version
             found.append({"path": str(path), "problem": str(exc)})
-            continue
-        if not isinstance(content, dict) or content.get("format") != fmt:
-            found.append({"path": str(path), "problem": f"{path.name} is not a {fmt} file"})
-            continue
-        found.append({"path": str(path), **content})
     return found
+
+
+def bench_stamp(run_path: str) -> tuple:
+    """Cache key part of the run's bench reports folder (``RUN/bench/``)."""
+    return stamp(BENCH.folder_in(run_path))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def bench_reports(run_path: str, key: tuple) -> list[dict[str, Any]]:
-    """``routelens bench`` reports in ``RUN/bench/`` (newest first); ``key`` is the folder's stamp."""
-    folder = Path(run_path) / "bench"
-    paths = sorted((p for p in folder.glob("*.json") if not p.name.startswith("calibration-")),
-                   key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
-    return _read_results(paths, "routelens-bench", "bench report")
+    """``routelens bench`` reports in ``RUN/bench/`` (newest first); ``key`` is :func:`bench_stamp`."""
+    folder = BENCH.folder_in(run_path)
+    paths = sorted(folder.glob(BENCH.pattern()), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+    return _read_results(paths, BENCH)
 
 
 # ---------------------------------------------------------------------------- analysis (routelens analyze)
 def analysis_stamp(run_path: str) -> tuple:
     """Cache key part of ``RUN/analysis/`` (its summary file and the trace manifest)."""
-    return stamp(Path(run_path) / "analysis" / "analysis.json", Path(run_path) / MANIFEST)
+    return stamp(ANALYSIS.path_in(run_path), Path(run_path) / TRACE.file)
 
 
 def has_analysis(run_path: str) -> bool:
-    return (Path(run_path) / "analysis" / "analysis.json").is_file()
+    return ANALYSIS.path_in(run_path).is_file()
 
 
 @st.cache_data(max_entries=8, show_spinner="Loading the analysis…")
@@ -218,6 +228,8 @@ def runs_table(runs_dir: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------- placement plans
 def _looks_like_plan(path: Path) -> bool:
     """Cheap filter before parsing: a plan file starts with its format name (Plan.to_json puts it first)."""
+    if not path.is_file():  # a FIFO or device named *.json would block the page
+        return False
     try:
         with open(path, "rb") as fh:
             head = fh.read(200)
@@ -231,7 +243,7 @@ def plan_files(runs_dir: str, run_path: str) -> list[str]:
     """Plan files (``format: routelens-plan``) inside the run folder and below RUNS_DIR, sorted by path."""
     from .runs import find_json_files
 
-    found = {str(p) for p in find_json_files(run_path) + find_json_files(runs_dir) if _looks_like_plan(p)}
+    found = {str(p) for p in find_json_files(run_path) + find_json_files(runs_dir) if PLAN.sniff(p)}
     return sorted(found)
 
 
@@ -266,14 +278,17 @@ def _fit_range(plan, trace) -> tuple[int, int]:
 
 @st.cache_data(max_entries=16, show_spinner="Scoring the plan and the baselines on held-out tokens…")
 def plan_vs_baselines(run_path: str, trace_key: tuple, plan_path: str, plan_key: tuple,
-                      baselines: tuple[str, ...] = ("contiguous", "random", "greedy", "eplb")) -> dict[str, Any]:
+                      baselines: tuple[str, ...] | None = None) -> dict[str, Any]:
     """``routelens plan-eval``: the plan and each baseline (fitted on the plan's fit tokens), scored on held-out tokens.
+
+    ``baselines`` default: the registered baselines that need no optional dependency (the quick ones).
 
     Returns ``{"results": name → {"mean", "layers"}, "note": which tokens, "label": the plan's row name}``.
     """
-    from routelens.placement import PlaceSettings, compare_plans, eval_token_index, place
+    from routelens.placement import PlaceSettings, baseline_names, compare_plans, eval_token_index, place
 
     trace = open_trace(run_path)
+    baselines = baseline_names(core_only=True) if baselines is None else baselines
     chosen = plan(plan_path, plan_key)
     chosen.check_trace(trace)
     cost = _plan_cost(chosen, trace)
@@ -297,6 +312,7 @@ def what_if(run_path: str, trace_key: tuple, num_gpus: int, num_nodes: int, redu
     Returns ``{"plan": Plan, "results": name → metrics, "note": ...}``.
     """
     from routelens.placement import CostModel, PlaceSettings, compare_plans, eval_token_index, make_topology, place
+    from routelens.placement.methods import REFERENCE
     from routelens.placement.place import fit_token_range
 
     trace = open_trace(run_path)
@@ -305,8 +321,8 @@ def what_if(run_path: str, trace_key: tuple, num_gpus: int, num_nodes: int, redu
     fit = fit_token_range(trace, 0.5)
     made = place(trace, cost, PlaceSettings(method=method, redundant=redundant, time_budget_s=time_budget_s),
                  fit=fit, progress=False)
-    plans = {"contiguous": place(trace, cost, PlaceSettings(method="contiguous", redundant=redundant), fit=fit,
-                                 progress=False)}
+    plans = {REFERENCE: place(trace, cost, PlaceSettings(method=REFERENCE, redundant=redundant), fit=fit,
+                              progress=False)}
     label = f"what-if ({method})"
     plans[label] = made
     held, note = eval_token_index(trace, made)

@@ -1,20 +1,24 @@
 """Finding runs: every folder below RUNS_DIR that holds a ``manifest.json``.
 
-Pure Python (no Streamlit), so the discovery rules are tested on their own.
+Pure Python (no Streamlit), so the discovery rules are tested on their own. A manifest is judged by
+the library's own rules (:func:`routelens.trace.read_manifest`), without touching its shards.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.json"
+from routelens.errors import RoutelensError
+from routelens.formats import PARTS_DIR, SHARD_DIR, TRACE
+from routelens.trace import read_manifest
+
+MANIFEST = TRACE.file
 # Folders inside a run that hold data files, never runs: not worth walking.
-_SKIP_DIRS = {"shards", "parts", "__pycache__", "node_modules"}
+_SKIP_DIRS = {SHARD_DIR, PARTS_DIR, "__pycache__", "node_modules"}
 MAX_DEPTH = 6
 
 
@@ -46,7 +50,8 @@ class RunInfo:
             return "unreadable manifest"
         model = Path(self.model).name if self.model else "unknown model"
         status = "" if self.complete else " · incomplete"
-        return f"{model} · {self.num_tokens:,} tokens{status}"
+        source = f" · from {self.extra['engine']}" if self.extra.get("engine") else ""
+        return f"{model} · {self.num_tokens:,} tokens{status}{source}"
 
 
 def find_runs(runs_dir: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[RunInfo]:
@@ -72,20 +77,15 @@ def read_run_info(folder: Path, root: Path) -> RunInfo:
     """The picker's view of one run folder (never raises: problems go into ``problem``)."""
     name = folder.relative_to(root).as_posix() if folder != root else "."
     try:
-        with open(folder / MANIFEST, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except json.JSONDecodeError:
-        return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} is not valid JSON (half-written or corrupt)")
-    except (OSError, UnicodeDecodeError) as exc:
-        return RunInfo(str(folder), name, problem=f"cannot read {folder / MANIFEST}: {exc}")
-    if not isinstance(manifest, dict) or manifest.get("format") != "routelens-trace":
-        return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} is not a routelens trace manifest")
-    try:
-        model = str(manifest.get("model", {}).get("id", "") or "")
-        num_tokens = int(manifest.get("num_tokens", 0) or 0)
-    except (AttributeError, TypeError, ValueError):
-        return RunInfo(str(folder), name, problem=f"{folder / MANIFEST} has malformed model or token fields")
-    return RunInfo(str(folder), name, model=model, num_tokens=num_tokens, complete=bool(manifest.get("complete")))
+        manifest = read_manifest(folder)  # the library's rules: a file inside the run, its fields and types
+    except RoutelensError as exc:
+        return RunInfo(str(folder), name, problem=str(exc))
+    model = str((manifest.get("model") or {}).get("id", "") or "")
+    num_tokens = int(manifest.get("num_tokens") or sum(int(shard["num_tokens"]) for shard in manifest["shards"]))
+    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+    extra = {"engine": str(source["engine"])} if source.get("engine") else {}
+    return RunInfo(str(folder), name, model=model, num_tokens=num_tokens, complete=bool(manifest.get("complete")),
+                   extra=extra)
 
 
 def runs_dir_from_argv(main_script: str | os.PathLike, argv: list[str] | None = None) -> Path:

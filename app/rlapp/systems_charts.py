@@ -11,41 +11,33 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from routelens.placement.methods import REFERENCE
+from routelens.reroute.registry import is_baseline, settings_from_row
+
 from .charts import ACCENT, MUTED, QUALITATIVE, SEQUENTIAL, WARN, style
 
 
 def _setting_tag(row: dict) -> str:
-    """The knob of a re-routing setting, short: ``T=16``, ``M=2``, ``×1.25``."""
-    if row.get("top_t") is not None:
-        return f"T={row['top_t']}"
-    if row.get("max_gpus") is not None:
-        return f"M={row['max_gpus']}"
-    if row.get("capacity_factor") is not None:
-        return f"×{row['capacity_factor']:g}"
-    return ""
+    """The knob a re-routing setting is swept along, short: ``T=16``, ``M=2``, ``0.1``, ``1.25`` (the registry's tag)."""
+    spec, settings = settings_from_row(row)
+    return spec.tag(settings)
 
 
 def _policy_family(row: dict) -> str:
     """The curve a row belongs to: its policy and every modifier that is not swept along the curve.
 
     ``renorm`` weights and ``best`` fill are the defaults and stay unnamed, so a sweep with
-    ``--weights renorm,keep --gpu-fill best,drop`` draws up to four curves per policy, not one zig-zag.
+    ``--routing-weights renorm,keep --gpu-fill best,drop`` draws up to four curves per policy, not one zig-zag.
     """
-    name = row["policy"]
-    if name == "gpu-limited" and row.get("gpu_score"):
-        name += f" ({row['gpu_score']})"
-    if row.get("fill") == "drop":
-        name += " fill=drop"
-    if row.get("weights") == "keep":
-        name += " keep"
-    return name
+    spec, settings = settings_from_row(row)
+    return spec.curve(settings)
 
 
 def tradeoff_curves(rows: Sequence[dict], x: str, y: str, x_title: str, y_title: str,
                     y_as_change: bool = True) -> go.Figure:
     """One line per re-routing policy through its settings: ``x`` (what it saves) vs ``y`` (what it costs).
 
-    ``rows`` are ``routelens reroute-eval`` result rows; the unmodified model (``policy == "none"``)
+    ``rows`` are ``routelens reroute-eval`` result rows; the unmodified model (the registry's baseline)
     is the black star every curve starts from. With ``y_as_change`` the y axis is the change of
     ``y`` relative to the unmodified model, in percent.
     """
@@ -58,7 +50,7 @@ def tradeoff_curves(rows: Sequence[dict], x: str, y: str, x_title: str, y_title:
     fig = go.Figure()
     families: dict[str, list[dict]] = {}
     for row in rows:
-        if row["policy"] != "none":
+        if not is_baseline(row["policy"]):
             families.setdefault(_policy_family(row), []).append(row)
     # colour = the policy, line style = its modifiers (keep weights dashed, fill=drop dotted)
     colours: dict[str, str] = {}
@@ -75,7 +67,7 @@ def tradeoff_curves(rows: Sequence[dict], x: str, y: str, x_title: str, y_title:
             hovertemplate="%{customdata}<br>" + x_title + ": %{x:.3g}<br>" + y_title + ": %{y:.3g}<extra></extra>",
         ))
     for row in rows:
-        if row["policy"] == "none":
+        if is_baseline(row["policy"]):
             fig.add_trace(go.Scatter(
                 x=[row.get(x, np.nan)], y=[y_value(row)], mode="markers", name="unmodified model",
                 marker=dict(symbol="star", size=16, color="black"),
@@ -155,7 +147,7 @@ PLAN_METRICS = {
 }
 
 
-def plan_metric_ratios(results: dict[str, dict], highlight: str, baseline: str = "contiguous",
+def plan_metric_ratios(results: dict[str, dict], highlight: str, baseline: str = REFERENCE,
                        title: str = "Against the baselines: change vs contiguous (lower is better)") -> go.Figure:
     """Grouped bars: for each metric, every plan's mean over layers as a % change from the baseline's."""
     base = results[baseline]["mean"]

@@ -46,9 +46,10 @@ def current_run() -> RunInfo:
         st.code(f"routelens capture --out {Path(runs_dir) / 'demo'}", language="bash")
         st.stop()
     if info.problem:
-        st.error(f"Run `{info.name}` cannot be read: {info.problem}.")
-        st.caption("A capture that is still writing its first shard, or was killed mid-write, looks like this. "
-                   "Finish it with `routelens capture ... --resume`, or delete the folder.")
+        st.error(f"Run `{info.name}` cannot be read: {info.problem}")
+        st.caption("A capture still writing its first shard, or killed mid-write, looks like this; so does a damaged "
+                   f"or hand-edited manifest. `routelens check {info.path}` says what is wrong; finish an interrupted "
+                   "capture with `routelens capture ... --resume`, or delete the folder.")
         st.stop()
     return info
 
@@ -105,8 +106,21 @@ def fmt_float(value, digits: int = 2, suffix: str = "") -> str:
     return "–" if value is None else f"{float(value):,.{digits}f}{suffix}"
 
 
+def counts_only_notice(trace: Trace, what: str) -> None:
+    """Say why ``what`` is absent for a run that holds expert counts only (imported SGLang stat records)."""
+    st.info(f"{what} needs per-token routing: this run holds expert counts only "
+            f"({trace.source_label or 'counts'}), which tell how busy each expert was, not which experts a token "
+            "chose together. The overview's load views and `routelens place --method eplb|greedy` work on it; "
+            "import per-token records (SGLang `--expert-distribution-recorder-mode per_token`, vLLM "
+            "`--enable-return-routed-experts`) for the co-activation pages.")
+
+
 def require_analysis(info: RunInfo):
     """The run's co-activation analysis; without one, say which command makes it and stop the page."""
+    trace = data.open_trace(info.path)
+    if trace.counts_only:
+        counts_only_notice(trace, "This page")
+        st.stop()
     if not data.has_analysis(info.path):
         missing("co-activation analysis", f"routelens analyze {info.path}")
         st.stop()

@@ -10,7 +10,6 @@ import streamlit as st
 from rlapp import charts, data, ui
 
 ui.header("Runs compared", "How do runs differ: another corpus, another checkpoint, a re-routed trace?")
-info, trace = ui.current_trace()
 
 runs_dir = str(Path(st.session_state.get("runs_dir", "runs")).resolve())
 rows = data.runs_table(runs_dir)
@@ -28,6 +27,7 @@ st.dataframe(table, hide_index=True, width="stretch",
                             "load max/mean (median)": st.column_config.NumberColumn(format="%.2f"),
                             "modularity (median)": st.column_config.NumberColumn(format="%.2f")})
 
+info, trace = ui.current_trace()  # after the table: a broken picked run still shows every other run
 st.subheader(f"`{info.name}` against another run")
 if not data.has_analysis(info.path):
     ui.missing("co-activation analysis", f"routelens analyze {info.path}")

@@ -17,6 +17,14 @@ stats = manifest.get("stats", {}) or {}
 model = manifest.get("model", {}) or {}
 st.subheader(Path(trace.model_id).name or "unknown model")
 st.caption(" · ".join(str(x) for x in (trace.family, model.get("architecture"), manifest.get("dtype"), trace.model_id) if x))
+source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+if source.get("engine"):
+    version = f" {source['version']}" if source.get("version") else ""
+    st.markdown(f"**Imported from {source['engine']}{version}** — {trace.source_label}, "
+                f"{len(source.get('files') or [])} file(s)"
+                + (f", ranks {source['rank_layout']}" if source.get("rank_layout") else "") + ".")
+    for caveat in source.get("caveats") or []:
+        st.caption(f"ⓘ {caveat}")
 
 result = ui.optional_analysis(info)
 if result is not None:
@@ -41,8 +49,11 @@ cols[3].metric("Tokens", ui.fmt_int(trace.num_tokens),
                help=(f"{sequences:,} windows" if sequences else "") + (f" of {settings['seq_len']} tokens" if settings.get("seq_len") else ""))
 speed = stats.get("tokens_per_s")
 speed_text = (f"{speed / 1000:.1f}k tok/s" if speed >= 1000 else f"{speed:,.0f} tok/s") if speed else "–"
-cols[4].metric("Capture speed", speed_text,
-               help=f"{stats['wall_s']:.1f} s on {stats.get('device') or 'an unknown device'}" if stats.get("wall_s") else None)
+if source.get("engine"):
+    cols[4].metric("Source", str(source["engine"]), help=trace.source_label)
+else:
+    cols[4].metric("Capture speed", speed_text,
+                   help=f"{stats['wall_s']:.1f} s on {stats.get('device') or 'an unknown device'}" if stats.get("wall_s") else None)
 cols[5].metric("Load imbalance", ui.fmt_float(known[len(known) // 2] if known else None, 2, "×"),
                help="Busiest expert's tokens over the mean expert's, median over layers (1.00 = balanced)")
 
@@ -56,6 +67,9 @@ with right:
                                           text_suffix="%"),
                         width="stretch")
         st.caption("C2R's view: a specialized expert sends most of its co-activations to a small group of partners.")
+    elif trace.counts_only:
+        st.markdown("##### Specialized experts per layer")
+        ui.counts_only_notice(trace, "Specialized experts, communities and the co-activation pages")
     else:
         st.markdown("##### Specialized experts per layer")
         ui.missing("co-activation analysis", f"routelens analyze {info.path}",
@@ -64,4 +78,5 @@ st.plotly_chart(charts.load_heatmap(loads, layer_labels), width="stretch")
 
 st.caption(f"Run folder `{info.path}` · {len(trace.shards)} shard{'s' if len(trace.shards) != 1 else ''} · router logits "
            f"{'recorded' if trace.has_logits else 'not recorded'}"
+           + ("" if trace.has_weights else " · routing weights not recorded")
            + (f" · text `{settings['text']}`" if settings.get("text") else ""))

@@ -8,11 +8,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from routelens.formats import PLAN
+from routelens.placement.export import EXPORT_FORMATS
+from routelens.placement.methods import get_method, method_names
+
 from rlapp import charts, data, systems_charts, ui
 
-EXPORTS = [("json", ".json", "routelens plan (.json)"), ("sglang", ".pt", "SGLang --init-expert-location (.pt)"),
-           ("vllm", ".pt", "vLLM EPLB state (.pt)")]
-METHODS = ["routelens", "eplb", "greedy", "contiguous", "random"]
+LABELS = {"json": "routelens plan", "sglang": "SGLang --init-expert-location",
+          "vllm-ascend": "vllm-ascend expert_map_path"}  # every format an engine loads (upstream vLLM loads none)
+EXPORTS = [(name, (EXPORT_FORMATS[name].suffixes or (".json",))[0], label) for name, label in LABELS.items()]
+EXPORTS = [(name, suffix, f"{label} ({suffix})") for name, suffix, label in EXPORTS]
+METHODS = [name for name in method_names() if get_method(name).is_available()]
 
 ui.header("Placement", "Where should the experts live, and how much All-to-All does that save?")
 info, trace = ui.current_trace()
@@ -62,7 +68,8 @@ for path in candidates:
     except Exception as exc:  # a plan for another model, or an unreadable file: listed below
         foreign.append((path, str(exc).splitlines()[0]))
 if not fitting:
-    ui.missing("placement plan for this model", f"routelens place {info.path} --gpus 8 --out {info.path}/plans/routelens-g8.json",
+    ui.missing("placement plan for this model",
+               f"routelens place {info.path} --gpus 8 --out {PLAN.folder_in(info.path) / 'routelens-g8.json'}",
                why=f"no plan file below {runs_dir} fits its {len(trace.layers)} layers × {trace.num_experts} experts")
 else:
     root = Path(runs_dir)
@@ -105,6 +112,10 @@ if foreign:
         st.dataframe([{"file": p, "why": why} for p, why in foreign], hide_index=True, width="stretch")
 
 # ---------------------------------------------------------------------------- what if
+if trace.counts_only:
+    ui.counts_only_notice(trace, "Scoring plans (All-to-All volumes, what-if placements)")
+    st.code(f"routelens place {info.path} --method eplb --gpus 8 --format sglang --out plan.pt", language="bash")
+    st.stop()
 st.subheader("What if")
 st.caption("Another cluster or method: the library places the experts and scores the result against contiguous "
            "in seconds (fitted on the first half of the trace, scored on the second).")

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from routelens.formats import TRADEOFF
+
 from rlapp import data, systems_charts, tables, ui
+from routelens.reroute.registry import is_baseline
 from rlapp.runs import rank_by_closeness
 
 SAVINGS = {
@@ -29,7 +32,7 @@ runs_dir = st.session_state.get("runs_dir", "runs")
 found = data.reroute_tradeoffs(str(Path(runs_dir).resolve()))
 if not found:
     ui.missing("re-routing trade-off curves", f"routelens reroute-eval {trace.model_id or 'MODEL'} --out {info.path}/reroute",
-               why=f"no tradeoff.json below {runs_dir}")
+               why=f"no {TRADEOFF.file} below {runs_dir}")
     st.stop()
 
 ordered = rank_by_closeness([Path(f["path"]) for f in found], info.path, trace.model_id, [f.get("model", "") for f in found])
@@ -46,7 +49,7 @@ if trace.model_id and result.get("model") and result["model"] != trace.model_id:
     st.caption(f"Measured on `{result['model']}`, not this run's model `{trace.model_id}`.")
 
 rows = result["rows"]
-baseline = next((r for r in rows if r["policy"] == "none"), None)
+baseline = next((r for r in rows if is_baseline(r["policy"])), None)
 plan = result.get("plan", {})
 cols = st.columns(3)
 cols[0].metric("Held-out tokens", ui.fmt_int(rows[0].get("eval_tokens")),

@@ -6,19 +6,21 @@ from pathlib import Path
 
 import streamlit as st
 
+from routelens.formats import BENCH
+
 from rlapp import charts, data, systems_charts, tables, ui
 
 ui.header("Runner results", "What does each plan's All-to-All really cost over the network, and did the cost model predict it?")
 info, trace = ui.current_trace()
 
-reports = data.bench_reports(info.path, data.stamp(Path(info.path) / "bench"))
+reports = data.bench_reports(info.path, data.bench_stamp(info.path))
 if not reports:
-    ui.missing("runner results", f"routelens bench {info.path} --plans contiguous PLAN.json --gpus 8",
-               why="no bench report in its bench/ folder (on a CPU machine add --backend gloo)")
+    ui.missing("runner results", f"routelens bench {info.path} contiguous PLAN.json --gpus 8",
+               why=f"no bench report in its {BENCH.folder}/ folder (on a CPU machine add --backend gloo)")
     st.stop()
 
 choice = st.selectbox("Bench report", [r["path"] for r in reports], format_func=lambda p: Path(p).name,
-                      help="Written by routelens bench into RUN/bench/, newest first.")
+                      help=f"Written by routelens bench into RUN/{BENCH.folder}/, newest first.")
 report = next(r for r in reports if r["path"] == choice)
 if report.get("problem"):
     st.error(f"Cannot show this report: {report['problem']}")

@@ -31,10 +31,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import InputError, RoutelensError, TraceError
-from ..io import read_json
-from ..trace import MANIFEST, Trace, TraceWriter, all_finite, merge_rank_parts
+from ..formats import PART_FILE, PARTS_DIR, SHARD_DIR
+from ..lock import is_lock_file, lock_name, run_lock
+from ..trace import MANIFEST, Trace, TraceWriter, merge_rank_parts, read_manifest_file
+from ..trace_format import all_finite
 from .distributed import DistContext, init_distributed, rank_windows
-from .header import build_header, config_summary
+from .header import build_header, check_routing_config, config_summary
 from .hooks import BatchRouting, HostCopy, RouterRecorder
 from .shards import ShardBuffer, ShardPipeline, shard_tokens as shard_size
 from .text import Windows
@@ -51,16 +53,16 @@ def check_output_folder(out: str | os.PathLike, resume: bool, world_size: int = 
         raise InputError(f"--out {out} is a file, not a folder")
     if not out.is_dir():
         return
-    has_run = (out / MANIFEST).is_file() or any((out / "parts").glob("rank*.json"))
+    parts = sorted((out / PARTS_DIR).glob(PART_FILE.format(rank="*")))
+    has_run = (out / MANIFEST).is_file() or bool(parts)
     if has_run and not resume:
         raise TraceError(f"output folder {out} already holds a run: pass --resume to continue it, or choose another --out")
-    parts = sorted((out / "parts").glob("rank*.json"))
     if resume and parts and world_size == 1 and not (out / MANIFEST).is_file():
         raise TraceError(
             f"{out} is an unfinished torchrun capture with {len(parts)} processes: resume it with "
             f"torchrun --nproc-per-node {len(parts)}"
         )
-    if not has_run and any(p.name not in ("shards", "parts") for p in out.iterdir()):
+    if not has_run and any(p.name not in (SHARD_DIR, PARTS_DIR) and not is_lock_file(p.name) for p in out.iterdir()):
         raise TraceError(f"output folder {out} is not empty and holds no routelens trace; choose another --out")
 
 
@@ -108,7 +110,8 @@ def capture(
     Raises:
         NotMoEError: the model has no router routelens knows.
         TraceError: ``out`` holds another run, or one with different settings.
-        RoutelensError: NaN/inf routing weights, a router that did not run.
+        RoutelensError: NaN/inf routing weights, a router that did not run, a shard that could not
+            be written (a full disk: one line, the shards written before intact).
     """
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
@@ -121,52 +124,54 @@ def capture(
     header = build_header(model, tokenizer, routing, windows, model_id=model_id, save_logits=save_logits,
                           world_size=ctx.world_size)
     out = Path(out)
-    check_output_folder(out, resume, ctx.world_size)
-    if resume:
-        _check_resume_settings(out, header, ctx)
-        if ctx.world_size == 1 and _is_finished(out, windows.num_windows):
-            return Trace.open(out)  # nothing to add: leave the manifest (and caches keyed on it) untouched
-    ctx.barrier()  # every rank has checked --out before any rank writes into it
-    writer = TraceWriter(out, header, resume=resume, rank=ctx.rank, world_size=ctx.world_size)
-    prior_stats = _prior_stats(out, ctx)
-    mine = rank_windows(windows.num_windows, ctx.rank, ctx.world_size)
-    done = writer.resume_state.num_sequences
-    if done > mine.size:
-        raise TraceError(f"cannot resume {out}: it holds {done} windows for rank {ctx.rank}, more than the {mine.size} it should")
-    todo = mine[done:]
-    seq_len = windows.seq_len
-    capacity = shard_size(shard_tokens, batch_size * seq_len, _routing_bytes_per_token(header))
+    with run_lock(out, "routelens capture", lock_name(ctx.rank)):  # one writer per run folder
+        check_output_folder(out, resume, ctx.world_size)
+        if resume:
+            _check_resume_settings(out, header, ctx)
+            if ctx.world_size == 1 and _is_finished(out, windows.num_windows):
+                return Trace.open(out)  # nothing to add: leave the manifest (and caches keyed on it) untouched
+        ctx.barrier()  # every rank has checked --out before any rank writes into it
+        writer = TraceWriter(out, header, resume=resume, rank=ctx.rank, world_size=ctx.world_size)
+        prior_stats = _prior_stats(out, ctx)
+        mine = rank_windows(windows.num_windows, ctx.rank, ctx.world_size)
+        done = writer.resume_state.num_sequences
+        if done > mine.size:
+            raise TraceError(f"cannot resume {out}: it holds {done} windows for rank {ctx.rank}, more than the {mine.size} it should")
+        todo = mine[done:]
+        seq_len = windows.seq_len
+        capacity = shard_size(shard_tokens, batch_size * seq_len, _routing_bytes_per_token(header))
 
-    bar = _progress_bar(progress and ctx.rank == 0, total=mine.size * seq_len, initial=done * seq_len)
-    shards = ShardPipeline(lambda buffer: _write_shard(writer, windows, header["layers"], buffer), capacity,
-                           on_written=on_shard)
-    start = time.perf_counter()
-    try:
-        for index, routed in iter_batch_routing(model, routing, windows, todo, batch_size, save_logits):
-            if save_logits and routed.logits is None:
-                raise RoutelensError(f"--save-logits: the {routing.family} routers of this model expose no logits")
-            shards.add(index, routed)
+        bar = _progress_bar(progress and ctx.rank == 0, total=mine.size * seq_len, initial=done * seq_len)
+        shards = ShardPipeline(lambda buffer: _write_shard(writer, windows, header["layers"], out, buffer), capacity,
+                               on_written=on_shard)
+        start = time.perf_counter()
+        tokens_before = writer.resume_state.num_tokens  # tokens/s counts this session's tokens only
+        try:
+            for index, routed in iter_batch_routing(model, routing, windows, todo, batch_size, save_logits):
+                if save_logits and routed.logits is None:
+                    raise RoutelensError(f"--save-logits: the {routing.family} routers of this model expose no logits")
+                shards.add(index, routed)
+                if bar is not None:
+                    bar.update(index.size * seq_len)
+            shards.close()
+        except BaseException:
+            shards.abort()  # a shard already being written completes (atomically) or not at all
+            _record_stats(writer, prior_stats, time.perf_counter() - start, tokens_before, batch_size, model,
+                          final=False, phase_seconds=phase_seconds)
             if bar is not None:
-                bar.update(index.size * seq_len)
-        shards.close()
-    except BaseException:
-        shards.abort()
-        _record_stats(writer, prior_stats, time.perf_counter() - start, ctx, batch_size, model, final=False,
-                      phase_seconds=phase_seconds)
+                bar.close()
+            raise
         if bar is not None:
             bar.close()
-        raise
-    if bar is not None:
-        bar.close()
-    _record_stats(writer, prior_stats, time.perf_counter() - start, ctx, batch_size, model, final=True,
-                  phase_seconds=phase_seconds)
-    writer.close(complete=True)
-    if ctx.world_size > 1:
-        ctx.barrier()
-        if ctx.rank == 0:
-            merge_rank_parts(out, ctx.world_size)
-        ctx.barrier()
-    return Trace.open(out)
+        _record_stats(writer, prior_stats, time.perf_counter() - start, tokens_before, batch_size, model, final=True,
+                      phase_seconds=phase_seconds)
+        writer.close(complete=True)
+        if ctx.world_size > 1:
+            ctx.barrier()
+            if ctx.rank == 0:
+                merge_rank_parts(out, ctx.world_size)
+            ctx.barrier()
+        return Trace.open(out)
 
 
 def _routing_bytes_per_token(header: dict[str, Any]) -> int:
@@ -209,21 +214,33 @@ def iter_batch_routing(
             yield in_flight[0], in_flight[1].result()
 
 
-def _write_shard(writer: TraceWriter, windows: Windows, layers: list[str], buffer: ShardBuffer) -> None:
-    """Check and write one shard from its buffer (runs on the writer thread, before anything is written)."""
+def _write_shard(writer: TraceWriter, windows: Windows, layers: list[str], out: Path, buffer: ShardBuffer) -> None:
+    """Check and write one shard from its buffer (runs on the writer thread; NaN/inf is refused before anything is written).
+
+    Raises:
+        RoutelensError: NaN/inf routing weights.
+        TraceError: the shard or manifest could not be written (a full disk, a file-size limit, a
+            read-only folder): one line that says the earlier shards are intact and how to finish.
+    """
     seq_len = windows.seq_len
     index = buffer.window_index
     routed = buffer.routing()
     _check_finite(routed.topk_weights, layers, index)
-    writer.write_shard(
-        token_ids=windows.token_ids[index].reshape(-1),
-        seq_ids=np.repeat(index.astype(np.int32), seq_len),
-        positions=np.tile(np.arange(seq_len, dtype=np.int32), index.size),
-        topk_ids=routed.topk_ids,
-        topk_weights=routed.topk_weights,
-        router_logits=routed.logits,
-        num_seqs=int(index.size),
-    )
+    try:
+        writer.write_shard(
+            token_ids=windows.token_ids[index].reshape(-1),
+            seq_ids=np.repeat(index.astype(np.int32), seq_len),
+            positions=np.tile(np.arange(seq_len, dtype=np.int32), index.size),
+            topk_ids=routed.topk_ids,
+            topk_weights=routed.topk_weights,
+            router_logits=routed.logits,
+            num_seqs=int(index.size),
+        )
+    except RoutelensError as exc:
+        # writer.shards lists the shards written before this one (only this thread appends to it)
+        kept = f"the {len(writer.shards)} shards written before are intact" if writer.shards else "no shard was written"
+        raise TraceError(f"{exc}; {kept}: free some space, then finish the run with "
+                         f"routelens capture ... --out {out} --resume") from None
 
 
 def _check_finite(topk_weights: list[np.ndarray], layers: list[str], index: np.ndarray) -> None:
@@ -268,7 +285,7 @@ def _progress_bar(enabled: bool, total: int, initial: int):
 
 
 def _existing_manifest_path(out: Path, ctx: DistContext) -> Path:
-    return out / MANIFEST if ctx.world_size == 1 else out / "parts" / f"rank{ctx.rank}.json"
+    return out / MANIFEST if ctx.world_size == 1 else out / PARTS_DIR / PART_FILE.format(rank=ctx.rank)
 
 
 def _check_resume_settings(out: Path, header: dict[str, Any], ctx: DistContext) -> None:
@@ -276,7 +293,7 @@ def _check_resume_settings(out: Path, header: dict[str, Any], ctx: DistContext) 
     path = _existing_manifest_path(out, ctx)
     if not path.is_file():
         return
-    existing = read_json(path, what="trace manifest")
+    existing = read_manifest_file(path)
     old, new = existing.get("settings") or {}, header["settings"]
     changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
     if existing.get("layers") != header["layers"]:
@@ -293,11 +310,9 @@ def _short(value: Any) -> str:
 
 def _is_finished(out: Path, num_windows: int) -> bool:
     """The run in ``out`` is complete and holds all ``num_windows`` windows."""
-    from ..io import read_json
-
-    if not (out / "manifest.json").is_file():
+    if not (out / MANIFEST).is_file():
         return False  # --resume on a new folder starts it
-    manifest = read_json(out / "manifest.json", what="trace manifest")
+    manifest = read_manifest_file(out / MANIFEST)
     return bool(manifest.get("complete")) and manifest.get("num_sequences") == num_windows
 
 
@@ -305,20 +320,22 @@ def _prior_stats(out: Path, ctx: DistContext) -> dict[str, Any]:
     path = _existing_manifest_path(out, ctx)
     if not path.is_file():
         return {}
-    stats = read_json(path, what="trace manifest").get("stats", {})
+    stats = read_manifest_file(path).get("stats", {})
     return stats if isinstance(stats, dict) else {}
 
 
-def _record_stats(writer: TraceWriter, prior: dict[str, Any], session_s: float, ctx: DistContext,
+def _record_stats(writer: TraceWriter, prior: dict[str, Any], session_s: float, tokens_before: int,
                   batch_size: int, model, final: bool, phase_seconds: dict[str, float] | None = None) -> None:
-    """Cumulative wall time over sessions (resume adds up), tokens/s over the whole run; this session's
-    loading and text-packing seconds (``phase_seconds``) when given."""
-    wall_s = float(prior.get("wall_s", 0.0)) + session_s
-    tokens = writer.resume_state.num_tokens
+    """Wall time summed over sessions; tokens/s of this session alone (a resume's earlier shards took earlier
+    time); this session's loading and text-packing seconds (``phase_seconds``) when given."""
+    wall_s = _number(prior.get("wall_s")) + session_s
+    session_tokens = writer.resume_state.num_tokens - tokens_before
     writer.update_stats(
         wall_s=round(wall_s, 3),
-        tokens_per_s=round(tokens / wall_s, 1) if wall_s > 0 else None,
-        sessions=int(prior.get("sessions", 0)) + 1,
+        session_s=round(session_s, 3),
+        session_tokens=int(session_tokens),
+        tokens_per_s=round(session_tokens / session_s, 1) if session_s > 0 and session_tokens > 0 else None,
+        sessions=int(_number(prior.get("sessions"))) + 1,
         batch_size=batch_size,
         device=str(model_input_device(model)),
         **{key: round(float(value), 3) for key, value in (phase_seconds or {}).items()},
@@ -328,6 +345,11 @@ def _record_stats(writer: TraceWriter, prior: dict[str, Any], session_s: float, 
             writer.close(complete=False)  # keep the stats of an interrupted session
         except Exception:
             pass
+
+
+def _number(value: Any) -> float:
+    """A stored statistic, or 0 when it is missing or not a number (a damaged manifest)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 # ---------------------------------------------------------------------------- from a path
@@ -359,12 +381,15 @@ def capture_from_path(
     beyond what loading takes; the manifest's ``stats`` record ``load_s`` and ``text_wait_s`` (the
     seconds the capture still waited for the text after loading).
 
-    The output folder is checked before the model is loaded, so a wrong ``--out`` fails fast.
-    ``max_memory`` (per-device limits, :func:`routelens.capture.load.parse_max_memory`) goes with
-    ``device_map``. See :func:`capture` for the other arguments and what is raised.
+    The output folder is checked and locked before the model is loaded, so a wrong ``--out`` (or a
+    second capture into the same one) fails fast. ``max_memory`` (per-device limits,
+    :func:`routelens.capture.load.parse_max_memory`) goes with ``device_map``. See :func:`capture`
+    for the other arguments and what is raised; :class:`~routelens.errors.RunBusyError` when another
+    process writes ``out``.
     """
     from .adapters import find_router_sites
-    from .load import demo_model_path, load_config, load_tokenizer, load_weights, model_reference
+    from .load import (check_model_reference, demo_model_path, load_config, load_tokenizer, load_weights,
+                       model_reference)
     from .text import resolve_source
 
     import torch
@@ -382,23 +407,26 @@ def capture_from_path(
         source = resolve_source(text=text, dataset=dataset)
         if source.kind == "bundled" and max_tokens is None:
             max_tokens = BUNDLED_MAX_TOKENS
-        started = time.perf_counter()
-        config = load_config(name, trust_remote_code=trust_remote_code)  # a wrong model fails before anything starts
-        tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
-        packing = _Packing(source, tokenizer, seq_len, max_tokens)
-        with _hf_progress_bars(progress and ctx.rank == 0):
-            loaded = load_weights(name, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
-                                  trust_remote_code=trust_remote_code, config=config)
-        routing = find_router_sites(loaded)  # before waiting for the text: a dense model fails fast
-        _check_seq_len(loaded.config, seq_len)
-        loaded_at = time.perf_counter()
-        windows = packing.result()
-        phases = {"load_s": loaded_at - started, "text_wait_s": time.perf_counter() - loaded_at}
-        return capture(
-            loaded, tokenizer, windows, out, routing=routing, model_id=model_reference(name),
-            batch_size=batch_size, save_logits=save_logits, resume=resume, progress=progress,
-            shard_tokens=shard_tokens, dist_context=ctx, on_shard=on_shard, phase_seconds=phases,
-        )
+        with run_lock(out, "routelens capture", lock_name(ctx.rank)):  # held again (re-entrant) by capture()
+            started = time.perf_counter()
+            local_only = check_model_reference(name)  # a wrong model fails before anything starts
+            config = load_config(name, trust_remote_code=trust_remote_code, local_only=local_only)
+            check_routing_config(config, name)  # a top-k above E would fail mid-forward
+            tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, local_files_only=local_only)
+            packing = _Packing(source, tokenizer, seq_len, max_tokens)
+            with _hf_progress_bars(progress and ctx.rank == 0):
+                loaded = load_weights(name, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                                      trust_remote_code=trust_remote_code, config=config, local_only=local_only)
+            routing = find_router_sites(loaded)  # before waiting for the text: a dense model fails fast
+            _check_seq_len(loaded.config, seq_len)
+            loaded_at = time.perf_counter()
+            windows = packing.result()
+            phases = {"load_s": loaded_at - started, "text_wait_s": time.perf_counter() - loaded_at}
+            return capture(
+                loaded, tokenizer, windows, out, routing=routing, model_id=model_reference(name),
+                batch_size=batch_size, save_logits=save_logits, resume=resume, progress=progress,
+                shard_tokens=shard_tokens, dist_context=ctx, on_shard=on_shard, phase_seconds=phases,
+            )
     finally:
         if packing is not None:
             packing.stop()

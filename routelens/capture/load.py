@@ -15,7 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..bundled import data_dir as bundled_data_dir
 from ..errors import InputError, RoutelensError
+from .header import check_routing_config
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -24,18 +26,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?
 
 
 # ---------------------------------------------------------------------------- bundled data
-def bundled_data_dir() -> Path:
-    """The repository's ``data/`` folder (demo checkpoint and corpus), next to the package."""
-    import routelens
-
-    return Path(routelens.__file__).resolve().parents[1] / "data"
-
-
 def demo_model_path() -> Path:
-    """``data/demo-moe``, the bundled trained Qwen3-MoE demo checkpoint.
+    """``data/demo-moe``, the bundled trained Qwen3-MoE demo checkpoint (inside the package in a wheel).
 
     Raises:
-        RoutelensError: the checkpoint is not there (e.g. routelens installed without its source tree).
+        RoutelensError: the checkpoint is not there (a checkout or wheel without ``data/``).
     """
     path = bundled_data_dir() / "demo-moe"
     if not (path / "config.json").is_file():
@@ -157,22 +152,45 @@ def load_model(
         RoutelensError: a missing/unreadable path, a folder without a model, corrupt or incomplete
             weights, an unreachable hub, an unknown architecture (one line naming the path).
     """
-    config = load_config(name_or_path, trust_remote_code=trust_remote_code)  # the quick checks first
-    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
-    model = load_weights(name_or_path, dtype=dtype, device=device, device_map=device_map,
-                         trust_remote_code=trust_remote_code, max_memory=max_memory, config=config)
+    name = str(name_or_path)
+    local_only = check_model_reference(name)  # the quick checks first: path, hub, config
+    config = load_config(name, trust_remote_code=trust_remote_code, local_only=local_only)
+    check_routing_config(config, name)  # before the tokenizer and weights: a top-k above E would fail mid-forward
+    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, local_files_only=local_only)
+    model = load_weights(name, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
+                         max_memory=max_memory, config=config, local_only=local_only)
     return model, tokenizer
 
 
-def load_config(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
-    """The checkpoint's transformers config, after checking that the reference names a model.
+def check_model_reference(name_or_path: str | os.PathLike) -> bool:
+    """Check that ``name_or_path`` names a model: a readable checkpoint folder, or a hub id the hub knows.
+
+    Returns:
+        True when the model must load from the Hugging Face cache only (the hub is unreachable but
+        the cache holds it, :func:`hub_local_only`); False for a local folder or a reachable hub.
 
     Raises:
-        RoutelensError: as :func:`load_model`, for the path, the config or the hub.
+        RoutelensError: a missing or unreadable folder, a folder without config.json, a hub id the hub
+            does not know, or an unreachable hub without a cached copy (one line naming the path).
     """
     name = str(name_or_path)
     _check_reference(name)
-    return _load_config(name, trust_remote_code)
+    return hub_local_only(name) if not Path(name).expanduser().exists() else False
+
+
+def load_config(name_or_path: str | os.PathLike, trust_remote_code: bool = False, local_only: bool = False):
+    """The model's transformers config only (``config.json``; no weights, no tokenizer).
+
+    Args:
+        local_only: read it from the Hugging Face cache only (:func:`check_model_reference`).
+
+    Raises:
+        RoutelensError: a missing folder, a folder without config.json, an unreachable hub, code that
+            needs ``trust_remote_code`` (one line naming the path).
+    """
+    name = str(name_or_path)
+    _check_reference(name)
+    return _load_config(name, trust_remote_code, local_only)
 
 
 def load_weights(
@@ -183,34 +201,46 @@ def load_weights(
     trust_remote_code: bool = False,
     max_memory: dict[int | str, str] | None = None,
     config=None,
+    local_only: bool | None = None,
 ):
     """The model of :func:`load_model` without its tokenizer (same arguments and errors).
 
     Without ``device_map`` every weight is read from the checkpoint straight onto ``device``
     (``device_map={"": device}``), never staged in host memory; on the CPU it is read as usual.
-    ``config``: the checkpoint's config when the caller already has it (:func:`load_config`).
+
+    Args:
+        config: the checkpoint's config when the caller already has it (:func:`load_config`, then
+            :func:`~routelens.capture.header.check_routing_config`); None: read and checked here.
+        local_only: from :func:`check_model_reference` (None: checked here).
+
+    Raises:
+        InputError: ``max_memory`` without ``device_map``.
+        RoutelensError: as :func:`load_model`.
     """
     name = str(name_or_path)
     if max_memory is not None and device_map is None:
         raise InputError("--max-memory limits a --device-map: pass --device-map auto with it")
+    if local_only is None:
+        local_only = check_model_reference(name)
     if config is None:
-        config = load_config(name, trust_remote_code)
+        config = load_config(name, trust_remote_code, local_only=local_only)
+        check_routing_config(config, name)  # before the weights: a top-k above E would fail mid-forward
     target = resolve_device(device) if device_map is None else None
     torch_dtype = resolve_dtype(dtype, target if target is not None else resolve_device(None))
     if target is not None and target.type != "cpu":
         device_map = {"": target}
-    model = _load_weights(name, config, torch_dtype, device_map, trust_remote_code, max_memory)
+    model = _load_weights(name, config, torch_dtype, device_map, trust_remote_code, max_memory, local_only)
     model.eval()
     return model
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False, local_files_only: bool = False):
     """``AutoTokenizer.from_pretrained`` with a one-line error when the checkpoint has no tokenizer."""
     from transformers import AutoTokenizer
 
     name = str(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, local_files_only=local_files_only)
     except Exception as exc:  # transformers raises OSError/ValueError/TypeError for broken tokenizers
         raise RoutelensError(f"cannot load the tokenizer of {name}: {_first_line(exc)}") from exc
 
@@ -232,11 +262,44 @@ def _check_reference(name: str) -> None:
         raise RoutelensError(f"model folder not found: {name}")
 
 
-def _load_config(name: str, trust_remote_code: bool):
+def hub_local_only(name: str) -> bool:
+    """Ask the Hugging Face hub about ``name`` once, without retries: load from the local cache only?
+
+    transformers retries an unreachable hub five times with growing pauses (half a minute of
+    warnings) before it fails; one ``model_info`` request tells at once whether the hub answers.
+
+    Returns:
+        False when the hub knows ``name`` (load as usual); True when the hub is unreachable (or
+        ``HF_HUB_OFFLINE`` is set) but the cache holds the model (load from the cache, offline).
+
+    Raises:
+        RoutelensError: the hub does not know ``name``, or cannot be reached and the cache lacks it.
+    """
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if constants.HF_HUB_OFFLINE:
+        return True  # transformers then never touches the network, and says itself what the cache lacks
+    try:
+        HfApi().model_info(name, timeout=10)
+        return False
+    except RepositoryNotFoundError:
+        raise RoutelensError(f"cannot load model '{name}': not a local folder, and the Hugging Face hub has no "
+                             "such model (or it is private: log in with `hf auth login`)") from None
+    except Exception as exc:  # no network, DNS, proxy, timeout, a hub error page
+        if cached:
+            return True
+        raise RoutelensError(f"cannot load model '{name}': not a local folder, not in the Hugging Face cache, and "
+                             f"the hub cannot be reached ({_first_line(exc)}): pass a checkpoint folder, or connect "
+                             "and try again") from None
+
+
+def _load_config(name: str, trust_remote_code: bool, local_only: bool = False):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, local_files_only=local_only)
     except Exception as exc:
         message = _first_line(exc)
         if "custom code" in str(exc) or "trust_remote_code" in str(exc):
@@ -253,11 +316,12 @@ def _load_config(name: str, trust_remote_code: bool):
 
 
 def _load_weights(name: str, config, torch_dtype, device_map, trust_remote_code: bool,
-                  max_memory: dict[int | str, str] | None = None):
+                  max_memory: dict[int | str, str] | None = None, local_only: bool = False):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     classes = [AutoModelForSeq2SeqLM] if getattr(config, "is_encoder_decoder", False) else [AutoModelForCausalLM, AutoModelForSeq2SeqLM]
-    kwargs: dict[str, Any] = {"config": config, "dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"config": config, "dtype": torch_dtype, "trust_remote_code": trust_remote_code,
+                              "local_files_only": local_only}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if max_memory is not None:

@@ -6,9 +6,8 @@ Writes ``RUN/analysis/`` (see docs/graphs.md) and prints one row per layer. A cu
 
 from __future__ import annotations
 
-import json
-
-from ._args import add_workers_argument
+from ._args import (add_deprecated_alias, add_json_argument, add_layers_argument, add_no_progress_argument,
+                    add_workers_argument, positive_int, write_json_output)
 
 
 def add_parser(subparsers) -> None:
@@ -20,21 +19,22 @@ def add_parser(subparsers) -> None:
         "communities, cross-layer transitions and token specialization. Results go to RUN/analysis/ and are "
         "recomputed only when the trace changes.",
     )
-    parser.add_argument("run", help="trace folder written by routelens capture")
-    parser.add_argument("--layers", help="MoE layers to analyse, e.g. 0-11 or 0,2,5-7 (default: all)")
+    parser.add_argument("run", metavar="RUN", help="trace folder written by routelens capture")
+    add_layers_argument(parser, "MoE layers to analyse")
     parser.add_argument("--export", metavar="FORMATS",
                         help="also write each layer's graph: graphml, gexf, json (comma-separated) or all")
-    parser.add_argument("--top-t", type=int, default=None,
-                        help="C2R group size T for the specialization score (default: k-1)")
+    parser.add_argument("--group-size", dest="top_t", type=positive_int, default=None, metavar="T",
+                        help="C2R's group size T (Top-T collaborators) for the specialization score (default: k-1)")
+    add_deprecated_alias(parser, "--top-t", "--group-size")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="Top-T share from which an expert counts as specialized (default 0.5)")
-    parser.add_argument("--seed", type=int, default=0, help="Louvain seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of Louvain (default 0)")
     parser.add_argument("--resolution", type=float, default=1.0, help="Louvain resolution (default 1.0)")
-    parser.add_argument("--tokenizer", help="tokenizer folder or tokenizer.json (default: the trace's model folder, if local)")
+    parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer folder or tokenizer.json (default: the trace's model folder, if local)")
     parser.add_argument("--force", action="store_true", help="recompute even if a current analysis exists")
     add_workers_argument(parser)
-    parser.add_argument("--json", action="store_true", help="print the per-layer summary as JSON")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_argument(parser, "the per-layer summary", bare_means_stdout=True)
+    add_no_progress_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -54,9 +54,8 @@ def run(args) -> int:
         top_t=args.top_t, threshold=args.threshold, seed=args.seed, resolution=args.resolution,
         tokenizer_path=args.tokenizer, workers=args.workers,
     )
-    if args.json:
-        print(json.dumps(to_jsonable({"path": str(analysis.path), "computed": computed,
-                                  "per_layer": analysis.layer_summaries}), indent=2))
+    if write_json_output(args.json, to_jsonable({"path": str(analysis.path), "computed": computed,
+                                                  "per_layer": analysis.layer_summaries})):
         return 0
     print(format_layer_table(analysis))
     how = f"computed in {analysis.meta.get('wall_s', 0):.1f} s" if computed else "up to date: reused; --force recomputes"

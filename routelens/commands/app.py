@@ -1,8 +1,8 @@
 """``routelens app RUNS_DIR``: serve the Streamlit dashboard over every run found below RUNS_DIR.
 
-The dashboard's scripts live in the ``app/`` folder of the routelens source tree (next to the
-``routelens/`` package), which is where an editable install (``pip install -e .``, what ``make``
-does) finds them. ``ROUTELENS_APP_DIR`` points the command at another copy of that folder.
+The dashboard's scripts ship with routelens: the ``app/`` folder of a source checkout, or its copy
+inside an installed wheel (:func:`routelens.bundled.app_dir`). ``ROUTELENS_APP_DIR`` points the
+command at another copy of that folder.
 
 The server binds 127.0.0.1 unless ``--host`` says otherwise: routing traces reveal what text a
 model was run on, so sharing them on a network is an explicit choice.
@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..bundled import app_dir as bundled_app_dir
 from ..errors import InputError, RoutelensError
 
 MAIN_SCRIPT = "main.py"
@@ -38,17 +39,17 @@ def add_parser(subparsers) -> None:
 
 
 def app_dir() -> Path:
-    """The folder holding the dashboard's ``main.py`` (``ROUTELENS_APP_DIR`` or ``<source tree>/app``).
+    """The folder holding the dashboard's ``main.py`` (``ROUTELENS_APP_DIR``, else the bundled one).
 
     Raises:
-        RoutelensError: the folder is not there (routelens installed from a wheel, not a source tree).
+        RoutelensError: the folder is not there (a broken install, or a wrong ``ROUTELENS_APP_DIR``).
     """
     override = os.environ.get("ROUTELENS_APP_DIR")
-    folder = Path(override) if override else Path(__file__).resolve().parents[2] / "app"
+    folder = Path(override) if override else bundled_app_dir()
     if not (folder / MAIN_SCRIPT).is_file():
         raise RoutelensError(
-            f"dashboard scripts not found at {folder}: install routelens from its source tree "
-            "(pip install -e '.[app]') or set ROUTELENS_APP_DIR to its app/ folder"
+            f"dashboard scripts not found at {folder}: reinstall routelens (pip install 'routelens[app]') "
+            "or set ROUTELENS_APP_DIR to its app/ folder"
         )
     return folder
 

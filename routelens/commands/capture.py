@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._args import positive_int
+from ._args import add_no_progress_argument, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -14,17 +14,18 @@ def add_parser(subparsers) -> None:
         "Without MODEL: the bundled demo checkpoint data/demo-moe and the bundled corpus. "
         "Under torchrun each process captures its share of the windows (data parallel).",
     )
-    parser.add_argument("model", nargs="?", default=None,
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL",
                         help="hub id (Qwen/Qwen3-30B-A3B) or checkpoint folder (default: bundled data/demo-moe)")
-    parser.add_argument("--out", required=True, help="run folder to write (must be new, or use --resume)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="run (trace) folder to write (must be new, or use --resume)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--text", metavar="FILE", help="plain text file, or .jsonl with a \"text\" field per line "
                         "(default: bundled data/corpus/train.txt)")
     source.add_argument("--dataset", metavar="NAME[:CONFIG[:SPLIT]]",
                         help="a Hugging Face dataset, e.g. wikitext:wikitext-2-raw-v1:test (needs 'datasets')")
     parser.add_argument("--max-tokens", type=positive_int, default=None,
-                        help="stop after this many tokens (whole windows; default: all the text, or 65536 tokens "
-                        "of the bundled corpus)")
+                        help="tokens of text to capture (whole windows of --seq-len; default: all the text, or "
+                        "65536 tokens of the bundled corpus)")
     parser.add_argument("--seq-len", type=positive_int, default=256, help="tokens per packed window (default 256)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)")
     parser.add_argument("--save-logits", action="store_true", help="also record the [tokens, experts] router logits")
@@ -43,7 +44,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--shard-tokens", type=positive_int, default=None,
                         help="tokens per shard file, the unit an interrupted run resumes from (default 65536, fewer "
                         "when a shard would hold more than 256 MiB, e.g. router logits of many layers)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress_argument(parser)
     parser.set_defaults(func=run)
 
 

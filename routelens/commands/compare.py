@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from ._args import add_json_argument, add_layers_argument, add_no_progress_argument, write_json_output
 
 
 def add_parser(subparsers) -> None:
@@ -13,12 +13,12 @@ def add_parser(subparsers) -> None:
         "distance between co-activation distributions, role shares, modularity and community agreement, and the "
         "experts whose role changes most. Each run is analysed first if it has no current analysis.",
     )
-    parser.add_argument("run_a", help="first trace folder")
-    parser.add_argument("run_b", help="second trace folder")
-    parser.add_argument("--layers", help="MoE layers to compare, e.g. 0-11 (default: all)")
+    parser.add_argument("run_a", metavar="RUN_A", help="first trace folder")
+    parser.add_argument("run_b", metavar="RUN_B", help="second trace folder")
+    add_layers_argument(parser, "MoE layers to compare")
     parser.add_argument("--top", type=int, default=10, help="experts listed whose role changes most (default 10)")
-    parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_argument(parser, "the comparison", bare_means_stdout=True)
+    add_no_progress_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -31,6 +31,8 @@ def run(args) -> int:
     if args.top < 0:
         raise InputError(f"--top must be >= 0, got {args.top}")
     a_trace, b_trace = Trace.open(args.run_a), Trace.open(args.run_b)
+    a_trace.require_tokens("compare")
+    b_trace.require_tokens("compare")
     if (a_trace.num_experts, a_trace.top_k, len(a_trace.layers)) != (b_trace.num_experts, b_trace.top_k, len(b_trace.layers)):
         raise InputError(
             f"cannot compare runs of different architectures: {args.run_a} has {len(a_trace.layers)} layers, "
@@ -40,5 +42,6 @@ def run(args) -> int:
     a, _ = ensure_analysis(args.run_a, args.layers, progress=not args.no_progress)
     b, _ = ensure_analysis(args.run_b, args.layers, progress=not args.no_progress)
     result = compare_analyses(a, b, top_experts=args.top)
-    print(json.dumps(to_jsonable(result), indent=2) if args.json else format_comparison(result))
+    if not write_json_output(args.json, to_jsonable(result)):
+        print(format_comparison(result))
     return 0

@@ -6,9 +6,8 @@ import copy
 import time
 from pathlib import Path
 
-from ._args import positive_int
-
-POLICY_CHOICES = ("c2r", "gpu-limited", "gpu-adaptive", "capacity-drop", "capacity-reroute")
+from ._args import (add_deprecated_alias, add_no_progress_argument, add_policy_arguments, policy_choice,
+                    positive_float, positive_int)
 
 
 def add_parser(subparsers) -> None:
@@ -16,43 +15,48 @@ def add_parser(subparsers) -> None:
         "finetune",
         help="fine-tune a MoE model briefly with a re-routing constraint active (as C2R trains) and measure what "
         "it recovers",
-        description="Fit a re-routing policy on calibration windows of the training text, measure held-out "
+        description="Fit a re-routing policy on the first --fit-tokens of the training text, measure held-out "
         "perplexity with and without it, fine-tune the model for --steps steps with the policy active in every "
         "forward (the router learns through the chosen experts' weights), measure again, and save the model. "
         "Reports how much of the policy's perplexity cost the fine-tune recovered; --control also fine-tunes a "
         "copy without the policy for the same steps, so extra training alone can be told apart.",
     )
-    parser.add_argument("model", nargs="?", default=None, help="hub id or checkpoint folder (default: data/demo-moe)")
-    parser.add_argument("--out", required=True, help="folder to save the fine-tuned model and finetune.json in (new)")
-    parser.add_argument("--policy", required=True, choices=POLICY_CHOICES)
-    parser.add_argument("--group-size", "--top-t", dest="top_t", type=positive_int, default=None,
-                        help="c2r: T (default E/4)")
-    parser.add_argument("--max-gpus", type=positive_int, default=None, help="gpu-limited: M (default G/2)")
-    parser.add_argument("--min-gpu-share", type=float, default=None, help="gpu-adaptive: share (default 0.1)")
-    parser.add_argument("--capacity-factor", type=float, default=None, help="capacity policies: gamma (default 1.25)")
-    parser.add_argument("--gpu-fill", choices=("best", "drop"), default="best",
-                        help="GPU policies: experts a token loses on GPUs it no longer visits are replaced by the best "
-                        "on the GPUs kept (best, DeepSeek-V2) or dropped (drop) (default best)")
-    parser.add_argument("--weights", choices=("renorm", "keep"), default="renorm",
-                        help="how re-routed experts are weighted (default renorm)")
-    parser.add_argument("--gpus", type=positive_int, default=8, help="GPUs of the plan the GPU policies use (default 8)")
-    parser.add_argument("--text", default=None, help="training text (default: bundled data/corpus/train.txt)")
-    parser.add_argument("--heldout", default=None, help="held-out text (default: bundled data/corpus/heldout.txt)")
-    parser.add_argument("--seq-len", type=positive_int, default=256)
-    parser.add_argument("--train-windows", type=positive_int, default=512, help="training windows to draw from")
-    parser.add_argument("--calib-windows", type=positive_int, default=32,
-                        help="training windows that fit C2R groups / the plan (default 32)")
-    parser.add_argument("--eval-windows", type=positive_int, default=64, help="held-out windows scored (default 64)")
-    parser.add_argument("--steps", type=positive_int, default=50)
-    parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL",
+                        help="hub id or checkpoint folder (default: bundled data/demo-moe)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="folder to save the fine-tuned model and finetune.json in (new or empty)")
+    add_policy_arguments(parser, sweep=False, what="re-routing policy active during the fine-tune")
+    parser.add_argument("--gpus", type=positive_int, default=8,
+                        help="GPUs of the routelens plan the GPU policies use, fitted on the --fit-tokens (default 8)")
+    parser.add_argument("--text", metavar="FILE", default=None,
+                        help="training text, plain or .jsonl (default: bundled data/corpus/train.txt)")
+    parser.add_argument("--heldout", metavar="FILE", default=None,
+                        help="held-out text to score, plain or .jsonl (default: bundled data/corpus/heldout.txt)")
+    parser.add_argument("--seq-len", type=positive_int, default=256, help="tokens per window (default 256)")
+    parser.add_argument("--train-tokens", type=positive_int, default=131072,
+                        help="tokens of training text to draw batches from, after the --fit-tokens (whole windows "
+                        "of --seq-len; default 131072: 512 windows of 256)")
+    parser.add_argument("--fit-tokens", type=positive_int, default=8192,
+                        help="tokens at the start of the training text that C2R groups and the plan are fitted on "
+                        "(whole windows; default 8192: 32 windows of 256)")
+    parser.add_argument("--eval-tokens", type=positive_int, default=16384,
+                        help="held-out tokens scored before and after (whole windows; default 16384: 64 windows "
+                        "of 256)")
+    for old, new in (("--train-windows", "--train-tokens"), ("--calib-windows", "--fit-tokens"),
+                     ("--eval-windows", "--eval-tokens")):
+        add_deprecated_alias(parser, old, f"{new} (windows x --seq-len)", dest=old[2:].replace("-", "_"),
+                             type=positive_int, default=None, metavar="N")
+    parser.add_argument("--steps", type=positive_int, default=50, help="optimizer steps (default 50)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="windows per step (default 8)")
+    parser.add_argument("--lr", type=positive_float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     parser.add_argument("--train", choices=("all", "router", "experts"), default="all",
                         help="parameters to train: all, the routers only, or routers + experts (default all)")
     parser.add_argument("--control", action="store_true",
                         help="also fine-tune a copy without the policy for the same steps (the extra-training control)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the training batches and the initial state (default 0)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-    parser.add_argument("--no-progress", action="store_true")
+    add_no_progress_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -67,14 +71,14 @@ def run(args) -> int:
     from ..io import atomic_write_json
     from ..reroute.evaluate import calibration_routing, evaluate_policies
     from ..reroute.finetune import finetune_with_policy, measure_recovery
-    from ..reroute.fitting import coactivation_counts, fit_plan
-    from ..reroute.policy import c2r_policy, capacity_policy, gpu_adaptive_policy, gpu_limited_policy
+    from ..reroute.fitting import fit_plan
+    from ..reroute.policy import FitData, fit_policy, none_policy
+    from ..reroute.registry import PolicyContext
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"output folder {out} already exists and is not empty; choose another --out")
-    if not args.lr > 0:
-        raise InputError(f"--lr must be positive, got {args.lr}")
+    train_windows, calib_windows, eval_windows = window_counts(args)
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     model_name = args.model or str(demo_model_path())
@@ -83,26 +87,19 @@ def run(args) -> int:
     num_experts, top_k = sites[0].num_experts, sites[0].top_k
     corpus = bundled_data_dir() / "corpus"
     train = pack_windows(file_source(args.text or corpus / "train.txt"), tokenizer, seq_len=args.seq_len,
-                         max_tokens=(args.train_windows + args.calib_windows) * args.seq_len).token_ids
+                         max_tokens=(train_windows + calib_windows) * args.seq_len).token_ids
     heldout = pack_windows(file_source(args.heldout or corpus / "heldout.txt"), tokenizer, seq_len=args.seq_len,
-                           max_tokens=args.eval_windows * args.seq_len).token_ids
-    if train.shape[0] <= args.calib_windows:
-        raise InputError(f"the training text gives {train.shape[0]} windows, not more than --calib-windows")
-    calib, train = train[:args.calib_windows], train[args.calib_windows:]
+                           max_tokens=eval_windows * args.seq_len).token_ids
+    if train.shape[0] <= calib_windows:
+        raise InputError(f"the training text gives {train.shape[0]} windows of --seq-len {args.seq_len}, not more "
+                         f"than the {calib_windows} of --fit-tokens")
+    calib, train = train[:calib_windows], train[calib_windows:]
     progress = not args.no_progress
     calibration = calibration_routing(model, sites, calib, batch_size=args.batch_size, progress=progress)
     plan = fit_plan(calibration, num_experts, args.gpus, config=config_summary(model.config))
-    if args.policy == "c2r":
-        counts = {layer: coactivation_counts(ids, num_experts) for layer, ids in calibration.items()}
-        policy = c2r_policy(counts, args.top_t or max(num_experts // 4, top_k - 1), args.weights)
-    elif args.policy == "gpu-limited":
-        policy = gpu_limited_policy(plan, args.max_gpus or max(1, plan.num_gpus // 2), weights=args.weights,
-                                    fill=args.gpu_fill)
-    elif args.policy == "gpu-adaptive":
-        policy = gpu_adaptive_policy(plan, 0.1 if args.min_gpu_share is None else args.min_gpu_share,
-                                     args.max_gpus, args.weights, args.gpu_fill)
-    else:
-        policy = capacity_policy(args.policy, args.capacity_factor or 1.25, args.weights)
+    context = PolicyContext(num_experts, top_k, plan.num_gpus, plan.slots_per_gpu)
+    spec, settings = policy_choice(args).resolve(context)
+    policy = fit_policy(spec, settings, FitData(plan=plan, calibration=calibration, num_experts=num_experts))
     control = copy.deepcopy(model) if args.control else None
     with torch.inference_mode():
         before = evaluate_policies(model, sites, heldout, [policy], plan=plan, batch_size=args.batch_size,
@@ -112,13 +109,13 @@ def run(args) -> int:
     with torch.inference_mode():
         after = evaluate_policies(model, sites, heldout, [policy], plan=plan, batch_size=args.batch_size,
                                   progress=progress)
-    report = {"model": model_reference(model_name), "policy": policy.name, **policy.settings(),
+    report = {"model": model_reference(model_name), "policy": policy.name, **policy.record(),
               "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "train": args.train,
               "seq_len": args.seq_len, "eval_tokens": before[0]["eval_tokens"], "plan": plan.method,
               **measure_recovery(before, after), "losses": losses, "before": before, "after": after}
     if control is not None:
         control_sites = find_router_sites(control).sites
-        control_losses = finetune_with_policy(control, control_sites, _none(), train, steps=args.steps,
+        control_losses = finetune_with_policy(control, control_sites, none_policy(), train, steps=args.steps,
                                               batch_size=args.batch_size, lr=args.lr, train=args.train,
                                               seed=args.seed, progress=progress)
         with torch.inference_mode():
@@ -153,7 +150,24 @@ def format_report(label: str, report: dict) -> str:
     return "\n".join(lines)
 
 
-def _none():
-    from ..reroute.policy import none_policy
+def window_counts(args) -> tuple[int, int, int]:
+    """Training, fit and evaluation windows of ``--seq-len`` tokens from ``--train/fit/eval-tokens``.
 
-    return none_policy()
+    The deprecated ``--train/calib/eval-windows`` give window counts directly.
+
+    Raises:
+        InputError: a token count below one window.
+    """
+    return (args.train_windows or _whole_windows(args.train_tokens, args.seq_len, "--train-tokens"),
+            args.calib_windows or _whole_windows(args.fit_tokens, args.seq_len, "--fit-tokens"),
+            args.eval_windows or _whole_windows(args.eval_tokens, args.seq_len, "--eval-tokens"))
+
+
+def _whole_windows(tokens: int, seq_len: int, option: str) -> int:
+    """Whole windows of ``seq_len`` tokens in ``tokens`` (at least one, else a one-line error naming ``option``)."""
+    from ..errors import InputError
+
+    if tokens < seq_len:
+        raise InputError(f"{option} {tokens} is less than one window of --seq-len {seq_len}")
+    return tokens // seq_len
+

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from ._args import add_json_argument, write_json_output
 
 
 def add_parser(subparsers) -> None:
@@ -12,8 +12,8 @@ def add_parser(subparsers) -> None:
         description="Summarise a capture run: model, family, MoE layers, experts, top-k, tokens, sequences, "
         "router logits, capture tokens/s, and the expert load imbalance (max/mean) of every layer.",
     )
-    parser.add_argument("run", help="trace folder written by routelens capture")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("run", metavar="RUN", help="trace folder written by routelens capture")
+    add_json_argument(parser, "the summary", bare_means_stdout=True)
     parser.set_defaults(func=run)
 
 
@@ -23,5 +23,6 @@ def run(args) -> int:
 
     trace = Trace.open(args.run, allow_incomplete=True)
     summary = summarize_trace(trace)
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if not write_json_output(args.json, summary):
+        print(format_summary(summary))
     return 0

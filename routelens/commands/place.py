@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
-from ._args import add_workers_argument, positive_float, positive_int
+from ._args import (add_deprecated_alias, add_no_progress_argument, add_workers_argument, non_negative_int,
+                    positive_float, positive_int)
 
-METHOD_HELP = ("routelens: the optimizer (estimated All-to-All bottleneck; --objective layer adds compute); "
-               "contiguous: experts in id order (the engines' default); random; greedy: load-balanced packing; "
-               "eplb: DeepSeek EPLB; kahypar / kahypar-load: Mt-KaHyPar km1 with unit / load weights (needs mtkahypar)")
+def method_help() -> str:
+    """``--method``'s help: every registered placement method and what it is."""
+    from ..placement.methods import get_method, method_names
+
+    return "; ".join(f"{name}: {get_method(name).summary}" for name in method_names())
+
+
+FORMAT_CHOICES = ("json", "sglang", "sglang-counts", "vllm-ascend", "vllm")
+FORMAT_HELP = ("json: routelens plan; sglang: {\"physical_to_logical_map\"} for sglang --init-expert-location (.pt or "
+               ".json); sglang-counts: the trace's expert counts ({\"logical_count\"}), from which SGLang places the "
+               "experts itself (no plan is fitted, no --gpus needed); vllm-ascend: eplb_config.expert_map_path JSON; "
+               "vllm: nothing - vLLM 0.34.0 loads no placement file (only --expert-placement-strategy linear|round_robin "
+               "and online EPLB), so this stops with that message. With an engine format the routelens plan is "
+               "written next to the file as <out>.plan.json (default json)")
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -55,95 +68,144 @@ def add_parser(subparsers) -> None:
         help="fit an expert placement plan (which GPU holds which experts and replicas) on a trace",
         description="Place every MoE layer's experts (and optional redundant replicas) on GPUs to cut the "
         "estimated dispatch + combine All-to-All and the straggler, fitted on the first --fit-fraction of the "
-        "trace's tokens (the rest is kept for plan-eval). Writes a routelens plan (JSON) or the file SGLang "
-        "(--init-expert-location) or vLLM (EPLB state) load.",
+        "trace's tokens (the rest is kept for plan-eval). Writes a routelens plan (JSON) or the file an engine "
+        "loads (--format). A counts-only run (imported SGLang stat records) is placed from its counts by "
+        "contiguous, random, greedy or eplb.",
     )
-    parser.add_argument("run", help="trace folder (routelens capture output)")
-    parser.add_argument("--out", required=True, help="plan file to write (.json; .pt or .json for --format sglang/vllm)")
-    parser.add_argument("--method", default="routelens", help=METHOD_HELP + " (default routelens)")
-    parser.add_argument("--redundant", type=_non_negative_int, default=0,
+    parser.add_argument("run", metavar="RUN", help="trace folder written by routelens capture")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="plan file to write (.json; .pt or .json for --format sglang and sglang-counts)")
+    parser.add_argument("--method", default="routelens", help=method_help() + " (default routelens)")
+    parser.add_argument("--redundant", type=non_negative_int, default=0,
                         help="redundant expert slots per layer (E + R must be a multiple of the GPU count)")
-    parser.add_argument("--policy", default="nearest-then-least-loaded",
-                        help="how a token picks among replicas: nearest-then-least-loaded (default), round-robin, first")
-    parser.add_argument("--fit-fraction", type=float, default=0.5,
+    parser.add_argument("--replica-policy", default="nearest-then-least-loaded", metavar="POLICY",
+                        help="how a token picks among an expert's replicas: nearest-then-least-loaded (default), "
+                        "round-robin, first")
+    add_deprecated_alias(parser, "--policy", "--replica-policy")
+    parser.add_argument("--fit-fraction", type=float, default=None,
                         help="fit on this first fraction of the trace's tokens, keep the rest held out for plan-eval "
-                        "(default 0.5; use 1 for a production plan and evaluate on another trace)")
-    parser.add_argument("--format", choices=("json", "sglang", "vllm"), default="json",
-                        help="json: routelens plan; sglang / vllm: the engine's mapping (the JSON plan is written "
-                        "next to it as <out>.plan.json)")
+                        "(default 0.5; use 1 for a production plan and evaluate on another trace; counts-only runs "
+                        "always use all their counts)")
+    parser.add_argument("--format", choices=FORMAT_CHOICES, default="json", help=FORMAT_HELP)
     parser.add_argument("--num-layers", type=positive_int, default=None,
                         help="sglang: decoder layers of the model (default: from the trace)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (random baseline, optimizer subsample)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the random baseline and the optimizer's subsample (default 0)")
     parser.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                         help="optimizer wall-clock budget for all layers (default: run to convergence)")
     parser.add_argument("--max-fit-tokens", type=positive_int, default=None,
                         help="tokens per layer the optimizer scores on (default 32768, a seeded subsample above)")
-    parser.add_argument("--seeds", default=None,
+    parser.add_argument("--starts", default=None, metavar="METHODS",
                         help="optimizer starting placements, comma-separated: kahypar, coact, lpt, mincut (default: "
                         "kahypar,coact,lpt when mtkahypar is installed and E <= 128, else coact,lpt); with several, "
                         "the one that holds up best on the last quarter of the fit tokens wins")
+    add_deprecated_alias(parser, "--seeds", "--starts")
     parser.add_argument("--objective", choices=("a2a", "layer"), default="a2a",
                         help="optimizer: a2a minimises the estimated dispatch + combine bottleneck (default); layer "
                         "adds the busiest GPU's expert compute")
-    parser.add_argument("--kicks", type=int, default=None, metavar="N",
+    parser.add_argument("--kicks", type=int, default=None, metavar="N",  # PlaceSettings.check() refuses < 0
                         help="optimizer: N restarts of the swap search from the best placement after a few random "
                         "swaps, each kept only if the estimate improves (default 16 when E <= 128, else 0)")
     parser.add_argument("--expert-groups", type=positive_int, default=1,
                         help="eplb: expert groups of the model for the hierarchical policy (DeepSeek-V3: 8)")
     add_workers_argument(parser)
     add_cluster_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ..engines.layout import trace_decoder_layers, trace_layer_indices
+    from ..engines.vllm_ascend_map import UPSTREAM_NOTE
     from ..errors import InputError
-    from ..placement.export import export_plan
+    from ..lock import enclosing_run, run_lock
+    from ..placement.export import EXPORT_FORMATS, export_plan
     from ..placement.optimizer import MAX_FIT_TOKENS
     from ..placement.place import PlaceSettings, fit_token_range, place
     from ..trace import Trace
 
+    if args.format == "vllm":
+        raise InputError(UPSTREAM_NOTE)
+    out = Path(args.out)
+    suffixes = EXPORT_FORMATS[args.format].suffixes if args.format in EXPORT_FORMATS else (".pt", ".json")
+    if suffixes and out.suffix not in suffixes:
+        raise InputError(f"--format {args.format} writes a {' or '.join(suffixes)} file, got '{out.name}'")
+    trace = Trace.open(args.run)
+    layer_indices = trace_layer_indices(trace)
+    num_layers = args.num_layers or trace_decoder_layers(trace) or max(layer_indices) + 1
+    if trace.counts_only:
+        if args.fit_fraction not in (None, 1.0):
+            raise InputError(f"{trace.path} holds expert counts only: it is placed from all its counts "
+                             "(--fit-fraction needs per-token routing)")
+        fit = (0, trace.num_tokens)
+    else:
+        fit = fit_token_range(trace, 0.5 if args.fit_fraction is None else args.fit_fraction)
+    if args.format == "sglang-counts":
+        return _write_counts(trace, fit, out, layer_indices, num_layers, args.redundant)
     if args.gpus is None and args.gpus_per_node is None:
         raise InputError("give the cluster size: --gpus G, or --nodes N --gpus-per-node M")
-    out = Path(args.out)
-    if args.format != "json" and out.suffix not in (".pt", ".json"):
-        raise InputError(f"--format {args.format} writes a .pt or .json file, got '{out.name}'")
-    trace = Trace.open(args.run)
     topology = topology_from_args(args)
     cost = cost_from_args(args, trace, topology)
     settings = PlaceSettings(
-        method=args.method, redundant=args.redundant, replica_policy=args.policy, seed=args.seed,
+        method=args.method, redundant=args.redundant, replica_policy=args.replica_policy, seed=args.seed,
         time_budget_s=args.time_budget, max_fit_tokens=args.max_fit_tokens or MAX_FIT_TOKENS,
-        seeds=tuple(s.strip() for s in args.seeds.split(",") if s.strip()) if args.seeds else None,
+        seeds=tuple(s.strip() for s in args.starts.split(",") if s.strip()) if args.starts else None,
         num_groups=args.expert_groups, objective=args.objective, kicks=args.kicks,
     )
     settings.check()
-    fit = fit_token_range(trace, args.fit_fraction)
-    plan = place(trace, cost, settings, fit=fit, progress=not args.no_progress, workers=args.workers)
-    if args.format == "json":
-        written = [export_plan(plan, out, "json")]
-    else:
-        json_path = out.with_suffix(".plan.json")
-        written = [export_plan(plan, out, args.format, num_layers=args.num_layers), plan.save(json_path)]
+    owner = enclosing_run(out)  # a plan written into a run folder: one writer at a time there
+    with run_lock(owner, "routelens place") if owner is not None else contextlib.nullcontext():
+        plan = place(trace, cost, settings, fit=fit, progress=not args.no_progress, workers=args.workers)
+        if args.format == "json":
+            written = [export_plan(plan, out, "json")]
+        else:
+            json_path = out.with_suffix(".plan.json")
+            written = [export_plan(plan, out, args.format, num_layers=num_layers, layer_indices=layer_indices),
+                       plan.save(json_path)]
     mean = plan.meta["metrics"]["mean"]
     print(f"plan    {plan.method}: {plan.num_gpus} GPUs ({plan.num_nodes} node(s)), {plan.slots_per_gpu} slots per GPU, "
           f"{plan.num_redundant} redundant, {len(plan.layers)} layers, {plan.meta['seconds']:.1f} s")
-    print(f"fit     tokens [{fit[0]}, {fit[1]}) of {trace.num_tokens:,}")
-    print(f"metrics (fit tokens, mean over layers): {mean['gpus_per_token']:.2f} GPUs/token, busiest GPU receives "
-          f"{mean['busiest_gpu_recv']:.3f} × T/G, compute max/mean {mean['compute_imbalance']:.3f}, "
-          f"est. {mean['a2a_us']:.1f} µs All-to-All per layer")
+    if trace.counts_only:
+        print(f"fit     all recorded counts ({trace.num_tokens:,} tokens over {trace.manifest.get('num_steps', 0):,} "
+              "steps; no held-out tokens: plan-eval needs per-token routing)")
+        print(f"metrics (recorded counts, mean over layers): compute max/mean {mean['compute_imbalance']:.3f} "
+              "(All-to-All estimates need per-token routing)")
+    else:
+        print(f"fit     tokens [{fit[0]}, {fit[1]}) of {trace.num_tokens:,}")
+        print(f"metrics (fit tokens, mean over layers): {mean['gpus_per_token']:.2f} GPUs/token, busiest GPU receives "
+              f"{mean['busiest_gpu_recv']:.3f} × T/G, compute max/mean {mean['compute_imbalance']:.3f}, "
+              f"est. {mean['a2a_us']:.1f} µs All-to-All per layer")
     for path in written:
         print(f"wrote   {path}")
     if args.format == "sglang":
         print(f"serve   sglang ... --ep-size {plan.num_gpus} --ep-num-redundant-experts {plan.num_redundant} "
               f"--init-expert-location {out}")
+    if args.format == "vllm-ascend":
+        print(f"serve   vllm serve ... (vllm-ascend) --additional-config "
+              f"'{{\"eplb_config\": {{\"expert_map_path\": \"{out}\"}}}}'")
     if fit[1] < trace.num_tokens:
-        print(f"next    routelens plan-eval {args.run} {written[-1]}")
+        print(f"next    routelens plan-eval {args.run} {written[0]}")
     return 0
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+def _write_counts(trace, fit: tuple[int, int], out: Path, layer_indices: list[int], num_layers: int,
+                  redundant: int) -> int:
+    """``--format sglang-counts``: the trace's expert counts over the fit tokens as SGLang's ``logical_count``."""
+    import numpy as np
+
+    from ..engines.sglang_location import save_sglang_counts
+    from ..graphs import load_counts
+
+    if trace.counts_only:
+        counts = np.stack([trace.expert_counts(layer) for layer in trace.layers])
+    else:
+        counts = np.stack([load_counts(np.asarray(trace.topk_ids(layer)[fit[0]:fit[1]], dtype=np.int64), trace.num_experts)
+                           for layer in trace.layers])
+    path = save_sglang_counts(counts, out, layer_indices, num_layers)
+    print(f"counts  {len(trace.layers)} MoE layers × {trace.num_experts} experts over tokens [{fit[0]}, {fit[1]}), "
+          f"as {num_layers} decoder-layer rows")
+    print(f"wrote   {path}")
+    print(f"serve   sglang ... --ep-size G --ep-num-redundant-experts {redundant} --init-expert-location {path} "
+          "(SGLang runs its own EPLB on these counts)")
+    return 0
+

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._args import add_workers_argument, positive_int
+from ._args import add_json_argument, add_no_progress_argument, add_workers_argument, positive_int, write_json_output
 from .place import add_cluster_arguments, cost_from_args, topology_from_args
 
 
@@ -16,17 +16,20 @@ def add_parser(subparsers) -> None:
         "tokens), compute imbalance, inter-node share and the estimated All-to-All and layer time, with ratios "
         "to contiguous.",
     )
-    parser.add_argument("run", help="trace folder to score on")
-    parser.add_argument("plan", help="routelens plan file (routelens place output)")
-    parser.add_argument("--baselines", default=None,
-                        help="comma-separated baselines (default: contiguous,random,greedy,eplb and kahypar, "
-                        "kahypar-load when mtkahypar is installed)")
-    parser.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    parser.add_argument("run", metavar="RUN", help="trace folder to score on")
+    parser.add_argument("plan", metavar="PLAN", help="plan file: a routelens plan, an SGLang --init-expert-location map "
+                        "(.pt/.json; give --gpus, the EP size, unless place wrote <plan>.plan.json next to it) or a "
+                        "vllm-ascend expert map")
+    parser.add_argument("--baselines", default=None, metavar="METHODS",
+                        help="comma-separated baselines, from the placement methods of routelens place --method "
+                        "but routelens (default: all of them whose optional dependency is installed: kahypar and "
+                        "kahypar-load need mtkahypar)")
+    add_json_argument(parser, "every number (per layer too)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the random baseline (default 0)")
     parser.add_argument("--expert-groups", type=positive_int, default=1, help="eplb: expert groups of the model")
     add_workers_argument(parser)
     add_cluster_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_no_progress_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -34,17 +37,18 @@ def run(args) -> int:
     import numpy as np
 
     from ..errors import InputError
-    from ..io import atomic_write_json
     from ..placement.cost import CostModel
     from ..placement.evaluate import compare_plans, eval_token_index, format_comparison, ratios
-    from ..placement.hypergraph import mtkahypar_available
-    from ..placement.place import BASELINES, PlaceSettings, fit_baselines
+    from ..placement.methods import baseline_names
+    from ..placement.place import PlaceSettings, fit_baselines
     from ..placement.topology import Topology
-    from ..plan import Plan
+    from ..engines.plan_files import PlanTarget, load_plan_file
     from ..trace import Trace
 
     trace = Trace.open(args.run)
-    plan = Plan.load(args.plan)
+    trace.require_tokens("plan-eval")
+    gpus = args.gpus or (args.nodes * args.gpus_per_node if args.nodes and args.gpus_per_node else None)
+    plan = load_plan_file(args.plan, PlanTarget.for_trace(trace, num_gpus=gpus, num_nodes=args.nodes))
     plan.check_trace(trace)
     cluster_given = any(v is not None for v in (args.gpus, args.nodes, args.gpus_per_node))
     if cluster_given:
@@ -63,11 +67,11 @@ def run(args) -> int:
 
     if args.baselines:
         names = [b.strip() for b in args.baselines.split(",") if b.strip()]
-        unknown = [b for b in names if b not in BASELINES]
+        unknown = [b for b in names if b not in baseline_names()]
         if unknown:
-            raise InputError(f"unknown baseline '{unknown[0]}' (known: {', '.join(BASELINES)})")
+            raise InputError(f"unknown baseline '{unknown[0]}' (known: {', '.join(baseline_names())})")
     else:
-        names = [b for b in BASELINES if mtkahypar_available() or not b.startswith("kahypar")]
+        names = list(baseline_names(available_only=True))
     held, note = eval_token_index(trace, plan)
     fit_trace, fit, fit_note = _baseline_fit(trace, plan, Trace)
     settings = PlaceSettings(method=names[0] if names else "contiguous", redundant=plan.num_redundant,
@@ -77,6 +81,10 @@ def run(args) -> int:
     label = f"plan ({plan.method})"
     plans[label] = plan
     results = compare_plans(plans, trace, held, cost, progress=not args.no_progress, workers=args.workers)
+    report = {"trace": str(trace.path), "plan": str(args.plan), "scored_on": note,
+              "eval_tokens": int(np.asarray(held).size), "results": results, "ratios_to_contiguous": ratios(results)}
+    if write_json_output(args.json, report):
+        return 0
     topo = cost.topology
     print(f"trace   {trace.path}: {len(trace.layers)} layers, E={trace.num_experts}, top-{trace.top_k}")
     print(f"scored  {note}; {fit_note}")
@@ -94,9 +102,6 @@ def run(args) -> int:
         print(f"busiest-GPU receive: plan {mine:.3f} vs best baseline {best} {baseline_recv[best]:.3f} "
               f"({100 * (mine / baseline_recv[best] - 1):+.1f}%)")
     if args.json:
-        atomic_write_json(args.json, {"trace": str(trace.path), "plan": str(args.plan), "scored_on": note,
-                                      "eval_tokens": int(np.asarray(held).size), "results": results,
-                                      "ratios_to_contiguous": ratios(results)})
         print(f"wrote   {args.json}")
     return 0
 

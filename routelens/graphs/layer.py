@@ -298,7 +298,7 @@ def finish_layer(
     e = totals.num_experts
     t = metrics.default_top_t(e, top_k) if top_t is None else int(top_t)
     if not 1 <= t <= max(e - 1, 1):
-        raise InputError(f"--top-t {t} must lie in [1, {e - 1}] for a layer of {e} experts")
+        raise InputError(f"--group-size {t} must lie in [1, {e - 1}] for a layer of {e} experts")
     coact = totals.coactivation
     halves = tuple(totals.coactivation_halves)  # zero diagonals; both needed for Top-T stability
     roles = metrics.expert_roles(coact, t, threshold, counts_halves=halves if all(h.any() for h in halves) else None)

@@ -16,76 +16,32 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError, TraceError
+from ..formats import ANALYSIS
+from ..layer_selection import select_layers
 from ..parallel import resolve_workers, run_jobs, shared_path, thread_budget
 from ..trace import Trace, as_trace
 from . import layer as L
 from .analysis import Analysis
 from .tokens import TOKEN_CLASSES, class_lookup, load_token_texts
 
-FORMAT_NAME = "routelens-analysis"
-FORMAT_VERSION = 1
 
+def parse_layers(spec: str | Sequence[int | str] | None, layers: Sequence[str] | int) -> list[int]:
+    """Layer selection ``"0-11"``, ``"0,2,5-7"``, ``"-4--1"`` (from the end), router paths or None (all) → indices.
 
-def parse_layers(spec: str | Sequence[int] | None, num_layers: int) -> list[int]:
-    """Layer selection ``"0-11"``, ``"0,2,5-7"``, ``"-4--1"`` (from the end) or None (all) → indices.
+    The syntax is :mod:`routelens.layer_selection`'s, shared by every command's ``--layers``.
+
+    Args:
+        spec: the selection; layers: the trace's router paths (or their number).
 
     Raises:
         InputError: malformed, empty, or out of ``[0, num_layers)`` (one line naming the range).
     """
-    if spec is None or (isinstance(spec, str) and spec.strip() in ("", "all")):
-        return list(range(num_layers))
-    if not isinstance(spec, str):
-        chosen = [int(x) for x in spec]
-    else:
-        chosen = []
-        for part in spec.split(","):
-            part = part.strip()
-            try:
-                if "-" in part[1:]:
-                    cut = part.index("-", 1)
-                    lo, hi = int(part[:cut]), int(part[cut + 1:])
-                    lo, hi = (lo + num_layers if lo < 0 else lo), (hi + num_layers if hi < 0 else hi)
-                    if hi < lo:
-                        raise InputError(f"layer range {part!r} is empty (end before start)")
-                    chosen.extend(range(lo, hi + 1))
-                else:
-                    v = int(part)
-                    chosen.append(v + num_layers if v < 0 else v)
-            except ValueError:
-                raise InputError(f"cannot read layer selection {spec!r}: use e.g. 0-11 or 0,2,5-7") from None
-    bad = [v for v in chosen if not 0 <= v < num_layers]
-    if bad:
-        raise InputError(f"layer {bad[0]} out of bounds in --layers {spec}: the trace has {num_layers} MoE layers (0-{num_layers - 1})")
-    if not chosen:
-        raise InputError(f"--layers {spec} selects no layer")
-    return sorted(set(chosen))
+    return select_layers(spec, layers)
 
 
 def layer_num_experts(trace: Trace, j: int) -> int:
     """``E`` of trace layer ``j`` (``num_experts_per_layer`` when the manifest has it)."""
-    per_layer = trace.manifest.get("num_experts_per_layer")
-    if isinstance(per_layer, list) and len(per_layer) == len(trace.layers):
-        return int(per_layer[j])
-    return trace.num_experts
-
-
-def trace_identity(trace: Trace) -> str:
-    """``Trace.fingerprint()`` strengthened with what a re-capture changes even at equal sizes.
-
-    The fingerprint hashes layers, shard names and token counts, so a new capture of other text
-    with the same sizes keeps it; this adds the manifest's capture settings (text hash, model) and
-    each shard file's size and modification time, like ``make`` does.
-    """
-    import hashlib
-    import json
-
-    shards = []
-    for shard in trace.shards:
-        stat = (trace.path / shard["file"]).stat()
-        shards.append([shard["file"], stat.st_size, stat.st_mtime_ns])
-    key = json.dumps({"fingerprint": trace.fingerprint(), "settings": trace.manifest.get("settings"),
-                      "source": trace.manifest.get("source"), "shards": shards}, sort_keys=True, default=str)
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    return trace.layer_experts[j]
 
 
 def analysis_params(trace: Trace, layers: list[int], top_t: int | None, threshold: float, seed: int,
@@ -132,16 +88,17 @@ def analyze_trace(
         The :class:`Analysis` (not saved: see :func:`routelens.graphs.save_analysis`).
 
     Raises:
-        TraceError / InputError: unreadable shards, ids out of range, a bad layer selection.
+        TraceError / InputError: a counts-only run, unreadable shards, ids out of range, a bad layer selection.
     """
     started = time.perf_counter()
+    trace.require_tokens("analyze (co-activation)")
     if trace.num_tokens == 0:
         raise TraceError(f"trace {trace.path} holds no tokens")
-    chosen = parse_layers(layers, len(trace.layers))
+    chosen = parse_layers(layers, trace.layers)
     e_max, k = trace.num_experts, trace.top_k
     e_min = min(layer_num_experts(trace, j) for j in chosen)
     if top_t is not None and not 1 <= top_t <= max(e_min - 1, 1):
-        raise InputError(f"--top-t {top_t} must lie in [1, {e_min - 1}] for layers of {e_min} experts")
+        raise InputError(f"--group-size {top_t} must lie in [1, {e_min - 1}] for layers of {e_min} experts")
     num_tokens = trace.num_tokens
     vocab, freq = vocabulary_counts(trace)
     keep = np.sort(np.argsort(-freq, kind="stable")[:max_vocab]) if max_vocab > 0 else np.zeros(0, np.int64)
@@ -174,10 +131,8 @@ def analyze_trace(
     analysis = assemble(results, chosen, [trace.layers[j] for j in chosen], e_max, k, num_tokens,
                         has_classes=cls_of_vocab is not None)
     analysis.meta = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "trace": {"path": str(trace.path), "fingerprint": trace.fingerprint(), "identity": trace_identity(trace),
-                  "model": trace.model_id,
+        **ANALYSIS.header(),
+        "trace": {"path": str(trace.path), "fingerprint": trace.fingerprint(), "model": trace.model_id,
                   "family": trace.family, "num_layers": len(trace.layers), "num_experts": e_max, "top_k": k,
                   "num_tokens": num_tokens, "has_logits": trace.has_logits},
         "params": analysis_params(trace, chosen, top_t, threshold, seed, resolution, max_vocab, tokenizer_path),
@@ -270,7 +225,9 @@ def analyze_layer(job: _LayerJob) -> L.LayerResult:
     trace = as_trace(job.trace)
     j, nxt = job.layer, job.next_layer
     acc = L.LayerAccumulator(job.num_experts, workers=min(thread_budget(), 8))
-    streams = [trace.iter_chunks(j, "topk_ids"), trace.iter_chunks(j, "topk_weights"),
+    # imported runs hold no routing weights (uniform 1/k placeholders): no weight mass then
+    streams = [trace.iter_chunks(j, "topk_ids"),
+               trace.iter_chunks(j, "topk_weights") if trace.has_weights else _none_pairs(),
                trace.iter_chunks(nxt, "topk_ids") if nxt is not None else _nones(),
                trace.iter_chunks(j, "router_logits") if trace.has_logits else _nones(),
                trace.iter_token_chunks("token_ids")]
@@ -293,3 +250,8 @@ def analyze_layer(job: _LayerJob) -> L.LayerResult:
 def _nones():
     while True:
         yield None
+
+
+def _none_pairs():
+    while True:
+        yield None, None

@@ -20,8 +20,8 @@ Layout (all arrays ``.npy``, never pickled; ``L`` analysed layers, ``E`` experts
 
 The folder is written next to the old one and swapped in at the end, so an interrupted or failed
 analysis leaves the previous results untouched. :func:`ensure_analysis` recomputes only when the
-trace changed (``Trace.fingerprint()``, plus the shard files' sizes and modification times and
-the capture settings: see :func:`routelens.graphs.pipeline.trace_identity`) or the parameters did.
+trace's content changed (``Trace.fingerprint()``: the shards' recorded hashes and the manifest, so a
+run copied elsewhere stays current) or the parameters did.
 """
 
 from __future__ import annotations
@@ -34,22 +34,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import RoutelensError, TraceError
+from ..errors import ResultFileError, RoutelensError, TraceError
+from ..formats import ANALYSIS
 from ..io import atomic_save_npy, atomic_write_json, read_json
-from ..trace import Trace
+from ..lock import run_lock
+from ..trace import MANIFEST, Trace
 from .analysis import SCORE_NAMES, Analysis
 from .communities import export_graph
-from .pipeline import FORMAT_NAME, FORMAT_VERSION, analysis_params, analyze_trace, parse_layers, trace_identity
+from .pipeline import analysis_params, analyze_trace, parse_layers
 
-ANALYSIS_DIR = "analysis"
-SUMMARY_FILE = "analysis.json"
+SUMMARY_FILE = ANALYSIS.file
 TOKENS_FILE = "tokens.json"
 ARRAYS = ("load_tokens", "load_weight", "coactivation", "transitions")
 
 
 def analysis_dir(run_path: str | os.PathLike) -> Path:
     """``RUN/analysis``."""
-    return Path(run_path) / ANALYSIS_DIR
+    return ANALYSIS.folder_in(run_path)
 
 
 def save_analysis(analysis: Analysis, run_path: str | os.PathLike, exports: Sequence[str] = ()) -> Path:
@@ -74,7 +75,7 @@ def save_analysis(analysis: Analysis, run_path: str | os.PathLike, exports: Sequ
         if analysis.tokens is not None:
             atomic_write_json(staging / TOKENS_FILE, analysis.tokens, indent=None)
         write_exports(analysis, staging, exports)
-        atomic_write_json(staging / SUMMARY_FILE, _summary_json(analysis))
+        ANALYSIS.write(staging / SUMMARY_FILE, _summary_json(analysis))
         _swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -142,24 +143,20 @@ def load_analysis(run_path: str | os.PathLike, allow_stale: bool = False) -> Ana
         The :class:`Analysis`; arrays are read fully (they are ``O(L E^2)``).
 
     Raises:
-        RoutelensError: no analysis, a corrupt or foreign file, an unknown format version, or a
+        ResultFileError: no analysis, a corrupt or foreign file, an unknown format version, or a
             stale analysis (the trace changed since) unless ``allow_stale``.
     """
     run_path = Path(run_path)
     folder = run_path if (run_path / SUMMARY_FILE).is_file() else analysis_dir(run_path)
     trace_dir = folder.parent
     if not (folder / SUMMARY_FILE).is_file():
-        raise RoutelensError(f"no analysis in {trace_dir}: run routelens analyze {trace_dir}")
-    meta = read_json(folder / SUMMARY_FILE, what="analysis summary")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise RoutelensError(f"{folder / SUMMARY_FILE} is not a routelens analysis")
-    if meta.get("version") != FORMAT_VERSION:
-        raise RoutelensError(f"analysis in {folder} has format version {meta.get('version')}; this routelens reads "
-                             f"version {FORMAT_VERSION} (re-run routelens analyze {trace_dir})")
-    if not allow_stale and (trace_dir / "manifest.json").is_file():
-        current = trace_identity(Trace.open(trace_dir, allow_incomplete=True))
-        if current != meta.get("trace", {}).get("identity"):
-            raise RoutelensError(f"analysis in {folder} is stale: the trace changed since; re-run routelens analyze {trace_dir}")
+        raise ResultFileError(f"no analysis in {trace_dir}: run routelens analyze {trace_dir}")
+    meta = ANALYSIS.read(folder / SUMMARY_FILE)
+    if not allow_stale and (trace_dir / MANIFEST).is_file():
+        current = Trace.open(trace_dir, allow_incomplete=True).fingerprint()
+        origin = meta.get("trace")
+        if current != (origin.get("fingerprint") if isinstance(origin, dict) else None):
+            raise ResultFileError(f"analysis in {folder} is stale: the trace changed since; re-run routelens analyze {trace_dir}")
     layers = [int(j) for j in meta["layers"]]
     e = int(meta["num_experts"])
 
@@ -170,18 +167,21 @@ def load_analysis(run_path: str | os.PathLike, allow_stale: bool = False) -> Ana
         try:
             value = np.load(path, allow_pickle=False)
         except FileNotFoundError:
-            raise RoutelensError(f"analysis in {folder} is incomplete: {name}.npy is missing (re-run routelens analyze)") from None
+            raise ResultFileError(f"analysis in {folder} is incomplete: {name}.npy is missing (re-run routelens analyze)") from None
         except (ValueError, OSError) as exc:
-            raise RoutelensError(f"analysis file {path} is corrupt: {str(exc).splitlines()[0]}") from None
+            raise ResultFileError(f"analysis file {path} is corrupt: {str(exc).splitlines()[0]}") from None
         if value.shape[: len(shape)] != shape:
-            raise RoutelensError(f"analysis file {path} has shape {value.shape}, expected {shape}: re-run routelens analyze")
+            raise ResultFileError(f"analysis file {path} has shape {value.shape}, expected {shape}: re-run routelens analyze")
         return value
 
     n = len(layers)
-    tokens = read_json(folder / TOKENS_FILE, what="analysis tokens") if meta.get("has_tokens") else None
+    try:
+        tokens = read_json(folder / TOKENS_FILE, what="analysis tokens") if meta.get("has_tokens") else None
+    except RoutelensError as exc:
+        raise ResultFileError(str(exc)) from exc
     per_layer = meta.get("per_layer", [])
     if len(per_layer) != n:
-        raise RoutelensError(f"{folder / SUMMARY_FILE} lists {len(per_layer)} layer rows for {n} layers: corrupt")
+        raise ResultFileError(f"{folder / SUMMARY_FILE} lists {len(per_layer)} layer rows for {n} layers: corrupt")
     return Analysis(
         layers=layers,
         layer_names=list(meta["layer_names"]),
@@ -212,7 +212,7 @@ def ensure_analysis(
 ) -> tuple[Analysis, bool]:
     """The analysis of ``RUN``: loaded when current, else computed and saved.
 
-    "Current" means: same trace (:func:`~routelens.graphs.pipeline.trace_identity`), same parameters (``top_t``, threshold, Louvain seed
+    "Current" means: same trace content (``Trace.fingerprint()``), same parameters (``top_t``, threshold, Louvain seed
     and resolution, ``max_vocab``, tokenizer) and the requested layers among those stored (a
     stored analysis of all layers serves ``--layers 0-11`` through :meth:`Analysis.select`).
     Requested ``exports`` missing from a current analysis are written without recomputing.
@@ -224,7 +224,8 @@ def ensure_analysis(
         ``(analysis, computed)``: ``computed`` is False when the stored one was reused.
     """
     trace = Trace.open(run_path)
-    chosen = parse_layers(layers, len(trace.layers))
+    trace.require_tokens("analyze (co-activation)")
+    chosen = parse_layers(layers, trace.layers)
     wanted = analysis_params(trace, chosen, params.get("top_t"), params.get("threshold", 0.5), params.get("seed", 0),
                              params.get("resolution", 1.0), params.get("max_vocab", 4096), params.get("tokenizer_path"))
     if not force:
@@ -237,10 +238,13 @@ def ensure_analysis(
                 stored = stored.select(chosen)
             missing = [f for f in exports if not all((stored.path / "graphs" / f"layer{j:03d}.{f}").is_file()
                                                      for j in stored.layers)]
-            write_exports(stored, stored.path, missing)
+            if missing:
+                with run_lock(run_path, "routelens analyze"):
+                    write_exports(stored, stored.path, missing)
             return stored, False
-    analysis = analyze_trace(trace, chosen, progress=progress, **params)
-    save_analysis(analysis, run_path, exports=exports)
+    with run_lock(run_path, "routelens analyze"):  # taken only to write: a current analysis is read lock-free
+        analysis = analyze_trace(trace, chosen, progress=progress, **params)
+        save_analysis(analysis, run_path, exports=exports)
     return analysis, True
 
 

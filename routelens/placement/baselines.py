@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError, PlanError
+from ..errors import InputError
 from ..plan import Plan
 from .eplb import rebalance_experts, replicate_experts
+from .replicas import fill_slots
 
 
 def slots_per_gpu(num_experts: int, num_gpus: int, redundant: int = 0) -> int:
@@ -81,7 +82,7 @@ def greedy_table(load: np.ndarray, num_gpus: int, redundant: int = 0) -> np.ndar
 
     Replicas go to the experts with the highest load per replica; then physical experts, heaviest
     first (load / replicas), each into the least-loaded GPU with a free slot that does not already
-    hold that expert.
+    hold that expert (:func:`~routelens.placement.replicas.fill_slots`).
 
     Args:
         load: ``[E]`` tokens routed to each expert (fit tokens).
@@ -90,87 +91,59 @@ def greedy_table(load: np.ndarray, num_gpus: int, redundant: int = 0) -> np.ndar
     num_experts = load.size
     slots = slots_per_gpu(num_experts, num_gpus, redundant)
     counts = replica_counts(load, num_gpus * slots, max_replicas=num_gpus)
-    experts = np.repeat(np.arange(num_experts), counts)
-    weight = (load / counts)[experts]
-    return pack_physical(experts, weight, num_gpus, slots)
-
-
-def pack_physical(experts: np.ndarray, weight: np.ndarray, num_gpus: int, slots: int) -> np.ndarray:
-    """LPT packing of physical experts (``experts[i]`` with ``weight[i]``) into ``[G, S]``, no GPU twice."""
-    table = np.full((num_gpus, slots), -1, dtype=np.int64)
-    filled = np.zeros(num_gpus, dtype=np.int64)
-    gpu_load = np.zeros(num_gpus)
-    holds = np.zeros((int(experts.max()) + 1, num_gpus), dtype=bool)
-    for i in np.argsort(-weight, kind="stable"):
-        e = experts[i]
-        key = np.where((filled < slots) & ~holds[e], gpu_load, np.inf)
-        g = int(np.argmin(key))
-        if not np.isfinite(key[g]):
-            raise PlanError(f"cannot place a replica of expert {e}: every GPU with a free slot holds it")
-        table[g, filled[g]] = e
-        filled[g] += 1
-        gpu_load[g] += weight[i]
-        holds[e, g] = True
-    return table
+    empty = np.full((num_gpus, slots), -1, dtype=np.int64)
+    return fill_slots(empty, np.repeat(np.arange(num_experts), counts), load / counts)
 
 
 def eplb_table(load: np.ndarray, num_gpus: int, redundant: int = 0, num_nodes: int = 1,
                num_groups: int = 1) -> np.ndarray:
     """``[G, S]`` DeepSeek EPLB: hierarchical when ``num_groups % num_nodes == 0``, else global.
 
-    EPLB may put two replicas of one expert on one GPU; those are swapped apart afterwards
-    (:func:`separate_duplicates`, keeping the GPU loads as close as possible).
+    An expert gets at most ``G`` replicas (EPLB itself has no cap), so a table with no expert
+    twice on a GPU exists. EPLB may still put two replicas of one expert on one GPU; those are
+    swapped apart afterwards (:func:`separate_duplicates`).
     """
     load = np.asarray(load, dtype=np.float64)
     num_experts = load.size
     slots = slots_per_gpu(num_experts, num_gpus, redundant)
     if num_gpus % num_nodes:
         raise InputError(f"{num_gpus} GPUs cannot be split evenly over {num_nodes} nodes")
-    phy2log, _, logcnt = rebalance_experts(load[None, :], num_gpus * slots, num_groups, num_nodes, num_gpus)
+    phy2log, _, logcnt = rebalance_experts(load[None, :], num_gpus * slots, num_groups, num_nodes, num_gpus,
+                                          max_replicas=num_gpus)
     table = phy2log[0].reshape(num_gpus, slots)
     return separate_duplicates(table, load / logcnt[0])
 
 
 def separate_duplicates(table: np.ndarray, replica_weight: np.ndarray) -> np.ndarray:
-    """Swap replicas so that no GPU holds the same expert twice, moving as little load as possible.
+    """Move replicas so that no GPU holds the same expert twice.
+
+    The second and later copies of an expert on one GPU are taken out and put back by
+    :func:`~routelens.placement.replicas.fill_slots`: their GPU keeps the free slots, so each copy
+    trades places with an expert of another GPU, the trade that leaves the busier of the two GPUs
+    least loaded. This always succeeds when no expert has more copies than there are GPUs.
 
     Args:
         table: ``[G, S]`` expert ids, possibly with an expert twice in a row.
         replica_weight: ``[E]`` load of one replica of each expert.
 
     Returns:
-        A copy of ``table`` where each duplicate was swapped with the slot (on another GPU) whose
-        expert has the closest weight and whose swap creates no new duplicate.
+        A ``[G, S]`` table with the same copies of each expert, none twice on a GPU.
+
+    Raises:
+        PlanError: an expert has more copies than there are GPUs.
     """
     table = np.array(table, dtype=np.int64, copy=True)
-    weight = np.asarray(replica_weight, dtype=np.float64)
-    num_gpus, slots = table.shape
-    for _ in range(table.size):
-        dup = _first_duplicate(table)
-        if dup is None:
-            return table
-        g, s = dup
-        e = table[g, s]
-        held = np.zeros((weight.size, num_gpus), dtype=bool)
-        held[table.ravel(), np.repeat(np.arange(num_gpus), slots)] = True
-        other = table  # candidate (h, t): expert f = table[h, t]
-        ok = (~held[other, g]) & (~held[e, :])[:, None] & (np.arange(num_gpus) != g)[:, None]
-        if not ok.any():
-            raise PlanError(f"cannot separate the replicas of expert {e}: too few experts for {slots} slots per GPU")
-        cost = np.where(ok, np.abs(weight[other] - weight[e]), np.inf)
-        h, t = np.unravel_index(int(np.argmin(cost)), cost.shape)
-        table[g, s], table[h, t] = table[h, t], e
-    raise PlanError("could not separate duplicate replicas")
-
-
-def _first_duplicate(table: np.ndarray) -> tuple[int, int] | None:
-    for g, row in enumerate(table):
+    moved: list[int] = []
+    for row in table:
         seen: set[int] = set()
         for s, e in enumerate(row.tolist()):
             if e in seen:
-                return g, s
+                moved.append(e)
+                row[s] = -1
             seen.add(e)
-    return None
+    if not moved:
+        return table
+    return fill_slots(table, np.asarray(moved, dtype=np.int64), replica_weight)
 
 
 def contiguous_plan(layers: list[str], num_experts: int, num_gpus: int, redundant: int = 0,

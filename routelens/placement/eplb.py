@@ -56,12 +56,15 @@ def balanced_packing(weight: np.ndarray, num_packs: int) -> tuple[np.ndarray, np
     return pack_index, rank_in_pack
 
 
-def replicate_experts(weight: np.ndarray, num_physical: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def replicate_experts(weight: np.ndarray, num_physical: int,
+                      max_replicas: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Give ``num_physical - num_logical`` extra replicas to the experts with the highest load per replica.
 
     Args:
         weight: ``[X, num_logical]`` load of each logical expert.
         num_physical: physical experts after replication (``>= num_logical``).
+        max_replicas: cap on an expert's replicas (routelens passes the GPU count, so that a plan
+            with no expert twice on a GPU exists); None, as in EPLB, for no cap.
 
     Returns:
         ``phy2log [X, num_physical]`` logical expert of each physical one (the first
@@ -72,12 +75,18 @@ def replicate_experts(weight: np.ndarray, num_physical: int) -> tuple[np.ndarray
     rows, num_logical = weight.shape
     if num_physical < num_logical:
         raise InputError(f"{num_physical} physical experts cannot hold {num_logical} logical ones")
+    if max_replicas is not None and num_physical > num_logical * max_replicas:
+        raise InputError(f"{num_physical} physical experts cannot hold {num_logical} logical ones "
+                         f"at most {max_replicas} times each")
     phy2log = np.tile(np.arange(num_physical, dtype=np.int64), (rows, 1))
     rank = np.zeros((rows, num_physical), dtype=np.int64)
     logcnt = np.ones((rows, num_logical), dtype=np.int64)
     every_row = np.arange(rows)
     for i in range(num_logical, num_physical):
-        heaviest = np.argmax(weight / logcnt, axis=-1)
+        per_replica = weight / logcnt
+        if max_replicas is not None:
+            per_replica = np.where(logcnt < max_replicas, per_replica, -np.inf)
+        heaviest = np.argmax(per_replica, axis=-1)
         phy2log[:, i] = heaviest
         rank[:, i] = logcnt[every_row, heaviest]
         logcnt[every_row, heaviest] += 1
@@ -91,7 +100,7 @@ def _inverse(perm: np.ndarray) -> np.ndarray:
 
 
 def rebalance_hierarchical(weight: np.ndarray, num_physical: int, num_groups: int, num_nodes: int,
-                           num_gpus: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                           num_gpus: int, max_replicas: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """EPLB's hierarchical policy: groups → nodes, replicate inside nodes, physical experts → GPUs.
 
     Args:
@@ -100,6 +109,7 @@ def rebalance_hierarchical(weight: np.ndarray, num_physical: int, num_groups: in
         num_groups: expert groups (contiguous blocks of ``E / num_groups`` experts); a multiple
             of ``num_nodes``.
         num_nodes, num_gpus: cluster shape (``num_gpus`` a multiple of ``num_nodes``).
+        max_replicas: cap on an expert's replicas (:func:`replicate_experts`).
 
     Returns:
         ``phy2log [L, P]``, ``phyrank [L, P]``, ``logcnt [L, E]``; physical expert ``p`` lives on
@@ -129,7 +139,7 @@ def rebalance_hierarchical(weight: np.ndarray, num_physical: int, num_groups: in
 
     # 2. replicate experts inside each node: [L * N, E / N]
     tokens_per_mlog = np.take_along_axis(weight, mlog2log, axis=1).reshape(-1, logical_per_node)
-    phy2mlog, phyrank, mlogcnt = replicate_experts(tokens_per_mlog, num_physical // num_nodes)
+    phy2mlog, phyrank, mlogcnt = replicate_experts(tokens_per_mlog, num_physical // num_nodes, max_replicas)
 
     # 3. pack each node's physical experts onto its GPUs by load per replica
     tokens_per_phy = np.take_along_axis(tokens_per_mlog / mlogcnt, phy2mlog, axis=1)
@@ -147,7 +157,7 @@ def rebalance_hierarchical(weight: np.ndarray, num_physical: int, num_groups: in
 
 
 def rebalance_experts(weight: np.ndarray, num_physical: int, num_groups: int, num_nodes: int,
-                      num_gpus: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      num_gpus: int, max_replicas: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """EPLB's entry point: hierarchical when ``num_groups % num_nodes == 0``, else global.
 
     Args:
@@ -155,6 +165,7 @@ def rebalance_experts(weight: np.ndarray, num_physical: int, num_groups: int, nu
         num_physical: physical experts (replicas) per layer, a multiple of ``num_gpus``.
         num_groups: expert groups of the model (DeepSeek-V3: 8; 1 for models without groups).
         num_nodes, num_gpus: cluster shape.
+        max_replicas: cap on an expert's replicas (None, as in EPLB: no cap).
 
     Returns:
         ``phy2log [L, P]`` logical expert of each physical slot (GPU ``g`` holds slots
@@ -170,9 +181,10 @@ def rebalance_experts(weight: np.ndarray, num_physical: int, num_groups: int, nu
     weight = np.asarray(weight, dtype=np.float64)
     num_layers, num_logical = weight.shape
     if num_groups >= 1 and num_groups % num_nodes == 0 and num_logical % num_groups == 0:
-        phy2log, phyrank, logcnt = rebalance_hierarchical(weight, num_physical, num_groups, num_nodes, num_gpus)
+        phy2log, phyrank, logcnt = rebalance_hierarchical(weight, num_physical, num_groups, num_nodes, num_gpus,
+                                                          max_replicas)
     else:
-        phy2log, phyrank, logcnt = rebalance_hierarchical(weight, num_physical, 1, 1, num_gpus)
+        phy2log, phyrank, logcnt = rebalance_hierarchical(weight, num_physical, 1, 1, num_gpus, max_replicas)
     width = int(logcnt.max())
     log2phy = np.full((num_layers, num_logical * width), -1, dtype=np.int64)
     np.put_along_axis(log2phy, phy2log * width + phyrank, np.broadcast_to(np.arange(num_physical), phy2log.shape), axis=1)

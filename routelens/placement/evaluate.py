@@ -21,6 +21,7 @@ from ..parallel import resolve_workers, run_jobs, shared_path
 from ..plan import Plan
 from ..trace import as_trace
 from .cost import CostModel, score_table
+from .methods import REFERENCE
 from .place import METRIC_KEYS, mean_metrics
 
 MAX_RANGES = 64  # a token selection of more contiguous runs than this is read as whole layers, then indexed
@@ -145,7 +146,7 @@ def _check_plans(plans: dict[str, Plan], trace, token_index: np.ndarray, cost: C
         raise InputError("no tokens to score the plan on")
 
 
-def ratios(results: dict[str, dict[str, Any]], baseline: str = "contiguous") -> dict[str, dict[str, float]]:
+def ratios(results: dict[str, dict[str, Any]], baseline: str = REFERENCE) -> dict[str, dict[str, float]]:
     """Each plan's mean metrics divided by the baseline's (``name → metric → ratio``)."""
     if baseline not in results:
         return {}
@@ -154,7 +155,7 @@ def ratios(results: dict[str, dict[str, Any]], baseline: str = "contiguous") -> 
             for name, r in results.items()}
 
 
-def format_comparison(results: dict[str, dict[str, Any]], baseline: str = "contiguous") -> str:
+def format_comparison(results: dict[str, dict[str, Any]], baseline: str = REFERENCE) -> str:
     """A plain-text table: one row per plan, mean over layers, ``(×ratio)`` to the baseline."""
     rel = ratios(results, baseline)
     header = ["plan"] + [title for _, title, _ in COLUMNS]

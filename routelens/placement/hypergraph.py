@@ -19,9 +19,10 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import InputError, RoutelensError
+from ..graphs import coactivation_counts
 from ..parallel import thread_budget
 from .baselines import replica_counts, slots_per_gpu
-from .graph import coactivation
+from .replicas import fill_slots
 
 INSTALL_HINT = "pip install 'routelens[partition]' (or pip install mtkahypar)"
 KAHYPAR_MAX_TOKENS = 16384
@@ -109,7 +110,8 @@ def kahypar_table(topk_ids: np.ndarray, num_experts: int, num_gpus: int, redunda
     ``weights="unit"`` partitions experts into blocks of exactly ``E/G`` (pure min-cut);
     ``weights="load"`` balances load (tokens per expert) instead and then moves the experts least
     tied to their block until every GPU has its slot count. Redundant slots take replicas of
-    the heaviest experts (EPLB's rule), each on the least-loaded GPU with room.
+    the heaviest experts (EPLB's rule), placed by :func:`~routelens.placement.replicas.fill_slots`
+    (least-loaded GPU with room that lacks the expert; one move makes room when none does).
     """
     if weights not in ("unit", "load"):
         raise InputError(f"kahypar weights must be 'unit' or 'load', got '{weights}'")
@@ -121,31 +123,14 @@ def kahypar_table(topk_ids: np.ndarray, num_experts: int, num_gpus: int, redunda
     sizes[: num_experts % num_gpus] += 1
     node_weights = None if weights == "unit" else load * (num_experts / max(load.sum(), 1.0)) * 100
     block = kahypar_partition(ids, num_experts, sizes, node_weights, seed=seed)
-    if weights == "load":
-        block = repair_block_sizes(block, sizes, coactivation(ids, num_experts))
+    if not np.array_equal(np.bincount(block, minlength=num_gpus), sizes):
+        block = repair_block_sizes(block, sizes, coactivation_counts(ids, num_experts))
     table = np.full((num_gpus, slots), -1, dtype=np.int64)
-    filled = np.zeros(num_gpus, dtype=np.int64)
-    for e in np.argsort(block, kind="stable"):
-        g = block[e]
-        table[g, filled[g]] = e
-        filled[g] += 1
+    for g in range(num_gpus):
+        members = np.flatnonzero(block == g)
+        table[g, : members.size] = members
     extra = np.repeat(np.arange(num_experts), counts - 1)
-    if extra.size:
-        table = _fill_replicas(table, filled, extra, load / counts)
-    return table
-
-
-def _fill_replicas(table: np.ndarray, filled: np.ndarray, extra: np.ndarray, replica_load: np.ndarray) -> np.ndarray:
-    """Put the extra replicas ``extra`` into the free slots, heaviest first, least-loaded GPU first."""
-    num_gpus, slots = table.shape
-    gpu_load = np.array([replica_load[row[row >= 0]].sum() for row in table])
-    for e in extra[np.argsort(-replica_load[extra], kind="stable")]:
-        key = np.where((filled < slots) & ~(table == e).any(1), gpu_load, np.inf)
-        g = int(np.argmin(key))
-        table[g, filled[g]] = e
-        filled[g] += 1
-        gpu_load[g] += replica_load[e]
-    return table
+    return fill_slots(table, extra, load / counts) if extra.size else table
 
 
 def repair_block_sizes(block: np.ndarray, sizes: np.ndarray, coact: np.ndarray) -> np.ndarray:

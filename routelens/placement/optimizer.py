@@ -48,10 +48,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..graphs import load_counts
 from .baselines import greedy_table, replica_counts, slots_per_gpu
-from .cost import CostModel, assign_replicas, placement_objective, token_source_gpu, traffic_from_hits
-from .graph import expert_load
+from .cost import CostModel, placement_objective, traffic_from_hits
+from .replicas import fill_slots
 from .search import SwapState, local_search
+from .traffic import assign_replicas, token_source_gpu
 
 DEFAULT_SEEDS = ("coact", "lpt")
 SEEDS = ("coact", "lpt", "mincut", "kahypar")
@@ -130,7 +132,7 @@ class _Problem:
         self.link_seconds = cost.token_bytes * self.topology.seconds_per_byte()[link]
         np.fill_diagonal(self.link_seconds, 0.0)
         self.pair_seconds = cost.expert_flops_per_token / (self.topology.gpu_tflops * 1e12)
-        self.load = expert_load(self.ids, num_experts).astype(np.float64)
+        self.load = load_counts(self.ids, num_experts).astype(np.float64)
 
     def destinations(self, table: np.ndarray) -> np.ndarray:
         return np.concatenate([assign_replicas(self.ids[a:b], self.source[a:b], table, self.policy, self.topology)
@@ -187,6 +189,7 @@ def coact_seed(problem: _Problem) -> np.ndarray:
     filled = np.zeros(num_gpus, dtype=np.int64)
     holds = np.zeros((problem.num_experts, num_gpus), dtype=bool)
     table = np.full((num_gpus, slots), -1, dtype=np.int64)
+    deferred: list[int] = []
     # experts with several replicas first (they need distinct GPUs), then heaviest first
     for i in np.lexsort((-item_load, -counts[item_expert])):
         tokens = rows[by_item[bounds[i]:bounds[i + 1]]]
@@ -196,13 +199,16 @@ def coact_seed(problem: _Problem) -> np.ndarray:
         score = 2 * (recv + added) + compute + pair
         score[(filled >= slots) | holds[item_expert[i]]] = np.inf
         g = int(np.argmin(score))
+        if not np.isfinite(score[g]):  # every GPU with room holds this expert: fill_slots makes room at the end
+            deferred.append(int(item_expert[i]))
+            continue
         table[g, filled[g]] = item_expert[i]
         filled[g] += 1
         holds[item_expert[i], g] = True
         presence[tokens, g] = True
         recv[g] += added[g]
         compute[g] += pair
-    return table
+    return fill_slots(table, np.asarray(deferred, dtype=np.int64), problem.load / counts) if deferred else table
 
 
 def seed_table(name: str, problem: _Problem, seed: int) -> np.ndarray:

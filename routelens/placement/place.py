@@ -22,17 +22,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..graphs import load_counts
 from ..parallel import resolve_workers, run_jobs, shared_path
 from ..plan import Plan
 from ..trace import as_trace
-from .baselines import contiguous_table, eplb_table, greedy_table, random_table, slots_per_gpu
-from .cost import POLICIES, CostModel, score_table
-from .graph import expert_load
-from .hypergraph import KAHYPAR_MAX_TOKENS
-from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_kicks, default_seeds, optimize_layer
+from .baselines import slots_per_gpu
+from .cost import CostModel, score_table
+from .methods import LayerFit, baseline_names, get_method, load_only_names, method_names
+from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_kicks, default_seeds
+from .traffic import POLICIES
 
-METHODS = ("routelens", "contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
-BASELINES = ("contiguous", "random", "greedy", "eplb", "kahypar", "kahypar-load")
+METHODS = method_names()  # registered in .methods
+BASELINES = baseline_names()
 METRIC_KEYS = ("gpus_per_token", "copies_per_token", "busiest_gpu_recv", "busiest_gpu_send", "compute_imbalance",
                "inter_node_share", "a2a_us", "compute_us", "layer_us")
 
@@ -42,9 +43,9 @@ class PlaceSettings:
     """How to make a plan.
 
     Attributes:
-        method: one of :data:`METHODS`.
+        method: a registered method (:mod:`.methods`: ``routelens``, ``contiguous``, ``eplb``...).
         redundant: ``R`` extra expert slots per layer (``(E + R) % G == 0``).
-        replica_policy: how tokens pick among replicas (:data:`~routelens.placement.cost.POLICIES`).
+        replica_policy: how tokens pick among replicas (:data:`~routelens.placement.traffic.POLICIES`).
         seed: random baseline and optimizer subsample seed.
         time_budget_s: optimizer wall-clock budget for the whole plan (None: run to convergence).
         max_fit_tokens: tokens per layer the optimizer scores on (a seeded subsample above this).
@@ -67,8 +68,9 @@ class PlaceSettings:
     kicks: int | None = None
 
     def check(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(f"unknown placement method '{self.method}' (known: {', '.join(METHODS)})")
+        method = get_method(self.method)  # raises for an unknown name
+        if self.redundant and not method.supports_replicas:
+            raise InputError(f"placement method '{self.method}' cannot place redundant replicas (--redundant)")
         if self.replica_policy not in POLICIES:
             raise InputError(f"unknown replica policy '{self.replica_policy}' (known: {', '.join(POLICIES)})")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
@@ -109,33 +111,24 @@ def fit_token_range(trace, fit_fraction: float) -> tuple[int, int]:
 
 def layer_table(method: str, topk_ids: np.ndarray, num_experts: int, cost: CostModel, settings: PlaceSettings,
                 deadline: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """``[G, S]`` table of one layer by ``method`` on fit tokens ``topk_ids [T, k]``, and method info."""
-    num_gpus, redundant = cost.topology.num_gpus, settings.redundant
-    ids = np.asarray(topk_ids, dtype=np.int64)
-    if method == "routelens":
-        result = optimize_layer(ids, num_experts, num_gpus, cost, redundant=redundant,
-                                policy=settings.replica_policy, seed=settings.seed, seeds=settings.seeds,
-                                max_fit_tokens=settings.max_fit_tokens, objective=settings.objective,
-                                deadline=deadline, kicks=settings.kicks)
-        return result.table, result.info()
-    if method == "contiguous":
-        return contiguous_table(num_experts, num_gpus, redundant), {}
-    if method == "random":
-        return random_table(num_experts, num_gpus, redundant, seed=settings.seed), {}
-    load = expert_load(ids, num_experts)
-    if method == "greedy":
-        return greedy_table(load, num_gpus, redundant), {}
-    if method == "eplb":
-        return eplb_table(load, num_gpus, redundant, cost.topology.num_nodes, settings.num_groups), {}
-    if method in ("kahypar", "kahypar-load"):
-        from .hypergraph import kahypar_table
-        from .optimizer import subsample_tokens
+    """``[G, S]`` table of one layer by ``method`` (:func:`~.methods.get_method`) on fit tokens ``topk_ids [T, k]``,
+    and method info."""
+    layer = LayerFit(num_experts, topk_ids=np.asarray(topk_ids, dtype=np.int64))
+    return get_method(method).build(layer, cost, settings, deadline)
 
-        limit = min(settings.max_fit_tokens or KAHYPAR_MAX_TOKENS, KAHYPAR_MAX_TOKENS)
-        sample = ids[subsample_tokens(ids.shape[0], limit, settings.seed)]
-        weights = "load" if method == "kahypar-load" else "unit"
-        return kahypar_table(sample, num_experts, num_gpus, redundant, weights=weights, seed=settings.seed), {}
-    raise InputError(f"unknown placement method '{method}' (known: {', '.join(METHODS)})")
+
+def load_metrics(table: np.ndarray, load: np.ndarray) -> dict[str, float]:
+    """What a placement's expert load alone tells: ``compute_imbalance`` (busiest GPU over the mean).
+
+    Each replica of an expert takes an equal share of its load (what EPLB assumes); the All-to-All
+    metrics need per-token routing and are left out.
+    """
+    table = np.asarray(table, dtype=np.int64)
+    load = np.asarray(load, dtype=np.float64)
+    replicas = np.bincount(table.ravel(), minlength=load.size)
+    per_gpu = (load / np.maximum(replicas, 1))[table].sum(axis=1)
+    mean = float(per_gpu.mean()) if per_gpu.size else 0.0
+    return {"compute_imbalance": float(per_gpu.max(initial=0)) / mean if mean else 1.0}
 
 
 def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] | None = None,
@@ -151,12 +144,16 @@ def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] 
 
     Returns:
         A validated :class:`~routelens.plan.Plan`; ``plan.meta["metrics"]`` holds the metrics on
-        the fit tokens (mean over layers and per layer).
+        the fit tokens (mean over layers and per layer). A counts-only run is placed from its
+        recorded counts by a load-only method (:func:`~.methods.load_only_names`), with :func:`load_metrics` only.
+
+    Raises:
+        InputError: bad settings; TraceError: a co-activation method on a counts-only run.
     """
     settings.check()
+    _require_routing(trace, (settings.method,))
     start, end, layers = _fit_setup(trace, cost, settings.redundant, fit, layers)
-    count = resolve_workers(workers, len(layers), bytes_per_job=_job_bytes(end - start, trace.top_k, cost),
-                            tokens_per_job=end - start)
+    count = _worker_count(trace, workers, layers, end - start, cost)
     deadline_wall = allowance = None
     if settings.time_budget_s is not None:
         deadline_wall = time.time() + settings.time_budget_s
@@ -173,7 +170,8 @@ def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] 
         if layer_info:
             info[layer] = layer_info
     meta = _plan_meta(trace, cost, settings, (start, end), time.perf_counter() - started)
-    meta["metrics"] = {"on": "fit tokens", "mean": mean_metrics(per_layer), "layers": per_layer}
+    meta["metrics"] = {"on": "recorded expert counts" if trace.counts_only else "fit tokens",
+                       "mean": mean_metrics(per_layer), "layers": per_layer}
     if info:
         num_experts = int(trace.num_experts)
         meta["optimizer"] = {"objective": settings.objective, "seeds": list(settings.seeds or default_seeds(num_experts)),
@@ -197,9 +195,9 @@ def fit_baselines(trace, cost: CostModel, methods: list[str], settings: PlaceSet
     """
     for method in methods:
         dataclasses.replace(settings, method=method).check()
+    _require_routing(trace, methods)
     start, end, layers = _fit_setup(trace, cost, settings.redundant, fit, layers)
-    count = resolve_workers(workers, len(layers), bytes_per_job=_job_bytes(end - start, trace.top_k, cost),
-                            tokens_per_job=end - start)
+    count = _worker_count(trace, workers, layers, end - start, cost)
     started = time.perf_counter()
     jobs = [_LayerJob(trace=trace if count == 1 else shared_path(trace.path), layer=layer, fit=(start, end),
                       methods=tuple(methods), settings=settings, cost=cost, num_experts=int(trace.num_experts),
@@ -233,9 +231,20 @@ class _LayerJob:
 
 
 def place_layer(job: _LayerJob) -> dict[str, tuple[np.ndarray, dict[str, Any] | None, dict[str, Any]]]:
-    """``method → (table [G, S], metrics on the fit tokens or None, method info)`` of one layer."""
+    """``method → (table [G, S], metrics on the fit tokens or None, method info)`` of one layer.
+
+    The layer is placed by each method's registered ``build`` (:func:`~.methods.get_method`) from a
+    :class:`~.methods.LayerFit`: the fit tokens' experts (read by range, checked like every read), or
+    for a counts-only run the layer's recorded expert counts (scored by :func:`load_metrics` alone).
+    """
     trace = as_trace(job.trace)
-    ids = trace.layer_range(job.layer, *job.fit).astype(np.int64)
+    if trace.counts_only:
+        ids = None
+        layer = LayerFit(job.num_experts, load=trace.expert_counts(job.layer))
+    else:
+        ids = trace.layer_range(job.layer, *job.fit).astype(np.int64)
+        # the load is counted once for every load-based method of the job
+        layer = LayerFit(job.num_experts, topk_ids=ids, load=load_counts(ids, job.num_experts))
     deadline = None
     if job.allowance_s is not None:
         left = min(job.allowance_s, job.deadline_wall - time.time())
@@ -243,10 +252,29 @@ def place_layer(job: _LayerJob) -> dict[str, tuple[np.ndarray, dict[str, Any] | 
     out = {}
     for method in job.methods:
         settings = dataclasses.replace(job.settings, method=method)
-        table, info = layer_table(method, ids, job.num_experts, job.cost, settings, deadline)
-        metrics = score_table(ids, table, job.cost, settings.replica_policy) if job.score else None
+        table, info = get_method(method).build(layer, job.cost, settings, deadline)
+        metrics = None
+        if job.score:
+            metrics = (load_metrics(table, layer.expert_load()) if ids is None
+                       else score_table(ids, table, job.cost, settings.replica_policy))
         out[method] = (table, metrics, info)
     return out
+
+
+def _require_routing(trace, methods) -> None:
+    """Refuse, in one line, a co-activation method on a counts-only run (before any layer is read)."""
+    for method in methods:
+        if trace.counts_only and method not in load_only_names():
+            trace.require_tokens(f"place --method {method} (co-activation)")
+
+
+def _worker_count(trace, workers: int | None, layers: list[str], fit_tokens: int, cost: CostModel) -> int:
+    """Processes for the layer jobs; a counts-only run's jobs (a few numbers each) stay in this process
+    unless ``workers`` asks for more."""
+    if trace.counts_only:
+        return resolve_workers(workers, len(layers), tokens_per_job=0)
+    return resolve_workers(workers, len(layers), bytes_per_job=_job_bytes(fit_tokens, trace.top_k, cost),
+                           tokens_per_job=fit_tokens)
 
 
 def _fit_setup(trace, cost: CostModel, redundant: int, fit, layers) -> tuple[int, int, list[str]]:
@@ -279,6 +307,6 @@ def mean_metrics(per_layer: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Mean over layers of each numeric metric (``layer_us`` also summed as ``total_us``)."""
     out = {key: float(np.mean([m[key] for m in per_layer.values()])) for key in METRIC_KEYS
            if per_layer and all(key in m for m in per_layer.values())}
-    if per_layer:
+    if per_layer and all("layer_us" in m for m in per_layer.values()):
         out["total_us"] = float(np.sum([m["layer_us"] for m in per_layer.values()]))
     return out

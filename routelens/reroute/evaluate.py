@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..placement.baselines import contiguous_table
+from ..placement.traffic import plan_topology
 from ..plan import Plan
-from .fitting import coactivation_counts
 from .inmodel import RerouteHooks
 from .metrics import changed_fraction, routing_stats
-from .fitting import contiguous_table
-from .policy import Policy, c2r_policy, capacity_policy, gpu_adaptive_policy, gpu_limited_policy, none_policy
-from .scores import WEIGHTINGS
+from .policy import Policy, none_policy
+from .registry import is_baseline
 
 ROW_CHANGES = ("perplexity", "gpus_per_token", "busiest_gpu_recv", "load_max_over_mean")
 
@@ -50,7 +50,7 @@ def split_windows(token_ids: np.ndarray, calib_fraction: float) -> tuple[np.ndar
         InputError: ``calib_fraction`` outside (0, 1) or too few windows for both parts.
     """
     if not 0.0 < calib_fraction < 1.0:
-        raise InputError(f"--calib-fraction must lie strictly between 0 and 1, got {calib_fraction}")
+        raise InputError(f"--fit-fraction must lie strictly between 0 and 1, got {calib_fraction}")
     num = int(token_ids.shape[0])
     num_calib = int(round(num * calib_fraction))
     if num_calib < 1 or num - num_calib < 1:
@@ -91,65 +91,6 @@ def calibration_routing(model, sites: Sequence[Any], token_ids: np.ndarray, batc
             bar.update(1)
     bar.close()
     return {name: np.concatenate(parts) for name, parts in chosen.items()}
-
-
-# ---------------------------------------------------------------------------- sweep settings
-def default_settings(num_experts: int, top_k: int, num_gpus: int, slots_per_gpu: int,
-                     weights: Sequence[str] = WEIGHTINGS,
-                     fills: Sequence[str] = ("best",)) -> dict[str, list[dict[str, Any]]]:
-    """The settings swept per policy when none are given, each with every ``weights`` mode.
-
-    * ``c2r``: ``T`` in ``{E/8, E/4, E/2}`` (at least ``K - 1``, at most ``E - 1``);
-    * ``gpu-limited``: ``M`` from the fewest GPUs that hold ``K`` experts up to ``G / 2``;
-    * ``gpu-adaptive``: minimum GPU share in ``{0.05, 0.075, 0.1, 0.15}``;
-    * both GPU policies with each of ``fills`` (default ``best`` only: on the demo model's held-out
-      text ``drop`` cost more perplexity at the same GPUs per token; see docs/reroute.md);
-    * ``capacity-drop``: ``gamma`` in ``{1.0, 1.25, 1.5}``; ``capacity-reroute``: ``{1.0, 1.1, 1.25}``.
-    """
-    tops = sorted({t for t in (num_experts // 8, num_experts // 4, num_experts // 2)
-                   if max(top_k - 1, 1) <= t <= num_experts - 1})
-    if not tops:
-        tops = [min(max(top_k - 1, 1), num_experts - 1)]
-    fewest = max(1, math.ceil(top_k / slots_per_gpu))
-    limits = list(range(fewest, max(num_gpus // 2, fewest) + 1))
-    grid = {
-        "c2r": [{"top_t": t} for t in tops],
-        "gpu-limited": [{"max_gpus": m, "fill": fill} for fill in fills for m in limits],
-        "gpu-adaptive": [{"min_gpu_share": f, "fill": fill} for fill in fills for f in (0.05, 0.075, 0.1, 0.15)],
-        "capacity-drop": [{"capacity_factor": f} for f in (1.0, 1.25, 1.5)],
-        "capacity-reroute": [{"capacity_factor": f} for f in (1.0, 1.1, 1.25)],
-    }
-    return {name: [{**entry, "weights": w} for w in weights for entry in entries] for name, entries in grid.items()}
-
-
-def build_policies(settings: dict[str, list[dict[str, Any]]], calibration: dict[str, np.ndarray],
-                   num_experts: int, plan: Plan | None) -> list[Policy]:
-    """Fitted policies for ``settings`` (policy -> list of settings), in that order."""
-    policies: list[Policy] = []
-    counts = None
-    for name, entries in settings.items():
-        for entry in entries:
-            weights = entry.get("weights", "renorm")
-            if name == "c2r":
-                if counts is None:
-                    counts = {layer: coactivation_counts(ids, num_experts) for layer, ids in calibration.items()}
-                policies.append(c2r_policy(counts, entry["top_t"], weights))
-            elif name in ("gpu-limited", "gpu-adaptive"):
-                if plan is None:
-                    raise InputError(f"the {name} policy needs a placement (--gpus or --plan)")
-                if name == "gpu-limited":
-                    policies.append(gpu_limited_policy(plan, entry["max_gpus"], entry.get("gpu_score", "max"), weights,
-                                                       entry.get("fill", "best")))
-                else:
-                    policies.append(gpu_adaptive_policy(plan, entry["min_gpu_share"], entry.get("max_gpus"), weights,
-                                                        entry.get("fill", "best")))
-            elif name in ("capacity-drop", "capacity-reroute"):
-                policies.append(capacity_policy(name, entry["capacity_factor"], weights))
-            elif name == "none":
-                policies.append(none_policy())
-            else:
-                raise InputError(f"unknown policy '{name}'")
-    return policies
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -250,9 +191,9 @@ def evaluate_policies(
 def _add_routing(totals: _Totals, sites, chosen, base_ids, num_experts: int, plan: Plan | None) -> None:
     for site, ids, base in zip(sites, chosen, base_ids):
         ids = ids.long().cpu()
-        table = plan.gpu_experts[site.name] if plan is not None else None
+        replicas = (plan.gpu_experts[site.name], plan.replica_policy, plan_topology(plan)) if plan is not None else ()
         n = int(ids.shape[0])
-        for key, value in routing_stats(ids, num_experts, table).items():
+        for key, value in routing_stats(ids, num_experts, *replicas).items():
             weight = n if key in ("gpus_per_token", "dropped_fraction") else 1.0
             totals.add_routing(key, value, weight)
         totals.changed += changed_fraction(base, ids) * n
@@ -273,7 +214,7 @@ def _add_contiguous(totals: _Totals, sites, chosen, num_experts: int, num_gpus: 
 def _rows(runs: Sequence[Policy], totals: Sequence[_Totals]) -> list[dict[str, Any]]:
     rows = []
     for policy, t in zip(runs, totals):
-        row: dict[str, Any] = {"policy": policy.name, **policy.settings(), "label": policy.label()}
+        row: dict[str, Any] = {"policy": policy.name, **policy.record(), "label": policy.label()}
         mean_nll = t.nll / max(t.predicted, 1)
         row["perplexity"] = math.exp(mean_nll)
         row["next_token_accuracy"] = t.correct / max(t.predicted, 1)
@@ -328,6 +269,6 @@ def paired_change_ci(base_window_nll: np.ndarray, policy_window_nll: np.ndarray,
 def best_within(rows: Sequence[dict[str, Any]], max_perplexity_change: float = 0.01,
                 metric: str = "gpus_per_token") -> dict[str, Any] | None:
     """The row with the lowest ``metric`` among those within ``max_perplexity_change`` of the baseline."""
-    ok = [r for r in rows if r["policy"] != "none" and r.get("perplexity_change", math.inf) <= max_perplexity_change
+    ok = [r for r in rows if not is_baseline(r["policy"]) and r.get("perplexity_change", math.inf) <= max_perplexity_change
           and metric in r]
     return min(ok, key=lambda r: r[metric]) if ok else None

@@ -38,10 +38,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .options import GPU_FILLS, GPU_SCORES
 from .scores import DROPPED, as_long_tensor, ranking_scores, rule_scores, topk_choice, weigh
-
-GPU_SCORES = ("max", "mass")
-GPU_FILLS = ("best", "drop")
 
 
 def holds_matrix(gpu_table: np.ndarray | torch.Tensor, num_experts: int) -> torch.Tensor:

@@ -22,13 +22,16 @@ import numpy as np
 import torch
 
 from ..errors import InputError, TraceError
+from ..formats import HEADER_KEYS
+from ..lock import is_lock_file, run_lock
+from ..placement.traffic import plan_topology
 from ..plan import Plan
 from ..trace import MANIFEST, Trace, TraceWriter
 from .metrics import changed_fraction, routing_stats
 from .policy import Policy
 
 DEFAULT_BATCH_TOKENS = 4096
-_HEADER_SKIP = {"format", "version", "complete", "num_tokens", "num_sequences", "shards", "stats", "software", "world_size"}
+_HEADER_SKIP = {*HEADER_KEYS, "complete", "num_tokens", "num_sequences", "shards", "stats", "software", "world_size"}
 _STAT_KEYS = ("gpus_per_token", "busiest_gpu_recv", "mean_gpu_recv", "load_max_over_mean", "dropped_fraction")
 
 
@@ -64,7 +67,10 @@ def rules_from_trace(trace: Trace, model_rules: Sequence[Any] | None = None) -> 
             raise InputError(
                 f"trace layer {layer} routes with a selection bias the manifest does not store: pass --model to read it"
             )
-        rules.append(RoutingRule(**{k: v for k, v in entry.items() if k in fields}))
+        try:
+            rules.append(RoutingRule(**{k: v for k, v in entry.items() if k in fields}))
+        except TypeError as exc:  # a rule missing a field (a damaged manifest)
+            raise InputError(f"trace layer {layer} records an unreadable routing rule: {exc}") from None
     return rules
 
 
@@ -80,15 +86,16 @@ class RoutingComparison:
         self._changed = {layer: 0.0 for layer in self.layers}
         self._tokens = {layer: 0 for layer in self.layers}
         self._batches = {layer: 0 for layer in self.layers}
+        self._topology = None if plan is None else plan_topology(plan)
 
     def add(self, layer: str, original_ids, new_ids) -> None:
         """Add one batch of one layer (``[N, K]`` each)."""
-        table = None if self.plan is None else self.plan.gpu_experts[layer]
+        replicas = () if self.plan is None else (self.plan.gpu_experts[layer], self.plan.replica_policy, self._topology)
         n = int(np.asarray(original_ids).shape[0]) if not torch.is_tensor(original_ids) else int(original_ids.shape[0])
         if n == 0:
             return
         for side, ids in (("original", original_ids), ("rerouted", new_ids)):
-            stats = routing_stats(ids, self.num_experts, table)
+            stats = routing_stats(ids, self.num_experts, *replicas)
             sums = self._sums[side][layer]
             for key, value in stats.items():
                 # per-token quantities weigh by tokens, per-batch maxima by batch
@@ -169,16 +176,27 @@ def reroute_trace(
     if batch_tokens < 1:
         raise InputError(f"--batch-tokens must be >= 1, got {batch_tokens}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TraceError(f"output folder {out} already exists; choose another --out")
+    _check_new_folder(out)
     if plan is not None:
         plan.check_fits(trace.layers, trace.num_experts)
     rules = list(rules) if rules is not None else rules_from_trace(trace)
-    header = {k: v for k, v in trace.manifest.items() if k not in _HEADER_SKIP}
-    header["settings"] = {**trace.manifest.get("settings", {}), "reroute": policy.label()}
-    header["parent"] = {"path": str(trace.path.resolve()), "fingerprint": trace.fingerprint()}
-    header["reroute"] = {"policy": policy.name, **policy.settings(), "batch_tokens": int(batch_tokens)}
-    writer = TraceWriter(out, header)
+    with run_lock(out, "routelens reroute"):  # one writer per run folder
+        _check_new_folder(out)  # again: another writer may have filled it since
+        header = {k: v for k, v in trace.manifest.items() if k not in _HEADER_SKIP}
+        header["settings"] = {**(trace.manifest.get("settings") or {}), "reroute": policy.label()}
+        header["parent"] = {"path": str(trace.path.resolve()), "fingerprint": trace.fingerprint()}
+        header["reroute"] = {"policy": policy.name, **policy.record(), "batch_tokens": int(batch_tokens)}
+        try:
+            summary = _write_rerouted(trace, policy, TraceWriter(out, header), rules, plan, batch_tokens, progress)
+        except BaseException:
+            _remove_partial(out)  # a failed re-route (a damaged input shard, Ctrl-C) leaves no half trace behind
+            raise
+    return Trace.open(out), summary
+
+
+def _write_rerouted(trace: Trace, policy: Policy, writer: TraceWriter, rules: list, plan: Plan | None,
+                    batch_tokens: int, progress: bool) -> dict[str, Any]:
+    """Stream ``trace`` through ``policy`` batch by batch into ``writer``; returns the comparison summary."""
     comparison = RoutingComparison(trace.layers, trace.num_experts, plan)
     num_layers = len(trace.layers)
     bar = _bar(progress, trace.num_tokens * num_layers, f"reroute {policy.label()}")
@@ -222,7 +240,21 @@ def reroute_trace(
     summary = comparison.summary()
     writer.update_stats(reroute=summary["overall"])
     writer.close(complete=True)
-    return Trace.open(out), summary
+    return summary
+
+
+def _remove_partial(out: Path) -> None:
+    """Remove what a failed re-route wrote into ``out`` (a folder it found empty, under its lock)."""
+    import shutil
+
+    for child in out.iterdir() if out.is_dir() else ():
+        if child.name in (MANIFEST, "shards"):
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _check_new_folder(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(not is_lock_file(p.name) for p in out.iterdir())):
+        raise TraceError(f"output folder {out} already exists; choose another --out")
 
 
 def _shard_fields(trace: Trace):
@@ -246,17 +278,7 @@ def _bar(enabled: bool, total: int, desc: str):
 def default_output(trace_path: str | os.PathLike, policy: Policy) -> Path:
     """``RUN-c2r-t8``, ``RUN-gpu-limited-m4``, ``RUN-capacity-reroute-1.25`` next to the input run."""
     path = Path(trace_path)
-    suffix = ""
-    if policy.name == "c2r":
-        suffix = f"t{policy.top_t}"
-    elif policy.name == "gpu-limited":
-        suffix = f"m{policy.max_gpus}"
-    elif policy.name == "gpu-adaptive":
-        suffix = f"s{policy.min_gpu_share:g}"
-    elif policy.name.startswith("capacity"):
-        suffix = f"{policy.capacity_factor:g}"
-    name = f"{path.name}-{policy.name}" + (f"-{suffix}" if suffix else "") + ("-keep" if policy.weights == "keep" else "")
-    return path.with_name(name)
+    return path.with_name(f"{path.name}-{policy.spec.run_name(policy.settings)}")
 
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "RoutingComparison", "compare_routing", "default_output", "reroute_trace",

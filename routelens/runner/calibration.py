@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -9,27 +10,32 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..io import read_json
+from ..errors import InputError, ResultFileError
+from ..formats import CALIBRATION
 
 
 def load_calibration(folder: str | os.PathLike, backend: str, world: int) -> dict[str, Any]:
     """The link numbers fitted by ``--calibrate`` for this back-end and world size, stored in ``folder``.
 
-    Returns ``{"source": path, "topology": {...link overrides...}, ...}``, or ``{"source": "default",
-    "topology": {}}`` when there is none (the plans' nominal link numbers are used).
+    Returns ``{"source": path, "topology": {...link overrides...}, "latency_us", "bandwidth_GBps"}``, or
+    ``{"source": "default", "topology": {}}`` when there is none (the plans' nominal link numbers are used).
+
+    Raises:
+        ResultFileError: the file is corrupt, of another format or version, or lacks the fitted numbers.
     """
-    path = Path(folder) / f"calibration-{backend}-g{world}.json"
+    path = Path(folder) / CALIBRATION.file_name({"backend": backend, "num_gpus": world})
     if not path.is_file():
         return {"source": "default", "topology": {}}
-    fit = read_json(path, what="calibration")
-    try:
-        overrides = fit.get("topology") or calibration_topology(float(fit["latency_us"]), float(fit["bandwidth_GBps"]),
-                                                                int(fit.get("num_nodes", 1)))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"calibration {path} is malformed: {exc}") from exc
-    return {"source": str(path), "topology": overrides,
-            **{k: fit[k] for k in ("latency_us", "bandwidth_GBps") if k in fit}}
+    fit = CALIBRATION.read(path)
+    overrides = fit.get("topology")
+    if not overrides:
+        num_nodes = fit.get("num_nodes", 1)
+        overrides = calibration_topology(fit["latency_us"], fit["bandwidth_GBps"], num_nodes if isinstance(num_nodes, int) else 1)
+    elif not (isinstance(overrides, dict) and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                                                  for v in overrides.values())):
+        raise ResultFileError(f"calibration {path}: 'topology' must map link fields to positive numbers")
+    return {"source": str(path), "topology": overrides, "latency_us": fit["latency_us"],
+            "bandwidth_GBps": fit["bandwidth_GBps"]}
 
 
 def calibration_topology(latency_us: float, bandwidth_GBps: float, num_nodes: int = 1) -> dict[str, float]:
@@ -39,24 +45,35 @@ def calibration_topology(latency_us: float, bandwidth_GBps: float, num_nodes: in
     return {f"{prefix}_gbps": float(bandwidth_GBps), f"{prefix}_latency_us": float(latency_us)}
 
 
-def calibrate(args, rank: int, world: int, device, group=None) -> dict[str, Any] | None:
-    """Time even ``all_to_all_single`` calls from 4 KiB to ``--calibrate-max-mib`` per peer (×4 steps);
+def calibrate(ctx, max_mib: float = 64.0, repeats: int = 10, warmup: int = 3) -> dict[str, Any] | None:
+    """Time even ``all_to_all_single`` calls from 4 KiB to ``max_mib`` MiB per peer (×4 steps);
     fit ``t = α + bytes / β``.
 
     ``bytes`` is what one rank sends to the others; the fit gives the cost model's link latency and
     bandwidth (``routelens.placement.cost.estimate_time``: ``latency + max(sent, received) · bytes /
-    bandwidth`` per GPU). Rank 0 returns the fit.
+    bandwidth`` per GPU).
+
+    Args:
+        ctx: the :class:`~routelens.runner.group.RankContext` (every rank calls this).
+        repeats, warmup: timed (median taken) and untimed calls per size.
+
+    Returns:
+        On rank 0 the fit (the ``routelens-calibration`` file's content), None elsewhere.
+
+    Raises:
+        InputError: fewer than 2 ranks, or ``max_mib`` too small for two sizes.
     """
     import torch
 
     from .exchange import all_to_all_rows, sync_peers
     from .timing import PhaseTimer
 
+    rank, world, device, group = ctx.rank, ctx.world, ctx.device, ctx.group
     if world < 2:
         raise InputError("--calibrate needs at least 2 ranks")
     timer = PhaseTimer(device)
     points = []
-    max_bytes = args.calibrate_max_mib * 2**20
+    max_bytes = max_mib * 2**20
     sizes = [4096 * 4 ** i for i in range(16) if 4096 * 4 ** i <= max_bytes]
     if len(sizes) < 2:
         raise InputError("--calibrate-max-mib must allow at least two sizes (>= 0.016 MiB)")
@@ -65,12 +82,12 @@ def calibrate(args, rank: int, world: int, device, group=None) -> dict[str, Any]
         splits = [0 if p == rank else elems for p in range(world)]
         buf = torch.empty(sum(splits), dtype=torch.float32, device=device)
         samples = []
-        for it in range(args.warmup + args.repeats):
+        for it in range(warmup + repeats):
             sync_peers(device, group)
             with timer.phase("a2a"):
                 all_to_all_rows(buf, splits, splits, group)
             ms = timer.collect()["a2a"]
-            if it >= args.warmup:
+            if it >= warmup:
                 samples.append(ms)
         times = torch.tensor([float(np.median(samples))], device=device)
         import torch.distributed as dist
@@ -87,7 +104,7 @@ def calibrate(args, rank: int, world: int, device, group=None) -> dict[str, Any]
     latency_ms, ms_per_byte = max(coef[0], 0.0), max(coef[1], 1e-15)
     num_nodes = max(1, world // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     latency_us, bandwidth = latency_ms * 1e3, 1.0 / ms_per_byte / 1e6
-    return {"format": "routelens-calibration", "version": 1, "backend": args.backend_resolved, "num_gpus": world,
+    return {**CALIBRATION.header(), "backend": ctx.backend, "num_gpus": world,
             "num_nodes": num_nodes, "latency_us": latency_us, "bandwidth_GBps": bandwidth,
             "topology": calibration_topology(latency_us, bandwidth, num_nodes), "points": points,
             "device": device_name(device), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

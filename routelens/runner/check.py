@@ -24,22 +24,36 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
 
 
-def check_outputs(setup, args, outputs: dict[str, Any], routes: dict[str, list], rank: int, device,
-                  group=None) -> dict[str, Any] | None:
-    """Gather the first pass's outputs and compare them with the reference (rank 0 returns the result)."""
+def check_outputs(setup, tokens: torch.Tensor, outputs: dict[str, list], routes: dict[str, list], ctx,
+                  model: str | None = None, seed: int = 0) -> dict[str, Any] | None:
+    """Gather the first pass's outputs and compare them with the reference (rank 0 returns the result).
+
+    Args:
+        setup: the :class:`~routelens.runner.inputs.BenchSetup`.
+        tokens: ``[n, H]`` this rank's input tokens.
+        outputs: plan label -> per layer this rank's ``[n, H]`` outputs.
+        routes: plan label -> per layer the host-side routes of all tokens.
+        ctx: the :class:`~routelens.runner.group.RankContext`.
+        model, seed: where the experts came from (a checkpoint folder, else random with ``seed``).
+
+    Returns:
+        On rank 0 ``{"tolerance", "plans": {label: {"relative_error_per_layer", "max_relative_error",
+        "passed"}}, "passed"}``; None on the other ranks.
+    """
     from .experts import load_expert_bank, random_expert_bank, reference_moe
     from .layer import gather_tokens
 
-    x_all = gather_tokens(outputs["x"], group)
+    device, group = ctx.device, ctx.group
+    x_all = gather_tokens(tokens, group)
     gathered = {label: [gather_tokens(out, group) for out in outputs[label]] for label in setup.plans}
-    if rank != 0:
+    if ctx.rank != 0:
         return None
-    dtype = outputs["x"].dtype
+    dtype = tokens.dtype
     E = setup.trace.num_experts
-    if args.weights:
-        banks = [load_expert_bank(args.weights, layer, E, dtype=dtype, device=device) for layer in setup.layers]
+    if model:
+        banks = [load_expert_bank(model, layer, E, dtype=dtype, device=device) for layer in setup.layers]
     else:
-        bank = random_expert_bank(E, setup.hidden_size, setup.intermediate_size, seed=args.seed, dtype=dtype,
+        bank = random_expert_bank(E, setup.hidden_size, setup.intermediate_size, seed=seed, dtype=dtype,
                                   device=device)
         banks = [bank] * len(setup.layers)
     tolerance = TOLERANCE[dtype]

@@ -5,8 +5,39 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class RankContext:
+    """What a rank learns when it joins the process group (facts of the run, not configuration).
+
+    Attributes:
+        rank, world: this process's rank and the number of ranks.
+        device: ``torch.device`` it computes on (``cuda:<local rank>`` with NCCL, ``cpu`` with gloo).
+        backend: the back-end torch really uses (``nccl`` / ``gloo``).
+        group: the process group the replay communicates over (None: the default group).
+        comm_priority: ``high`` when ``group`` has high-priority NCCL streams, else ``default``.
+    """
+
+    rank: int
+    world: int
+    device: Any
+    backend: str
+    group: Any = None
+    comm_priority: str = "default"
+
+
+def join_group(backend: str | None, comm_priority: str = "default", timeout_s: float | None = None) -> RankContext:
+    """Join torchrun's process group (:func:`init_from_env`) and make the replay's group (:func:`comm_group`)."""
+    import torch.distributed as dist
+
+    rank, world, device = init_from_env(backend, timeout_s)
+    group, priority = comm_group(comm_priority)
+    return RankContext(rank, world, device, dist.get_backend(), group, priority)
 
 
 def init_from_env(backend: str | None, timeout_s: float | None = None):

@@ -3,9 +3,10 @@
 Each rank holds ``n`` tokens ``x [n, H]`` and, from the trace and the plan, each token's experts
 ``topk_ids [n, k]``, weights ``[n, k]`` and serving GPUs ``dest [n, k]``. The layer
 
-1. **layout**: makes one copy of a token per *distinct* destination GPU (the C2R paper's point: a
-   token whose experts share a GPU is sent there once), grouped by GPU; exchanges the per-peer copy
-   counts, then per copy the expert ids it needs on that GPU and their weights (``2k`` floats);
+1. **layout** (:mod:`routelens.runner.layout`): makes one copy of a token per *distinct* destination
+   GPU (the C2R paper's point: a token whose experts share a GPU is sent there once), grouped by GPU;
+   exchanges the per-peer copy counts, then per copy the expert ids it needs on that GPU and their
+   weights (``2k`` floats); at the end, sums each token's returned copies (the un-permute);
 2. **dispatch**: ``all_to_all_single`` of the copies' hidden states (uneven splits);
 3. **experts**: each rank runs the received rows through its local experts (grouped GEMMs) and sums
    each copy's expert outputs, weighted, into one partial result per copy;
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from .exchange import all_to_all_rows, exchange_counts, sync_peers
 from .experts import ExpertBank, run_experts
+from .layout import build_layout, send_buffer, unpermute
 from .timing import PhaseTimer
 
 
@@ -63,30 +65,6 @@ def shortcut_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> 
     return F.linear(F.silu(gate) * up, down)
 
 
-def build_layout(route: LocalRoute, num_gpus: int):
-    """Copies of the local tokens, one per distinct destination GPU, grouped by GPU.
-
-    Returns:
-        ``copy_token [C]`` (local token of each copy, GPU-major then token order; a token whose
-        slots were all dropped has no copy and gets a zero output),
-        ``send_counts [G]`` long, and ``meta [C, 2k]`` float32: per copy the expert ids wanted on
-        that GPU (-1 elsewhere; ids < 2^24 are exact in float32) then their routing weights (0 elsewhere).
-    """
-    n, k = route.dest_gpu.shape
-    # column G collects dropped slots (dest -1), then is cut off
-    hit = torch.zeros(n, num_gpus + 1, dtype=torch.bool, device=route.dest_gpu.device)
-    hit.scatter_(1, torch.where(route.dest_gpu >= 0, route.dest_gpu, num_gpus), True)
-    hit = hit[:, :num_gpus]
-    copy_gpu, copy_token = hit.t().nonzero(as_tuple=True)
-    send_counts = hit.sum(0)
-    on_gpu = route.dest_gpu[copy_token] == copy_gpu[:, None]
-    meta = torch.cat([
-        torch.where(on_gpu, route.topk_ids[copy_token], -1).to(torch.float32),
-        torch.where(on_gpu, route.topk_weights[copy_token], 0.0).to(torch.float32),
-    ], dim=1)
-    return copy_token, send_counts, meta
-
-
 def expert_partials(recv_x: torch.Tensor, recv_meta: torch.Tensor, bank: ExpertBank, kernel: str = "auto") -> torch.Tensor:
     """``[R, H]`` per received copy, the weighted sum of its experts' outputs on this rank."""
     k = recv_meta.shape[1] // 2
@@ -113,6 +91,7 @@ def ep_moe_layer(
     sync: bool = True,
     shortcut: tuple[torch.Tensor, torch.Tensor] | None = None,
     kernel: str = "auto",
+    layout_kernel: str = "torch",
 ) -> tuple[torch.Tensor, LayerTraffic]:
     """Run one MoE layer with expert parallelism over the process group.
 
@@ -125,17 +104,20 @@ def ep_moe_layer(
         sync: put a peer barrier before each All-to-All (outside the timed phases), so a phase's
             time is its own and not the skew of the phase before.
         shortcut: ``(gate_up [2I, H], down [H, I])`` of a dense MLP for the overlap measurement.
+        kernel: the experts' GEMMs (:func:`routelens.runner.experts.run_experts`).
+        layout_kernel: ``triton``, ``torch`` or ``reference``, already resolved for the device
+            (:func:`routelens.runner.layout.resolve_layout_kernel`).
 
     Returns:
         ``[n, H]`` the MoE output (dtype of ``x``), and the traffic this rank moved.
     """
     timer = timer or PhaseTimer(x.device, enabled=False)
     with timer.phase("layout"):
-        copy_token, send_counts_t, meta = build_layout(route, num_gpus)
-        recv_counts_t = exchange_counts(send_counts_t, group)
-        send_counts, recv_counts = send_counts_t.tolist(), recv_counts_t.tolist()
-        recv_meta, _ = all_to_all_rows(meta, send_counts, recv_counts, group)
-        send_x = x[copy_token]
+        layout = build_layout(route.topk_ids, route.topk_weights, route.dest_gpu, num_gpus,
+                              lambda counts: exchange_counts(counts, group), layout_kernel)
+        send_counts, recv_counts = layout.send_counts, layout.recv_counts
+        recv_meta, _ = all_to_all_rows(layout.meta, send_counts, recv_counts, group)
+        send_x = send_buffer(x, layout, layout_kernel)
     if sync:
         sync_peers(x.device, group)
     with timer.phase("dispatch"):
@@ -149,9 +131,7 @@ def ep_moe_layer(
     with timer.phase("combine"):
         back, _ = all_to_all_rows(partial, recv_counts, send_counts, group)
     with timer.phase("layout"):  # un-permute: part of the layout cost, not of the link
-        out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
-        out.index_add_(0, copy_token, back.to(torch.float32))
-        out = out.to(x.dtype)
+        out = unpermute(back, layout, x.dtype, layout_kernel)
     return out, LayerTraffic(send_counts, recv_counts)
 
 

@@ -1,5 +1,8 @@
 """Turn the ranks' raw measurements into the bench report (pure numpy; rank 0 calls it).
 
+:func:`build_report` assembles the whole ``routelens-bench`` report, :func:`summarize_plan` one
+plan's entry, :func:`format_table` the printed table.
+
 Conventions (also in docs/runner.md):
 
 * ``dispatch_tokens_sent[r]``: token copies rank ``r`` sends to *other* ranks in the dispatch, one
@@ -15,11 +18,18 @@ Conventions (also in docs/runner.md):
 
 from __future__ import annotations
 
+import time
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
 
+from ..formats import BENCH
+from .routing import CONTIGUOUS, effective_links, predicted_all_to_all_ms, prediction_topology, token_source_gpu
+
 PHASES = ("layout", "dispatch", "experts", "combine")
+
+
 def _times(records: list[dict], phase: str) -> np.ndarray | None:
     """``[G, R, L]`` ms of ``phase`` for every rank, repeat and layer (None if not measured)."""
     if any(phase not in rec["times"] for rec in records):
@@ -143,18 +153,39 @@ def add_ratios(plans: list[dict[str, Any]], baseline: str) -> None:
         plan["ratio_vs_baseline"] = ratio
 
 
+def short_labels(labels: list[str]) -> dict[str, str]:
+    """Each plan label (a file path or ``contiguous``) as its shortest path suffix no other label shares.
+
+    ``runs/a/plans/routelens-4gpu.json`` next to ``runs/b/plans/routelens-4gpu.json`` become
+    ``a/plans/routelens-4gpu.json`` and ``b/plans/routelens-4gpu.json``; a lone file keeps just its
+    name. Labels whose suffixes would still read the same are shown whole.
+    """
+    parts = {label: PurePath(label).parts or (label,) for label in labels}
+    short = {}
+    for label, own in parts.items():
+        others = [p for other, p in parts.items() if other != label]
+        k = 1
+        while k < len(own) and any(p[-k:] == own[-k:] for p in others):
+            k += 1
+        short[label] = str(PurePath(*own[-k:])) if k < len(own) else label
+    if len(set(short.values())) < len(short):
+        return {label: label for label in labels}
+    return short
+
+
 def format_table(report: dict[str, Any]) -> str:
-    """A plain-text table of the report, one row per plan."""
-    header = (f"{'plan':<28} {'MB sent max':>11} {'MB total':>9} {'disp ms':>8} {'comb ms':>8} {'a2a ms':>8} "
+    """A plain-text table of the report, one row per plan (named by :func:`short_labels`)."""
+    names = short_labels([plan["label"] for plan in report["plans"]])
+    width = max([28, *map(len, names.values())])
+    header = (f"{'plan':<{width}} {'MB sent max':>11} {'MB total':>9} {'disp ms':>8} {'comb ms':>8} {'a2a ms':>8} "
               f"{'pred ms':>8} {'a2a x':>6} {'pred x':>6} {'GB/s':>7} {'plain':>7} {'vs pl':>6} {'bytes=pred':>10}")
     lines = [header, "-" * len(header)]
     for plan in report["plans"]:
         t = plan["time_ms"]
         ratio = plan.get("ratio_vs_baseline", {})
         algbw = plan.get("algbw_GBps", {})
-        label = plan["label"] if len(plan["label"]) <= 28 else "…" + plan["label"][-27:]
         lines.append(
-            f"{label:<28} {max(plan['dispatch_bytes_sent']) / 1e6:>11.2f} {sum(plan['dispatch_bytes_sent']) / 1e6:>9.2f} "
+            f"{names[plan['label']]:<{width}} {max(plan['dispatch_bytes_sent']) / 1e6:>11.2f} {sum(plan['dispatch_bytes_sent']) / 1e6:>9.2f} "
             f"{t['dispatch']:>8.3f} {t['combine']:>8.3f} {t['all_to_all']:>8.3f} {plan['predicted']['all_to_all_ms']:>8.3f} "
             f"{ratio.get('measured_all_to_all', float('nan')):>6.3f} {ratio.get('predicted_all_to_all', float('nan')):>6.3f} "
             f"{algbw.get('dispatch', float('nan')):>7.2f} {algbw.get('plain', float('nan')):>7.2f} "
@@ -162,7 +193,72 @@ def format_table(report: dict[str, Any]) -> str:
         )
         if "overlap" in plan:
             o = plan["overlap"]
-            lines.append(f"{'':<28} overlap: dispatch {o['dispatch_ms']:.3f} ms + shortcut {o['shortcut_ms']:.3f} ms "
+            lines.append(f"{'':<{width}} overlap: dispatch {o['dispatch_ms']:.3f} ms + shortcut {o['shortcut_ms']:.3f} ms "
                          f"-> {o['overlapped_ms']:.3f} ms together; {100 * o['comm_hidden_share']:.0f}% of the "
                          f"dispatch hidden (at most {100 * o['max_hideable_share']:.0f}%)")
     return "\n".join(lines)
+
+
+def build_report(setup, config, records: list[dict], routes: dict[str, list], environment: dict[str, Any],
+                 calibration: dict[str, Any]) -> dict[str, Any]:
+    """The bench report from every rank's record (rank 0).
+
+    Args:
+        setup: the :class:`~routelens.runner.inputs.BenchSetup`; config: the
+            :class:`~routelens.runner.config.BenchConfig`.
+        records: one :func:`~routelens.runner.replay.replay` record per rank, in rank order.
+        routes: plan label -> per layer the host-side routes (their predicted copies and destinations).
+        environment: facts of the run: ``num_gpus``, ``backend``, ``device``, ``software``, ``dtype``
+            (name), ``element_size`` (bytes), ``expert_kernel``, ``layout_kernel``, ``comm_priority``.
+        calibration: :func:`~routelens.runner.calibration.load_calibration`'s result (link overrides).
+    """
+    world = environment["num_gpus"]
+    bytes_per_token = setup.hidden_size * environment["element_size"]
+    plans = []
+    source = token_source_gpu(setup.num_tokens, world)
+    for label, plan in setup.plans.items():
+        predicted = np.stack([r.predicted for r in routes[label]])
+        topology = prediction_topology(plan, calibration["topology"])
+        predicted_ms = [predicted_all_to_all_ms(source, r.dest_gpu, world, topology, bytes_per_token)
+                        for r in routes[label]]
+        info = {"method": plan.method, "file": None if label == CONTIGUOUS else str(Path(label).resolve()),
+                "replicas": int(sum(t.size for t in plan.gpu_experts.values()) - plan.num_experts * len(plan.layers)),
+                "replica_policy": plan.replica_policy, "prediction_topology": topology}
+        plans.append(summarize_plan(label, [rec[label] for rec in records], predicted, predicted_ms,
+                                    bytes_per_token, setup.layers, info))
+    baseline = next(iter(setup.plans))
+    add_ratios(plans, baseline)
+    links = effective_links(prediction_topology(setup.plans[baseline], calibration["topology"]), world)
+    prefix = "inter" if setup.plans[baseline].num_nodes > 1 else "intra"
+    calibration = {**calibration, "latency_us": links[f"{prefix}_latency_us"], "bandwidth_GBps": links[f"{prefix}_gbps"],
+                   "links": links}
+    trace = setup.trace
+    return {
+        **BENCH.header(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "trace": {"path": str(trace.path.resolve()), "fingerprint": trace.fingerprint(), "model": trace.model_id,
+                  "num_tokens": trace.num_tokens, "num_experts": trace.num_experts, "top_k": trace.top_k},
+        "layers": setup.layers,
+        "num_gpus": world,
+        "backend": environment["backend"],
+        "device": environment["device"],
+        "software": environment["software"],
+        "hidden_size": setup.hidden_size,
+        "intermediate_size": setup.intermediate_size,
+        "dtype": environment["dtype"],
+        "bytes_per_token": bytes_per_token,
+        "tokens_replayed": setup.num_tokens,
+        "tokens_per_rank": setup.tokens_per_rank,
+        "repeats": config.repeats,
+        "warmup": config.warmup,
+        "synced_phases": config.sync,
+        "comm_priority": environment["comm_priority"],
+        "overlap": config.overlap,
+        "shortcut_intermediate": setup.shortcut_intermediate if config.overlap else None,
+        "weights": str(config.model) if config.model else "random",
+        "expert_kernel": environment["expert_kernel"],
+        "layout_kernel": environment["layout_kernel"],
+        "calibration": calibration,
+        "baseline": baseline,
+        "plans": plans,
+    }

@@ -39,12 +39,12 @@ def _build_runs(root: Path) -> None:
     for run in (demo, root / "demo-c2r"):
         ensure_analysis(run, progress=False)
     code = main(["reroute-eval", "--policy", "c2r,capacity-drop", "--group-size", "8,16", "--capacity-factor", "1,1.5",
-                 "--max-windows", "4", "--seq-len", "64", "--gpus", "2", "--out", str(demo / "reroute"), "--no-progress"])
+                 "--max-tokens", "256", "--seq-len", "64", "--gpus", "2", "--out", str(demo / "reroute"), "--no-progress"])
     assert code == 0, "routelens reroute-eval failed while building the dashboard fixture"
     code = main(["place", str(demo), "--gpus", "2", "--out", str(demo / "plans" / "routelens-g2.json"),
                  "--time-budget", "2", "--no-progress"])
     assert code == 0, "routelens place failed while building the dashboard fixture"
-    code = main(["bench", str(demo), "--plans", "contiguous", str(demo / "reroute" / "plan.json"), "--gpus", "2",
+    code = main(["bench", str(demo), "contiguous", str(demo / "reroute" / "plan.json"), "--gpus", "2",
                  "--backend", "gloo", "--repeats", "1", "--warmup", "0", "--hidden-size", "32"])
     assert code == 0, "routelens bench failed while building the dashboard fixture"
     broken = root / "broken"

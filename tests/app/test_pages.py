@@ -182,7 +182,7 @@ def test_placement_page_compares_the_plan_with_baselines_and_offers_every_export
     assert np.asarray(grid["data"][0]["customdata"])[..., 0].tolist() == plan.gpu_experts[plan.layers[0]].tolist()
     assert {trace["name"] for trace in ratios["data"]} == {"random", "greedy", "eplb", "this plan (routelens)"}
     downloads = {button.proto.label for button in at.get("download_button")}
-    assert len(downloads) == 3 and any("SGLang" in d for d in downloads) and any("vLLM" in d for d in downloads)
+    assert len(downloads) == 3 and any("SGLang" in d for d in downloads) and any("vllm-ascend" in d for d in downloads)
 
 
 def test_placement_what_if_places_the_experts_on_another_cluster(app):

@@ -19,9 +19,13 @@ def _load(name: str):
     return importlib.import_module(f"rlapp.{name}")
 
 
-def _manifest(folder: Path, **fields) -> None:
+def _manifest(folder: Path, num_tokens: int = 0, **fields) -> None:
+    """A valid manifest (the picker judges it by the library's rules; the shard file need not exist)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "manifest.json").write_text(json.dumps({"format": "routelens-trace", "complete": True, **fields}))
+    manifest = {"format": "routelens-trace", "version": 1, "complete": True, "layers": ["model.layers.0.mlp.gate"],
+                "num_experts": 4, "top_k": 1, "num_tokens": num_tokens, "model": {"id": ""},
+                "shards": [{"file": "shards/r0-000000.safetensors", "num_tokens": num_tokens}], **fields}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_find_runs_lists_every_folder_with_a_manifest_and_skips_data_folders(tmp_path):

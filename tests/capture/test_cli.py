@@ -53,7 +53,7 @@ def test_capture_then_info_reports_the_trace(checkpoint, tmp_path, capsys):
     assert "960 in 15 sequences of 64; router logits: yes" in text_out
     assert "tokens/s" in text_out and "model.layers.1.mlp.gate" in text_out
 
-    assert main(["info", str(out), "--json"]) == 0
+    assert main(["info", str(out), "--json", "-"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["num_tokens"] == 960 and summary["family"] == "qwen3_moe" and summary["num_sequences"] == 15
     load = expert_load(trace, 0)

@@ -279,3 +279,60 @@ def test_encoder_decoder_moe_records_encoder_and_decoder_routers(tmp_path):
     for j in range(len(trace.layers)):
         ids = trace.topk_ids(j)
         assert ids.min() >= 0 and ids.max() < 4  # capacity of one window: no token dropped
+
+
+def test_a_full_disk_mid_capture_is_one_line_and_resume_finishes_it_exactly(tiny, tmp_path):
+    """A real write failure (a file-size limit: EFBIG, as ENOSPC would be), no mocks: one line, exit 2, a
+    consistent run, and ``--resume`` ends with exactly the trace of an uninterrupted capture."""
+    import resource
+    import signal
+
+    from routelens.capture.engine import capture_from_path
+    from routelens.cli import main
+
+    path, _, _, text = tiny
+    common = dict(text=text, seq_len=SEQ_LEN, max_tokens=8 * SEQ_LEN, batch_size=1, save_logits=True, device="cpu",
+                  progress=False)
+    reference = capture_from_path(path, tmp_path / "whole", shard_tokens=2 * SEQ_LEN, **common)
+
+    def stop_after_two_shards(shards_written: int) -> None:
+        if shards_written == 2:
+            raise Interrupted
+
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):  # session 0: two small shards (2 windows each) on disk
+        capture_from_path(path, out, shard_tokens=2 * SEQ_LEN, on_shard=stop_after_two_shards, **common)
+    before = read_json(out / "manifest.json")
+    small = before["shards"][0]["size"]
+    limit = 3 * small // 2  # session 1 writes the 4 windows left as one shard (about 2x small): too large
+    assert (out / "manifest.json").stat().st_size < limit
+
+    def limit_file_size() -> None:  # in the child: writes past `limit` bytes fail with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    argv = ["capture", str(path), "--out", str(out), "--text", str(text), "--seq-len", str(SEQ_LEN),
+            "--max-tokens", str(8 * SEQ_LEN), "--batch-size", "1", "--save-logits", "--device", "cpu",
+            "--no-progress", "--resume"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONDONTWRITEBYTECODE="1")
+    full = subprocess.run([sys.executable, "-m", "routelens.cli", *argv, "--shard-tokens", str(8 * SEQ_LEN)],
+                          capture_output=True, text=True, env=env, timeout=300, preexec_fn=limit_file_size)
+    assert full.returncode == 2, full.stderr[-2000:]
+    lines = full.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("routelens: error: could not write "), lines
+    assert "File too large" in lines[0] and "--resume" in lines[0]
+    after = read_json(out / "manifest.json")
+    assert after["shards"] == before["shards"] and not after["complete"]  # the run is as it was
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [s["file"].split("/")[1] for s in before["shards"]]
+
+    assert main(argv) == 0  # --resume finishes it (shard size is no setting: the default is fine)
+    resumed = Trace.open(out)
+    for field in ("token_ids", "seq_ids", "positions"):
+        assert np.array_equal(getattr(resumed, field), getattr(reference, field)), field
+    for j in range(len(reference.layers)):
+        assert np.array_equal(resumed.topk_ids(j), reference.topk_ids(j))
+        assert np.array_equal(resumed.topk_weights(j), reference.topk_weights(j))
+        assert np.array_equal(resumed.router_logits(j), reference.router_logits(j))
+    stats = resumed.manifest["stats"]
+    assert stats["session_tokens"] == 4 * SEQ_LEN  # tokens/s counts this session's tokens only
+    assert stats["tokens_per_s"] == pytest.approx(stats["session_tokens"] / stats["session_s"], rel=0.02)

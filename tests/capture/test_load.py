@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from hypothesis import given, strategies as st
 
 from routelens.capture.load import load_weights, parse_max_memory

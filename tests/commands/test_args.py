@@ -35,7 +35,7 @@ def test_positive_float_refuses_zero_negative_nan_inf_and_words(text):
     (["place", "RUN", "--gpus", "8", "--intra-gbps", "nan", "--out", "p.json"], "--intra-gbps"),
     (["plan-eval", "RUN", "PLAN", "--gpus", "-2"], "--gpus"),
     (["reroute", "RUN", "--policy", "c2r", "--gpus", "zero"], "--gpus"),
-    (["reroute-eval", "--max-windows", "0"], "--max-windows"),
+    (["reroute-eval", "--max-tokens", "0"], "--max-tokens"),
     (["finetune", "--out", "OUT", "--policy", "c2r", "--steps", "0"], "--steps"),
 ])
 def test_every_command_names_the_option_with_a_bad_number(argv, option, capsys):

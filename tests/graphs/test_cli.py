@@ -40,7 +40,7 @@ def test_analyze_prints_one_row_per_layer_and_reuses_results(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "up to date" in out
     assert sorted(p.name for p in (run / "analysis" / "graphs").iterdir()) == ["layer000.graphml", "layer001.graphml"]
-    assert main(["analyze", str(run), "--json", "--no-progress"]) == 0
+    assert main(["analyze", str(run), "--json", "-", "--no-progress"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [row["index"] for row in data["per_layer"]] == [0, 1, 2, 3] and data["computed"] is False
 
@@ -51,14 +51,14 @@ def test_compare_two_corpora(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--top", "3", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "experts whose role changes most:" in out and "load TV" in out
-    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json", "--no-progress"]) == 0
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json", "-", "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert len(result["layers"]) == 4 and all(0 < row["coactivation_tv"] <= 1 for row in result["layers"])
     a, b = load_analysis(tmp_path / "a"), load_analysis(tmp_path / "b")
     la, lb = a.load(0), b.load(0)
     assert result["layers"][0]["load_tv"] == pytest.approx(0.5 * np.abs(la / la.sum() - lb / lb.sum()).sum())
     # identical runs: nothing changed
-    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "a"), "--json", "--no-progress"]) == 0
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "a"), "--json", "-", "--no-progress"]) == 0
     same = json.loads(capsys.readouterr().out)
     assert same["experts"] == [] and all(row["coactivation_tv"] == 0 for row in same["layers"])
 
@@ -75,7 +75,8 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     make_run(run)
     assert "out of bounds" in one_line_error(capsys, ["analyze", str(run), "--layers", "0-9", "--no-progress"])
     assert "--threshold" in one_line_error(capsys, ["analyze", str(run), "--threshold", "2"])
-    assert "--top-t 20 must lie in [1, 15]" in one_line_error(capsys, ["analyze", str(run), "--top-t", "20", "--no-progress"])
+    assert "--group-size 20 must lie in [1, 15]" in one_line_error(capsys, ["analyze", str(run), "--group-size", "20",
+                                                                         "--no-progress"])
     assert "unknown --export format" in one_line_error(capsys, ["analyze", str(run), "--export", "png"])
     assert "no trace folder" in one_line_error(capsys, ["analyze", str(tmp_path / "nowhere")])
 

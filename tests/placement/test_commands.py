@@ -62,7 +62,7 @@ def test_plan_eval_on_another_trace_fits_baselines_on_the_plans_own_tokens(synth
     assert fair["plan (routelens)"]["mean"] == in_sample["plan (routelens)"]["mean"]
 
 
-def test_place_writes_sglang_and_vllm_files(synthetic_trace, tmp_path, capsys):
+def test_place_writes_sglang_and_vllm_ascend_files_and_refuses_vllm(synthetic_trace, tmp_path, capsys):
     out = tmp_path / "loc.pt"
     assert main(["place", str(synthetic_trace.path), "--nodes", "2", "--gpus-per-node", "2", "--redundant", "4",
                  "--format", "sglang", "--method", "eplb", "--out", str(out), "--no-progress"]) == 0
@@ -72,10 +72,14 @@ def test_place_writes_sglang_and_vllm_files(synthetic_trace, tmp_path, capsys):
     plan = Plan.load(tmp_path / "loc.plan.json")
     assert plan.num_nodes == 2 and plan.num_redundant == 4
     assert np.array_equal(mapping[0].numpy(), plan.physical_to_logical(plan.layers[0]))
-    vllm = tmp_path / "eplb.json"
+    ascend = tmp_path / "map.json"
+    assert main(["place", str(synthetic_trace.path), "--gpus", "4", "--format", "vllm-ascend", "--method", "greedy",
+                 "--out", str(ascend), "--no-progress"]) == 0
+    written = json.loads(ascend.read_text())
+    assert written["moe_layer_count"] == 4 and len(written["layer_list"][0]["device_list"]) == 4
     assert main(["place", str(synthetic_trace.path), "--gpus", "4", "--format", "vllm", "--method", "greedy",
-                 "--out", str(vllm), "--no-progress"]) == 0
-    assert np.asarray(json.loads(vllm.read_text())["logical_replica_count"]).shape == (4, 16)
+                 "--out", str(tmp_path / "eplb.pt"), "--no-progress"]) == 2
+    assert "loads no placement file" in capsys.readouterr().err and not (tmp_path / "eplb.pt").exists()
 
 
 @pytest.mark.parametrize("argv, message", [

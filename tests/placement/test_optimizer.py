@@ -7,12 +7,12 @@ import pytest
 
 from routelens.errors import InputError
 from routelens.placement.baselines import contiguous_table, greedy_table
-from routelens.placement.cost import (CostModel, assign_replicas, layer_traffic, placement_objective,
-                                      score_table)
-from routelens.placement.graph import expert_load
+from routelens.graphs import load_counts
+from routelens.placement.cost import CostModel, layer_traffic, placement_objective, score_table
 from routelens.placement.optimizer import _Problem, default_kicks, kick_search, optimize_layer, seed_table
 from routelens.placement.search import local_search
 from routelens.placement.topology import Topology
+from routelens.placement.traffic import assign_replicas
 from routelens.synthetic import synthetic_topk_ids
 
 
@@ -75,7 +75,7 @@ def test_beats_contiguous_and_greedy_on_held_out_tokens():
     assert sorted(result.table.ravel().tolist()) == list(range(32))
     assert result.seed_name == min(result.seeds, key=result.seeds.get)  # the start that held up on validation
     mine = score_table(held, result.table, cost)
-    for table in (contiguous_table(32, 8), greedy_table(expert_load(fit, 32), 8)):
+    for table in (contiguous_table(32, 8), greedy_table(load_counts(fit, 32), 8)):
         theirs = score_table(held, table, cost)
         assert mine["busiest_gpu_recv"] < 0.9 * theirs["busiest_gpu_recv"]
         assert mine["a2a_us"] < theirs["a2a_us"]
@@ -90,7 +90,7 @@ def test_is_reproducible_and_honours_replicas_and_nodes():
     assert first.table.shape == (8, 5)
     assert all(len(set(row.tolist())) == 5 for row in first.table)
     assert set(first.table.ravel().tolist()) == set(range(32))
-    lpt = score_table(ids, greedy_table(expert_load(ids, 32), 8, 8), cost)
+    lpt = score_table(ids, greedy_table(load_counts(ids, 32), 8, 8), cost)
     # the default objective is the All-to-All (compute is --objective layer's business, tested below)
     assert score_table(ids, first.table, cost)["a2a_us"] < 0.8 * lpt["a2a_us"]
 

@@ -73,3 +73,29 @@ def test_token_selections_read_the_rows_they_name_across_shards(synthetic_trace)
     scattered = np.arange(0, 4096, 7)  # many runs: read whole, then indexed
     assert isinstance(token_selection(scattered), np.ndarray)
     assert np.array_equal(read_rows(trace, trace.layers[1], token_selection(scattered)), trace.topk_ids(1)[scattered])
+
+
+def test_a_counts_only_run_is_placed_per_layer_from_its_counts_on_any_worker_count(synthetic_trace, tmp_path, cost):
+    from routelens.errors import TraceError
+    from routelens.placement.methods import LayerFit, get_method
+    from routelens.placement.place import load_metrics
+    from routelens.trace import write_counts_run
+
+    header = {key: synthetic_trace.manifest[key] for key in ("model", "layers", "num_experts", "top_k")}
+    counts = np.random.default_rng(7).integers(0, 400, (5, len(synthetic_trace.layers), 16))
+    run = write_counts_run(tmp_path / "counts", {**header, "source": {"engine": "sglang", "mode": "stat"}}, counts)
+    settings = PlaceSettings(method="eplb", redundant=4)
+    serial = place(run, cost, settings, progress=False, workers=1)
+    pooled = place(run, cost, settings, progress=False, workers=2)  # each worker opens the run by its path
+    assert serial.meta["metrics"]["on"] == "recorded expert counts"
+    for j, layer in enumerate(run.layers):
+        load = counts[:, j].sum(axis=0)
+        alone, _ = get_method("eplb").build(LayerFit(16, load=load), cost, settings, None)
+        assert np.array_equal(serial.gpu_experts[layer], alone) and np.array_equal(pooled.gpu_experts[layer], alone)
+        assert serial.meta["metrics"]["layers"][layer] == load_metrics(alone, load)
+    together = fit_baselines(run, cost, ["contiguous", "greedy", "eplb"], settings, workers=2)
+    assert all(np.array_equal(together["eplb"].gpu_experts[layer], serial.gpu_experts[layer]) for layer in run.layers)
+    with pytest.raises(TraceError, match="expert counts only"):  # co-activation methods: refused before any job
+        place(run, cost, PlaceSettings(), progress=False, workers=2)
+    with pytest.raises(TraceError, match="expert counts only"):
+        fit_baselines(run, cost, ["greedy", "random", "kahypar"], settings)

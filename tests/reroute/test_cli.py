@@ -59,8 +59,8 @@ def test_reroute_eval_sweeps_policies_and_writes_rows_and_the_curve(tiny_model, 
     text.write_text(TEXT)
     rows_file, out = tmp_path / "rows.json", tmp_path / "curve"
     code = main(["reroute-eval", str(tiny_model), "--policy", "gpu-limited,capacity-reroute", "--max-gpus", "1,2",
-                 "--gpu-score", "mass", "--gpu-fill", "drop", "--capacity-factor", "1.25", "--weights", "keep", "--gpus", "4", "--text", str(text),
-                 "--seq-len", "32", "--max-windows", "12", "--batch-size", "3", "--json", str(rows_file),
+                 "--gpu-score", "mass", "--gpu-fill", "drop", "--capacity-factor", "1.25", "--routing-weights", "keep", "--gpus", "4", "--text", str(text),
+                 "--seq-len", "32", "--max-tokens", "384", "--batch-size", "3", "--json", str(rows_file),
                  "--out", str(out), "--no-progress"])
     assert code == 0
     rows = json.loads(rows_file.read_text())
@@ -82,7 +82,7 @@ def test_reroute_eval_sweeps_policies_and_writes_rows_and_the_curve(tiny_model, 
 
 @pytest.mark.parametrize("argv, message", [
     (["--policy", "bogus"], "unknown --policy"),
-    (["--calib-fraction", "1.5"], "--calib-fraction"),
+    (["--fit-fraction", "1.5"], "--fit-fraction"),
     (["--capacity-factor", "0,1"], "positive"),
     (["--group-size", "x"], "whole numbers"),
 ])

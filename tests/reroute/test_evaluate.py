@@ -10,10 +10,10 @@ import torch
 
 from routelens.capture.adapters import find_router_sites
 from routelens.errors import InputError
-from routelens.reroute import capacity_policy
+from routelens.reroute import (C2RSettings, CapacitySettings, FitData, GpuLimitedSettings, PolicyContext, PolicySweep,
+                               capacity_policy, fit_policy)
 from routelens.reroute.evaluate import (
-    best_within, build_policies, calibration_routing, default_settings, evaluate_policies, paired_change_ci,
-    split_windows,
+    best_within, calibration_routing, evaluate_policies, paired_change_ci, split_windows,
 )
 from routelens.reroute.fitting import fit_plan
 
@@ -51,13 +51,15 @@ def test_sweep_rows_compare_each_policy_with_the_baseline(tiny):
     calibration = calibration_routing(model, sites, calib, batch_size=4)
     assert all(ids.shape == (calib.shape[0] * calib.shape[1], 2) for ids in calibration.values())
     plan = fit_plan(calibration, 8, 4)
-    assert {e["fill"] for e in default_settings(8, 2, plan.num_gpus, plan.slots_per_gpu)["gpu-limited"]} == {"best"}
-    settings = default_settings(8, 2, plan.num_gpus, plan.slots_per_gpu, fills=("best", "drop"))
-    assert [(e["max_gpus"], e["fill"], e["weights"]) for e in settings["gpu-limited"]] == [
+    context = PolicyContext(8, 2, plan.num_gpus, plan.slots_per_gpu)
+    assert {s.fill for spec, s in PolicySweep(("gpu-limited",)).resolve(context)} == {"best"}
+    swept = PolicySweep(("gpu-limited", "gpu-adaptive"), {"fill": ("best", "drop")}).resolve(context)
+    assert [(s.max_gpus, s.fill, s.weights) for spec, s in swept if spec.name == "gpu-limited"] == [
         (m, fill, w) for w in ("renorm", "keep") for fill in ("best", "drop") for m in (1, 2)]
-    assert {e["min_gpu_share"] for e in settings["gpu-adaptive"]} == {0.05, 0.075, 0.1, 0.15}
-    policies = build_policies({"gpu-limited": [{"max_gpus": 1}], "capacity-reroute": [{"capacity_factor": 1.0}],
-                               "c2r": [{"top_t": 1}]}, calibration, 8, plan)
+    assert {s.min_gpu_share for spec, s in swept if spec.name == "gpu-adaptive"} == {0.05, 0.075, 0.1, 0.15}
+    data = FitData(plan=plan, calibration=calibration, num_experts=8)
+    policies = [fit_policy("gpu-limited", GpuLimitedSettings(1), data),
+                fit_policy("capacity-reroute", CapacitySettings(1.0), data), fit_policy("c2r", C2RSettings(1), data)]
     rows = evaluate_policies(model, sites, heldout, policies, plan=plan, batch_size=3, progress=False)
     assert [r["policy"] for r in rows] == ["none", "gpu-limited", "capacity-reroute", "c2r"]
     base, limited, reroute, c2r = rows

@@ -48,8 +48,8 @@ def test_finetune_command_saves_the_model_and_the_report(tmp_path, capsys):
     text.write_text("".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(200)))
     out = tmp_path / "tuned"
     code = main(["finetune", str(model), "--policy", "gpu-limited", "--max-gpus", "1", "--gpus", "4",
-                 "--text", str(text), "--heldout", str(text), "--seq-len", "16", "--train-windows", "8",
-                 "--calib-windows", "2", "--eval-windows", "2", "--steps", "2", "--batch-size", "2",
+                 "--text", str(text), "--heldout", str(text), "--seq-len", "16", "--train-tokens", "128",
+                 "--fit-tokens", "32", "--eval-tokens", "32", "--steps", "2", "--batch-size", "2",
                  "--out", str(out), "--no-progress"])
     assert code == 0
     report = json.loads((out / "finetune.json").read_text())

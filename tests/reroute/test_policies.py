@@ -169,9 +169,15 @@ def test_routing_stats_on_a_hand_made_choice():
     assert load_max_over_mean(ids, 4) == pytest.approx(3 / (7 / 4))
 
 
-def test_gpus_visited_greedy_cover_prefers_one_gpu_holding_both_experts():
-    table = np.array([[0, 1], [1, 2], [2, 3]])  # expert 1 and 2 replicated
-    assert gpus_visited(torch.tensor([[1, 2]]), table).tolist() == [[False, True, False]]
+def test_gpus_visited_follow_the_plans_replica_policy():
+    # experts 1 and 2 are both on GPU 1, and expert 1 also on GPU 0, where the only token starts:
+    # the token is served at home for expert 1 (no copy) and on GPU 1 for expert 2 (one copy), as the
+    # cost model and the runner count it; the fewest GPUs holding both experts would be GPU 1 alone
+    table = np.array([[0, 1], [1, 2], [2, 3]])
+    assert gpus_visited(torch.tensor([[1, 2]]), table).tolist() == [[True, True, False]]
+    assert gpus_visited(torch.tensor([[1, 2]]), table, "round-robin").tolist() == [[True, True, False]]
+    stats = routing_stats(torch.tensor([[1, 2]]), 4, table)
+    assert stats["gpus_per_token"] == 2.0 and stats["busiest_gpu_recv"] == pytest.approx(1 / (1 / 3))
 
 
 def test_plan_driven_policy_covers_every_plan_layer():
@@ -226,11 +232,11 @@ def test_keep_weights_for_a_softmax_over_the_chosen_logits():
     assert torch.allclose(keep, torch.exp(torch.tensor([[3.0, 1.0]])) / (math.exp(3) + math.exp(2)))
 
 
-def test_policy_rejects_unknown_weighting():
-    from routelens.reroute import Policy
+def test_policy_settings_reject_unknown_weighting():
+    from routelens.reroute import C2RSettings
 
-    with pytest.raises(InputError, match="--weights"):
-        Policy("c2r", top_t=2, weights="sideways")
+    with pytest.raises(InputError, match="--routing-weights"):
+        C2RSettings(top_t=2, weights="sideways")
 
 
 # ---------------------------------------------------------------------------- fill="drop"
@@ -261,8 +267,8 @@ def rule_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.topk(k, dim=-1).indices
 
 
-def test_policy_rejects_unknown_fill():
-    from routelens.reroute import Policy
+def test_policy_settings_reject_unknown_fill():
+    from routelens.reroute import GpuLimitedSettings
 
     with pytest.raises(InputError, match="--gpu-fill"):
-        Policy("gpu-limited", max_gpus=1, fill="sideways")
+        GpuLimitedSettings(max_gpus=1, fill="sideways")

@@ -8,8 +8,9 @@ import torch
 
 from routelens.capture.adapters import RoutingRule
 from routelens.errors import InputError, TraceError
+from routelens.graphs import coactivation_counts
 from routelens.reroute import c2r_policy, capacity_policy, expert_capacity, gpu_limited_policy
-from routelens.reroute.fitting import coactivation_counts, coactivation_partition, fit_plan
+from routelens.reroute.fitting import fit_plan
 from routelens.reroute.simulate import compare_routing, reroute_trace, rules_from_trace
 from routelens.synthetic import synthetic_trace_arrays
 from routelens.trace import Trace, write_trace
@@ -92,12 +93,10 @@ def test_rules_from_trace_rebuilds_recorded_rules_and_asks_for_the_model_when_a_
         rules_from_trace(biased)
 
 
-def test_coactivation_partition_puts_planted_groups_on_one_gpu():
-    # 4 groups of 4 experts that always fire together, scrambled ids
+def test_fit_plan_puts_planted_groups_on_one_gpu():
+    # 4 groups of 4 experts that always fire together, scrambled ids: the optimizer's plan keeps each group on one GPU
     rng = np.random.default_rng(0)
-    perm = rng.permutation(16)
-    groups = perm.reshape(4, 4)
+    groups = rng.permutation(16).reshape(4, 4)
     ids = np.concatenate([np.repeat(groups[g][None, :], 50, axis=0) for g in range(4)])
-    counts = coactivation_counts(ids, 16)
-    table = coactivation_partition(counts, 4)
+    table = fit_plan({"layer": ids[rng.permutation(len(ids))]}, 16, 4).gpu_experts["layer"]
     assert sorted(map(sorted, table.tolist())) == sorted(map(sorted, groups.tolist()))

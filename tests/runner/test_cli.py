@@ -18,21 +18,30 @@ def _run(capsys, *argv):
 def test_plan_for_other_gpu_count_is_refused(synthetic_trace, tmp_path, capsys):
     plan = Plan({l: np.arange(16).reshape(2, 8) for l in synthetic_trace.layers}, 16)
     plan.save(tmp_path / "p2.json")
-    code, err = _run(capsys, synthetic_trace.path, "--plans", tmp_path / "p2.json", "--gpus", 4, "--backend", "gloo")
+    code, err = _run(capsys, synthetic_trace.path, tmp_path / "p2.json", "--gpus", 4, "--backend", "gloo")
     assert code == 2 and err.count("\n") == 0
     assert "is for 2 GPUs" in err and "on 4" in err
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--plans", "nope.json"], "plan file not found"),
-    (["--tokens-per-rank", "0"], "--tokens-per-rank must be positive"),
-    (["--repeats", "0"], "--repeats must be"),
-    (["--layers", "model.layers.9.mlp.gate"], "not in the trace"),
-    (["--plans", "contiguous", "contiguous"], "listed twice"),
+@pytest.mark.parametrize("plans,extra,message", [
+    (["nope.json"], [], "plan file not found"),
+    ([], ["--layers", "model.layers.9.mlp.gate"], "not in the trace"),
+    ([], ["--layers", "0-9"], "out of bounds"),
+    (["contiguous", "contiguous"], [], "listed twice"),
 ])
-def test_bad_arguments_fail_with_one_line(synthetic_trace, capsys, extra, message):
-    code, err = _run(capsys, synthetic_trace.path, "--gpus", 2, "--backend", "gloo", *extra)
+def test_bad_arguments_fail_with_one_line(synthetic_trace, capsys, plans, extra, message):
+    code, err = _run(capsys, synthetic_trace.path, *plans, "--gpus", 2, "--backend", "gloo", *extra)
     assert code == 2 and message in err and err.count("\n") == 0
+
+
+@pytest.mark.parametrize("extra,option", [(["--tokens-per-rank", "0"], "--tokens-per-rank"),
+                                          (["--repeats", "0"], "--repeats"), (["--warmup", "-1"], "--warmup"),
+                                          (["--layers", "1-x"], "--layers")])
+def test_bad_numbers_are_argparse_errors_naming_the_option(synthetic_trace, capsys, extra, option):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", str(synthetic_trace.path), "--gpus", "2", *extra])
+    assert exit_info.value.code == 2
+    assert option in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_missing_trace_and_wrong_expert_count(tmp_path, synthetic_trace, capsys):
@@ -40,7 +49,7 @@ def test_missing_trace_and_wrong_expert_count(tmp_path, synthetic_trace, capsys)
     assert code == 2 and "no trace folder" in err
     plan = Plan({l: np.arange(8).reshape(2, 4) for l in synthetic_trace.layers}, 8)
     plan.save(tmp_path / "p8.json")
-    code, err = _run(capsys, synthetic_trace.path, "--plans", tmp_path / "p8.json", "--backend", "gloo")
+    code, err = _run(capsys, synthetic_trace.path, tmp_path / "p8.json", "--backend", "gloo")
     assert code == 2 and "8 experts" in err
 
 

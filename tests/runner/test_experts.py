@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from routelens.errors import InputError
 from routelens.runner.experts import (
     load_expert_bank,
     random_expert_bank,
@@ -12,8 +13,8 @@ from routelens.runner.experts import (
     run_experts,
     run_experts_loop,
 )
-from routelens.runner.layer import LocalRoute, build_layout, expert_partials
-from routelens.errors import InputError
+from routelens.runner.layer import expert_partials
+from routelens.runner.layout import fused_layout, fused_unpermute, gather_copies, reference_layout
 
 
 def _sorted_rows(num_rows, counts, hidden, seed=0):
@@ -48,10 +49,9 @@ def test_expert_partials_on_one_rank_equal_reference():
     x = torch.randn(50, 16)
     ids = torch.stack([torch.randperm(8)[:3] for _ in range(50)])
     weights = torch.rand(50, 3)
-    route = LocalRoute(ids, weights, torch.zeros_like(ids))
-    copy_token, counts, meta = build_layout(route, num_gpus=1)
-    assert counts.tolist() == [50] and copy_token.tolist() == list(range(50))
-    partial = expert_partials(x[copy_token], meta, bank)
+    layout = reference_layout(ids, weights, torch.zeros_like(ids), 1, exchange=lambda counts: counts)
+    assert layout.send_counts == [50] and layout.copy_token.tolist() == list(range(50))
+    partial = expert_partials(x[layout.copy_token], layout.meta, bank)
     torch.testing.assert_close(partial, reference_moe(x, ids, weights, bank), rtol=1e-5, atol=1e-5)
 
 
@@ -89,7 +89,8 @@ def test_grouped_gemm_bf16_on_gpu_matches_loop():
     assert err < 1e-2
 
 
-def test_dropped_slots_contribute_nothing_and_fully_dropped_tokens_get_zero():
+@pytest.mark.parametrize("build", [reference_layout, fused_layout])
+def test_dropped_slots_contribute_nothing_and_fully_dropped_tokens_get_zero(build):
     torch.manual_seed(2)
     bank = random_expert_bank(8, 16, 12, dtype=torch.float32)
     x = torch.randn(30, 16)
@@ -97,11 +98,10 @@ def test_dropped_slots_contribute_nothing_and_fully_dropped_tokens_get_zero():
     ids[::4, 1] = -1
     ids[5] = -1
     weights = torch.rand(30, 3)
-    route = LocalRoute(ids, weights, torch.where(ids >= 0, 0, -1))
-    copy_token, counts, meta = build_layout(route, num_gpus=1)
-    assert 5 not in copy_token.tolist() and counts.tolist() == [29]
-    partial = expert_partials(x[copy_token], meta, bank)
-    out = torch.zeros(30, 16).index_add_(0, copy_token, partial)
+    layout = build(ids, weights, torch.where(ids >= 0, 0, -1), 1, exchange=lambda counts: counts)
+    assert 5 not in layout.copy_token.tolist() and layout.send_counts == [29]
+    partial = expert_partials(gather_copies(x, layout), layout.meta, bank)
+    out = fused_unpermute(partial, layout, torch.float32, kernel="torch")
     ref = reference_moe(x, ids, weights, bank)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert torch.all(ref[5] == 0)

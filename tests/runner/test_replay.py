@@ -15,7 +15,10 @@ import sys
 import numpy as np
 import pytest
 
+from routelens.formats import CALIBRATION
+from routelens.placement.traffic import dispatch_matrix, token_source_gpu
 from routelens.plan import Plan
+from routelens.runner.routing import contiguous_plan
 from routelens.synthetic import synthetic_trace_arrays
 from routelens.trace import Trace, write_trace
 
@@ -74,11 +77,11 @@ def test_two_ranks_replay_equals_reference_and_traffic_equals_cost_model(trace_d
     out = tmp_path / "report.json"
     out_dir = tmp_path / "bench"
     out_dir.mkdir()
-    calibration = {"latency_us": 123.0, "bandwidth_GBps": 0.5}
-    (out_dir / "calibration-gloo-g2.json").write_text(json.dumps(calibration))
-    proc = _torchrun(2, trace_dir, "--plans", "contiguous", tmp_path / "perm.json", "--backend", "gloo",
+    calibration = {"backend": "gloo", "num_gpus": 2, "latency_us": 123.0, "bandwidth_GBps": 0.5}
+    CALIBRATION.write(out_dir / CALIBRATION.file_name(calibration), calibration)
+    proc = _torchrun(2, trace_dir, "contiguous", tmp_path / "perm.json", "--backend", "gloo",
                      "--hidden-size", HIDDEN, "--intermediate-size", INTER, "--repeats", 2, "--warmup", 1,
-                     "--check", "--json", out, "--out-dir", out_dir)
+                     "--check", "--json", out, "--out", out_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["check"]["passed"] and report["check"]["tolerance"] == 1e-4
@@ -88,8 +91,6 @@ def test_two_ranks_replay_equals_reference_and_traffic_equals_cost_model(trace_d
     index = np.arange(trace.num_tokens)
     contiguous = report["plans"][0]
     assert contiguous["label"] == "contiguous" and report["baseline"] == "contiguous"
-    from routelens.runner.routing import contiguous_plan
-
     _assert_traffic_matches(contiguous, _expected(trace, contiguous_plan(trace.layers, 16, 2), index, 2), HIDDEN * 4)
     _assert_traffic_matches(report["plans"][1], _expected(trace, permuted, index, 2), HIDDEN * 4)
     for entry in report["plans"]:
@@ -126,14 +127,13 @@ def _replicated_plan(trace, path):
 
 
 def test_cli_launches_four_ranks_with_tiling_overlap_and_replicas(trace_dir, tmp_path):
-    cost = pytest.importorskip("routelens.placement.cost")
     trace = Trace.open(trace_dir)
     plan = _permuted_plan(trace, 4, tmp_path / "perm4.json", seed=2)
     replicated = _replicated_plan(trace, tmp_path / "rep4.json")
     out = tmp_path / "report4.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "routelens.cli", "bench", str(trace_dir), "--plans", "contiguous", str(tmp_path / "perm4.json"),
+        [sys.executable, "-m", "routelens.cli", "bench", str(trace_dir), "contiguous", str(tmp_path / "perm4.json"),
          str(tmp_path / "rep4.json"), "--gpus", "4", "--backend", "gloo", "--hidden-size", str(HIDDEN), "--intermediate-size", str(INTER),
          "--tokens-per-rank", "500", "--repeats", "1", "--warmup", "0", "--overlap", "--check", "--json", str(out)],
         capture_output=True, text=True, timeout=120, env=env)
@@ -144,9 +144,9 @@ def test_cli_launches_four_ranks_with_tiling_overlap_and_replicas(trace_dir, tmp
     index = np.arange(2000) % trace.num_tokens
     _assert_traffic_matches(report["plans"][1], _expected(trace, plan, index, 4), HIDDEN * 4)
     # replicas: the runner's choice is the cost model's replica policy, so the bytes are its prediction
-    source = cost.token_source_gpu(2000, 4)
-    expected = np.stack([cost.dispatch_matrix(trace.topk_ids(layer)[index], source, replicated.gpu_experts[layer],
-                                              replicated.replica_policy) for layer in trace.layers])
+    source = token_source_gpu(2000, 4)
+    expected = np.stack([dispatch_matrix(trace.topk_ids(layer)[index], source, replicated.gpu_experts[layer],
+                                         replicated.replica_policy) for layer in trace.layers])
     assert report["plans"][2]["replicas"] == 4 * len(trace.layers)
     _assert_traffic_matches(report["plans"][2], expected, HIDDEN * 4)
     overlap = report["plans"][0]["overlap"]
@@ -158,7 +158,7 @@ def test_cli_launches_four_ranks_with_tiling_overlap_and_replicas(trace_dir, tmp
 def test_calibration_sweep_fits_latency_and_bandwidth(trace_dir, tmp_path):
     out_dir = tmp_path / "bench"
     proc = _torchrun(2, trace_dir, "--backend", "gloo", "--calibrate", "--calibrate-max-mib", 1, "--repeats", 2,
-                     "--warmup", 1, "--out-dir", out_dir)
+                     "--warmup", 1, "--out", out_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     fit = json.loads((out_dir / "calibration-gloo-g2.json").read_text())
     assert fit["latency_us"] >= 0 and fit["bandwidth_GBps"] > 0
@@ -180,9 +180,9 @@ def test_nccl_bf16_replay_equals_reference_and_cost_model(trace_dir, tmp_path):
     trace = Trace.open(trace_dir)
     plan = _permuted_plan(trace, 2, tmp_path / "perm.json", seed=3)
     out = tmp_path / "nccl.json"
-    proc = _torchrun(2, trace_dir, "--plans", "contiguous", tmp_path / "perm.json", "--backend", "nccl",
+    proc = _torchrun(2, trace_dir, "contiguous", tmp_path / "perm.json", "--backend", "nccl",
                      "--hidden-size", 256, "--intermediate-size", 128, "--tokens-per-rank", 4096, "--repeats", 3,
-                     "--warmup", 1, "--overlap", "--check", "--json", out, "--out-dir", tmp_path)
+                     "--warmup", 1, "--overlap", "--check", "--json", out, "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["dtype"] == "bfloat16" and report["backend"] == "nccl"

@@ -13,10 +13,11 @@ really used: which ``k`` experts each token goes to (``topk_ids: [N, k]``) and w
 
 The choice is always read from what the model computed (router outputs or the experts' inputs),
 never re-derived from logits, so biased, grouped or sigmoid routers (DeepSeek-V3, GLM4-MoE, Dots1,
-Ernie-4.5) are recorded exactly. :class:`RoutingRule` is a separate reference re-implementation of
-each family's rule, for re-routing policies that need to reproduce or alter it.
+Ernie-4.5) are recorded exactly. Each site also carries its family's :class:`RoutingRule`
+(:mod:`routelens.routing_rule`, the one implementation of the rule), which re-routing policies use to
+reproduce or alter the choice.
 
-Modules: ``base`` (data types), ``rules`` (each family's rule), ``sites`` (families whose router
+Modules: ``base`` (data types), ``rules`` (each family's rule, read from its router), ``sites`` (families whose router
 output differs), ``discover`` (:func:`find_router_sites`). Supported families and how each is
 hooked: ``docs/capture-families.md``.
 """

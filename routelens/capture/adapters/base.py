@@ -1,10 +1,16 @@
-"""Data types of the router adapters: what a router decided, the rule it follows, where to hook it."""
+"""Data types of the router adapters: what a router decided and where to hook it.
+
+The rule a router follows is :class:`routelens.routing_rule.RoutingRule` (shared with re-routing).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+
+from ...routing_rule import RoutingRule  # the one routing rule, shared with re-routing
+
 
 @dataclass
 class RouterOutput:
@@ -24,109 +30,6 @@ class RouterOutput:
 
 
 @dataclass
-class RoutingRule:
-    """A family's routing rule: ``logits [N, E] -> (ids [N, k], weights [N, k])``.
-
-    ``scoring`` values:
-
-    * ``"softmax"``: ``p = softmax(logits)``; choose the top-k of ``p + bias``; weights ``p[ids]``
-      (Mixtral, Qwen, OLMoE, DeepSeek-V2, Ernie, HunYuan, MiniMax, DBRX, Switch). With
-      ``n_group`` it is DeepSeek-V2's ``group_limited_greedy``: keep the ``topk_group`` groups with
-      the largest max probability, zero the rest.
-    * ``"sigmoid"``: ``s = sigmoid(logits)``; choose the top-k of ``s + bias``; weights ``s[ids]``
-      (DeepSeek-V3, GLM4-MoE, Dots1). With ``n_group`` it is DeepSeek-V3's group limit: keep the
-      ``topk_group`` groups with the largest sum of their top-2 ``s + bias``, mask the rest to -inf.
-    * ``"topk_sigmoid"``: top-k of the raw logits, weights ``sigmoid(logits[ids])`` (Llama4).
-    * ``"sparsemixer"``: PhiMoE's SparseMixer at inference (top-2 only): the first expert is the argmax,
-      its weight the softmax over logits within ``2 * jitter_eps`` (relative) of the max; the second is
-      the argmax of the rest, weighted the same way among the rest.
-
-    ``softmax_after_topk=True`` (with ``scoring="softmax"``): top-k of the raw logits, weights
-    ``softmax(logits[ids])`` over the k chosen only (GPT-OSS, Granite-MoE, JetMoE).
-
-    Then, when ``norm_topk_prob``: ``weights /= weights.norm(p=norm_p)`` (``norm_p=1``: divide by
-    the sum); finally ``weights *= routed_scaling_factor``.
-
-    ``norm_p`` (DBRX's ``moe_normalize_expert_weights``) and ``jitter_eps`` (PhiMoE) extend the
-    common fields; both default to no-ops.
-    """
-
-    scoring: str
-    num_experts: int
-    top_k: int
-    norm_topk_prob: bool
-    routed_scaling_factor: float = 1.0
-    n_group: int | None = None
-    topk_group: int | None = None
-    bias: torch.Tensor | None = None
-    softmax_after_topk: bool = False
-    norm_p: float = 1.0
-    jitter_eps: float = 0.0
-
-    def choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference re-implementation: ``[N, E]`` logits -> (ids ``[N, k]`` int64, weights ``[N, k]`` float32).
-
-        Computed in float32; the order of ids within a row may differ from the model's (compare as sets).
-        Capacity limits (Switch, NLLB-MoE) are not applied: every token gets its k experts.
-        """
-        logits = logits.reshape(-1, logits.shape[-1]).float()
-        k = self.top_k
-        if self.scoring == "sparsemixer":
-            return _sparsemixer(logits, self.jitter_eps, k)
-        if self.scoring == "topk_sigmoid":
-            top_logits, ids = logits.topk(k, dim=-1)
-            return ids, torch.sigmoid(top_logits) * self.routed_scaling_factor
-        if self.softmax_after_topk:
-            top_logits, ids = logits.topk(k, dim=-1)
-            weights = torch.softmax(top_logits, dim=-1)
-        else:
-            if self.scoring == "softmax":
-                scores = torch.softmax(logits, dim=-1)
-            elif self.scoring == "sigmoid":
-                scores = torch.sigmoid(logits)
-            else:
-                raise ValueError(f"unknown routing scoring {self.scoring!r}")
-            for_choice = scores if self.bias is None else scores + self.bias.to(scores.device).float().reshape(-1)
-            if self.n_group is not None and self.n_group > 1 and self.topk_group is not None:
-                for_choice = self._group_limit(for_choice)
-            ids = for_choice.topk(k, dim=-1)[1]
-            weights = scores.gather(1, ids)
-        if self.norm_topk_prob:
-            weights = weights / weights.norm(p=self.norm_p, dim=-1, keepdim=True).clamp_min(1e-20)
-        return ids, weights * self.routed_scaling_factor
-
-    def _group_limit(self, for_choice: torch.Tensor) -> torch.Tensor:
-        n, e = for_choice.shape
-        grouped = for_choice.view(n, self.n_group, e // self.n_group)
-        if self.scoring == "sigmoid":  # DeepSeek-V3: sum of the top-2 per group, others -inf
-            group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)
-            fill = float("-inf")
-        else:  # DeepSeek-V2 group_limited_greedy: max per group, others 0
-            group_scores = grouped.max(dim=-1).values
-            fill = 0.0
-        group_idx = group_scores.topk(self.topk_group, dim=-1)[1]
-        group_mask = torch.zeros_like(group_scores).scatter_(1, group_idx, 1.0).bool()
-        score_mask = group_mask.unsqueeze(-1).expand(n, self.n_group, e // self.n_group).reshape(n, e)
-        return for_choice.masked_fill(~score_mask, fill)
-
-
-def _sparsemixer(logits: torch.Tensor, jitter_eps: float, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """PhiMoE SparseMixer, inference path (https://huggingface.co/papers/2409.12136)."""
-    if top_k != 2:
-        raise ValueError("sparsemixer routing is defined for top_k == 2 only")
-
-    def pick(scores):
-        threshold, best = scores.max(dim=-1, keepdim=True)
-        factor = scores.abs().clamp(min=threshold)
-        masked = scores.masked_fill(((threshold - scores) / factor) > (2 * jitter_eps), float("-inf"))
-        return best, torch.softmax(masked, dim=-1).gather(-1, best)
-
-    first, w_first = pick(logits)
-    second, w_second = pick(torch.scatter(logits, -1, first, float("-inf")))
-    return torch.cat([first, second], dim=-1), torch.cat([w_first, w_second], dim=-1)
-
-
-@dataclass
 class RouterSite:
     """One MoE layer's hook point.
 
@@ -135,7 +38,7 @@ class RouterSite:
         module: the module to hook (``register_forward_hook(fn, with_kwargs=True)``).
         layer_index: decoder layer index (Switch: decoder blocks follow the encoder blocks).
         num_experts, top_k: routed experts per layer and per token.
-        rule: the family's routing rule (reference re-implementation).
+        rule: the family's routing rule (:class:`~routelens.routing_rule.RoutingRule`).
 
     The base class handles the common transformers-5 router, whose forward returns
     ``(router_logits [N, E], topk_weights [N, k], topk_ids [N, k])``; families that differ subclass it.

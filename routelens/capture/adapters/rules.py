@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import RoutingRule
+from ...routing_rule import RoutingRule
 
 
 def _attr(obj, *names, default=None):
