@@ -357,7 +357,7 @@ def part_place(args, work: Path, goals: list[dict[str, Any]], shape_name: str) -
     made_s = time.perf_counter() - started
     cluster = (["--nodes", str(args.ds_gpus // 8), "--gpus-per-node", "8", "--redundant", str(args.ds_redundant),
                 "--expert-groups", "8"] if ds else ["--gpus", str(args.place_gpus)])
-    seeds = ["--seeds", "coact,lpt"] if args.skip_kahypar else []
+    seeds = ["--starts", "coact,lpt"] if args.skip_kahypar else []
     plan = work / f"plan-{shape_name}.json"
     placed = run_measured(cli("place", str(trace_dir), "--out", str(plan), "--workers", str(args.workers), "--no-progress",
                               *cluster, *seeds), f"place ({shape_name})")
