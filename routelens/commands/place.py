@@ -6,7 +6,8 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from ._args import add_deprecated_alias, add_no_progress_argument, non_negative_int, positive_float, positive_int
+from ._args import (add_deprecated_alias, add_no_progress_argument, add_workers_argument, non_negative_int,
+                    positive_float, positive_int)
 
 def method_help() -> str:
     """``--method``'s help: every registered placement method and what it is."""
@@ -117,6 +118,7 @@ def add_parser(subparsers) -> None:
                         "swaps, each kept only if the estimate improves (default 16 when E <= 128, else 0)")
     parser.add_argument("--expert-groups", type=positive_int, default=1,
                         help="eplb: expert groups of the model for the hierarchical policy (DeepSeek-V3: 8)")
+    add_workers_argument(parser)
     add_cluster_arguments(parser)
     add_no_progress_argument(parser)
     parser.set_defaults(func=run)
@@ -172,7 +174,7 @@ def run(args) -> int:
     with run_lock(owner, "routelens place") if owner is not None else contextlib.nullcontext():
         fits = [fit] + [fit_token_range(t, 0.5 if args.fit_fraction is None else args.fit_fraction) for t in traces[1:]]
         workloads = make_workloads(traces, fits, args.run_weights)
-        plan = place_workloads(workloads, cost, settings, progress=not args.no_progress)
+        plan = place_workloads(workloads, cost, settings, progress=not args.no_progress, workers=args.workers)
         if args.format == "json":
             written = [export_plan(plan, out, "json")]
         else:

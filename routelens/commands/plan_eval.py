@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ._args import add_json_argument, add_no_progress_argument, positive_int, write_json_output
+from ._args import add_json_argument, add_no_progress_argument, add_workers_argument, positive_int, write_json_output
 from .place import add_cluster_arguments, cost_from_args, topology_from_args
 
 
@@ -34,6 +34,7 @@ def add_parser(subparsers) -> None:
     add_json_argument(parser, "every number (per layer too)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the random baseline (default 0)")
     parser.add_argument("--expert-groups", type=positive_int, default=1, help="eplb: expert groups of the model")
+    add_workers_argument(parser)
     add_cluster_arguments(parser)
     add_no_progress_argument(parser)
     parser.set_defaults(func=run)
@@ -47,7 +48,7 @@ def run(args) -> int:
     from ..placement.evaluate import compare_plans, eval_token_index, format_comparison, ratios
     from ..placement.methods import baseline_names
     from ..placement.place import PlaceSettings
-    from ..placement.workloads import baseline_workloads, place_workloads
+    from ..placement.workloads import baseline_workloads, fit_workload_baselines
     from ..placement.topology import Topology
     from ..engines.plan_files import PlanTarget, load_plan_file
     from ..trace import Trace
@@ -86,14 +87,13 @@ def run(args) -> int:
         return _matrix(args, run_paths, plan_paths, trace, plan, cost, names)
     held, note = eval_token_index(trace, plan)
     workloads, fit_note = baseline_workloads(plan, [trace], Trace.open)
-    plans = {}
-    for name in names:
-        settings = PlaceSettings(method=name, redundant=plan.num_redundant, replica_policy=plan.replica_policy,
-                                 seed=args.seed, num_groups=args.expert_groups)
-        plans[name] = place_workloads(workloads, cost, settings, progress=False)
+    settings = PlaceSettings(method=names[0] if names else "contiguous", redundant=plan.num_redundant,
+                             replica_policy=plan.replica_policy, seed=args.seed, num_groups=args.expert_groups)
+    plans = fit_workload_baselines(workloads, cost, names, settings, layers=plan.layers,
+                                   progress=not args.no_progress, workers=args.workers)
     label = f"plan ({plan.method})"
     plans[label] = plan
-    results = compare_plans(plans, trace, held, cost, progress=not args.no_progress)
+    results = compare_plans(plans, trace, held, cost, progress=not args.no_progress, workers=args.workers)
     report = {"trace": str(trace.path), "plan": str(args.plan), "scored_on": note,
               "eval_tokens": int(np.asarray(held).size), "results": results, "ratios_to_contiguous": ratios(results)}
     if write_json_output(args.json, report):
@@ -153,7 +153,7 @@ def _matrix(args, run_paths, plan_paths, trace, first_plan, cost, baselines) -> 
             label += "'"
         plans[label] = plan
     matrix = plan_matrix(plans, traces, cost, baselines, Trace.open, seed=args.seed, num_groups=args.expert_groups,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, workers=args.workers)
     report = {"runs": matrix["runs"], "plans": dict(zip(plans, plan_paths)), "scored_on": matrix["scored_on"],
               "rows": matrix["rows"]}
     if write_json_output(args.json, report):

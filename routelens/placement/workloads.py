@@ -10,18 +10,21 @@ and every baseline fitted on the same tokens as that plan, on every run's held-o
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import InputError, PlanError, RoutelensError
+from ..parallel import resolve_workers, run_jobs, shared_path
 from ..plan import Plan
+from ..trace import as_trace
+from .baselines import slots_per_gpu
 from .cost import CostModel, score_table
-from .evaluate import plan_origins, score_plan
-from .place import PlaceSettings, layer_table, mean_metrics, place
+from .evaluate import compare_plans, plan_origins
+from .place import PlaceSettings, fit_baselines, layer_job_bytes, layer_table, mean_metrics, place
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def mixed_fit_ids(workloads: Sequence[Workload], layer: str, seed: int = 0) -> n
     the weights follow the token counts, the default; a seeded sample, kept in order, otherwise).
     The runs' tokens are interleaved evenly (run ``i``'s ``j``-th token at ``(j + ½) / m_i``), so every
     stretch of the mix — the GPUs its tokens start on, the optimizer's validation block — holds each
-    run in its share.
+    run in its share. Each run's fit range is read alone (:meth:`~routelens.trace.Trace.layer_range`).
     """
     available = np.array([w.num_fit_tokens for w in workloads], dtype=np.float64)
     weights = np.array([w.weight for w in workloads], dtype=np.float64)
@@ -94,17 +97,22 @@ def mixed_fit_ids(workloads: Sequence[Workload], layer: str, seed: int = 0) -> n
     for workload, n_available, share in zip(workloads, available, weights):
         take = int(min(n_available, round(share * total)))
         start, end = workload.fit
-        chosen = np.arange(start, end) if take >= n_available else np.sort(rng.choice(np.arange(start, end), take,
-                                                                                       replace=False))
-        parts.append(np.asarray(workload.trace.topk_ids(layer), dtype=np.int64)[chosen])
+        ids = np.asarray(as_trace(workload.trace).layer_range(layer, start, end), dtype=np.int64)
+        if take < n_available:
+            ids = ids[np.sort(rng.choice(int(n_available), take, replace=False))]
+        parts.append(ids)
         keys.append((np.arange(take) + 0.5) / max(take, 1))
     order = np.argsort(np.concatenate(keys), kind="stable")
     return np.concatenate(parts)[order]
 
 
 def place_workloads(workloads: Sequence[Workload], cost: CostModel, settings: PlaceSettings,
-                    progress: bool = True) -> Plan:
+                    progress: bool = True, workers: int | None = 1) -> Plan:
     """Fit one plan on several runs at once (:func:`mixed_fit_ids`); one run is :func:`~.place.place` itself.
+
+    Args:
+        workers: processes placing layers at once (None or 0: every core; 1: this process); the plan
+            is the same for any count (:mod:`routelens.parallel`).
 
     Returns:
         A :class:`~routelens.plan.Plan` whose ``meta["traces"]`` lists every run (path, fingerprint,
@@ -116,40 +124,125 @@ def place_workloads(workloads: Sequence[Workload], cost: CostModel, settings: Pl
     """
     if len(workloads) == 1:
         only = workloads[0]
-        return place(only.trace, cost, settings, fit=only.fit, progress=progress)
+        return place(only.trace, cost, settings, fit=only.fit, progress=progress, workers=workers)
     settings.check()
+    started = time.perf_counter()
+    layers, results = _fit_mixed(workloads, cost, settings, (settings.method,), True, progress, workers)
+    tables, per_layer, per_run = {}, {}, {str(w.trace.path): {} for w in workloads}
+    for layer, result in zip(layers, results):
+        tables[layer], per_layer[layer], own = result[settings.method]
+        for workload, metrics in zip(workloads, own):
+            per_run[str(workload.trace.path)][layer] = metrics
+    meta = _mixed_meta(workloads, cost, settings, time.perf_counter() - started)
+    meta["metrics"] = {"on": "fit tokens of every run, mixed by weight", "mean": mean_metrics(per_layer),
+                       "layers": per_layer, "runs": {path: mean_metrics(m) for path, m in per_run.items()}}
+    return Plan(gpu_experts=tables, num_experts=int(workloads[0].trace.num_experts), num_nodes=cost.topology.num_nodes,
+                replica_policy=settings.replica_policy, method=settings.method, meta=meta)
+
+
+def fit_workload_baselines(workloads: Sequence[Workload], cost: CostModel, methods: Sequence[str],
+                           settings: PlaceSettings, layers: Sequence[str] | None = None, progress: bool = False,
+                           workers: int | None = 1) -> dict[str, Plan]:
+    """Plans of several methods fitted on the same runs (each layer's mix read once for all of them).
+
+    What ``plan-eval`` compares a plan with; one run is :func:`~.place.fit_baselines` itself.
+    ``layers``: the MoE layers to fit (default: all of the runs').
+
+    Returns:
+        ``method → Plan``, in the order of ``methods`` (no metrics on the fit tokens).
+    """
+    if not methods:
+        return {}
+    if len(workloads) == 1:
+        only = workloads[0]
+        return fit_baselines(only.trace, cost, list(methods), settings, fit=only.fit,
+                             layers=None if layers is None else list(layers), progress=progress, workers=workers)
+    for method in methods:
+        dataclasses.replace(settings, method=method).check()
+    started = time.perf_counter()
+    layers, results = _fit_mixed(workloads, cost, settings, tuple(methods), False, progress, workers, layers)
+    seconds = time.perf_counter() - started
+    return {method: Plan(gpu_experts={layer: result[method][0] for layer, result in zip(layers, results)},
+                         num_experts=int(workloads[0].trace.num_experts), num_nodes=cost.topology.num_nodes,
+                         replica_policy=settings.replica_policy, method=method,
+                         meta=_mixed_meta(workloads, cost, dataclasses.replace(settings, method=method), seconds))
+            for method in methods}
+
+
+@dataclass
+class _MixedLayerJob:
+    """One layer of several runs to place with one or more methods (runs go to a worker by path)."""
+
+    runs: tuple[tuple[Any, tuple[int, int], float], ...]  # (trace or path, fit, weight) per run
+    layer: str
+    methods: tuple[str, ...]
+    settings: PlaceSettings
+    cost: CostModel
+    num_experts: int
+    score: bool
+    deadline_wall: float | None  # time.time() by which every layer must be done (the whole budget)
+    allowance_s: float | None  # this layer's share of the budget
+
+
+def place_mixed_layer(job: _MixedLayerJob) -> dict[str, tuple[np.ndarray, dict | None, list | None]]:
+    """``method → (table [G, S], metrics on the mix or None, [metrics on each run's own fit tokens] or None)``."""
+    workloads = [Workload(as_trace(trace), fit, weight) for trace, fit, weight in job.runs]
+    ids = mixed_fit_ids(workloads, job.layer, job.settings.seed)
+    deadline = None
+    if job.allowance_s is not None:
+        deadline = time.perf_counter() + max(0.0, min(job.allowance_s, job.deadline_wall - time.time()))
+    out = {}
+    for method in job.methods:
+        settings = dataclasses.replace(job.settings, method=method)
+        table, _ = layer_table(method, ids, job.num_experts, job.cost, settings, deadline)
+        mixed = own = None
+        if job.score:
+            mixed = score_table(ids, table, job.cost, settings.replica_policy)
+            own = [score_table(np.asarray(w.trace.layer_range(job.layer, *w.fit), dtype=np.int64), table, job.cost,
+                               settings.replica_policy) for w in workloads]
+        out[method] = (table, mixed, own)
+    return out
+
+
+def _fit_mixed(workloads: Sequence[Workload], cost: CostModel, settings: PlaceSettings, methods: tuple[str, ...],
+               score: bool, progress: bool, workers: int | None,
+               layers: Sequence[str] | None = None) -> tuple[list[str], list[dict]]:
+    """``(layers, [place_mixed_layer result per layer])``, ``workers`` layers at a time (:func:`~routelens.parallel.run_jobs`)."""
     for workload in workloads:
         workload.trace.require_tokens("place on several runs")
     first = workloads[0].trace
-    layers = list(first.layers)
-    num_experts = int(first.num_experts)
-    tables, per_layer, per_run = {}, {}, {str(w.trace.path): {} for w in workloads}
-    started = time.perf_counter()
-    for n, layer in enumerate(tqdm(layers, desc=f"place ({settings.method})", unit="layer", disable=not progress)):
-        ids = mixed_fit_ids(workloads, layer, settings.seed)
-        deadline = None
-        if settings.time_budget_s is not None:
-            left = settings.time_budget_s - (time.perf_counter() - started)
-            deadline = time.perf_counter() + max(0.0, left) / (len(layers) - n)
-        tables[layer], _ = layer_table(settings.method, ids, num_experts, cost, settings, deadline)
-        per_layer[layer] = score_table(ids, tables[layer], cost, settings.replica_policy)
-        for workload in workloads:
-            own = np.asarray(workload.trace.topk_ids(layer)[workload.fit[0]:workload.fit[1]], dtype=np.int64)
-            per_run[str(workload.trace.path)][layer] = score_table(own, tables[layer], cost, settings.replica_policy)
+    layers = list(first.layers if layers is None else layers)
+    slots_per_gpu(int(first.num_experts), cost.topology.num_gpus, settings.redundant)  # fail before reading
+    fit_tokens = sum(w.num_fit_tokens for w in workloads)
+    # each run's fit range and the mix made of them are in memory at once: twice one run's job
+    count = resolve_workers(workers, len(layers), bytes_per_job=2 * layer_job_bytes(fit_tokens, first.top_k, cost),
+                            tokens_per_job=fit_tokens)
+    deadline_wall = allowance = None
+    if settings.time_budget_s is not None:
+        deadline_wall = time.time() + settings.time_budget_s
+        allowance = settings.time_budget_s * count / len(layers)
+    runs = tuple((w.trace if count == 1 else shared_path(w.trace.path), w.fit, w.weight) for w in workloads)
+    jobs = [_MixedLayerJob(runs=runs, layer=layer, methods=methods, settings=settings, cost=cost,
+                           num_experts=int(first.num_experts), score=score, deadline_wall=deadline_wall,
+                           allowance_s=allowance) for layer in layers]
+    desc = f"place ({methods[0]})" if len(methods) == 1 else "fit baselines"
+    return layers, run_jobs(place_mixed_layer, jobs, count, progress=progress, desc=desc)
+
+
+def _mixed_meta(workloads: Sequence[Workload], cost: CostModel, settings: PlaceSettings,
+                seconds: float) -> dict[str, Any]:
+    first = workloads[0].trace
     config = dict(first.config)
-    meta = {
+    return {
         "seed": settings.seed,
         "topology": cost.topology.to_json(),
         "cost_model": cost.to_json(),
         "traces": [w.origin() for w in workloads],
         "model": {"id": first.model_id, "family": first.family, "num_layers": config.get("num_layers"),
-                  "hidden_size": config.get("hidden_size"), "num_experts": num_experts, "top_k": int(first.top_k)},
-        "metrics": {"on": "fit tokens of every run, mixed by weight", "mean": mean_metrics(per_layer),
-                    "layers": per_layer, "runs": {path: mean_metrics(m) for path, m in per_run.items()}},
-        "seconds": round(time.perf_counter() - started, 3),
+                  "hidden_size": config.get("hidden_size"), "num_experts": int(first.num_experts),
+                  "top_k": int(first.top_k)},
+        "seconds": round(seconds, 3),
     }
-    return Plan(gpu_experts=tables, num_experts=num_experts, num_nodes=cost.topology.num_nodes,
-                replica_policy=settings.replica_policy, method=settings.method, meta=meta)
 
 
 def plan_workloads(plan: Plan, open_trace: Callable[[str], Any], known: Sequence[Any] = ()) -> list[Workload] | None:
@@ -203,7 +296,7 @@ def baseline_workloads(plan: Plan, traces: Sequence[Any], open_trace: Callable[[
 # ---------------------------------------------------------------------------- plans × runs
 def plan_matrix(plans: dict[str, Plan], traces: Sequence[Any], cost: CostModel, baselines: Sequence[str],
                 open_trace: Callable[[str], Any], seed: int = 0, num_groups: int = 1,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, workers: int | None = 1) -> dict[str, Any]:
     """Every plan, and every baseline fitted on the same tokens as it, scored on every run.
 
     Every row is scored on the same tokens of a run (:func:`shared_token_index`: those no plan was
@@ -215,6 +308,7 @@ def plan_matrix(plans: dict[str, Plan], traces: Sequence[Any], cost: CostModel, 
         cost: the cost model all are scored with.
         baselines: baseline method names (:func:`~.methods.baseline_names`).
         open_trace: opens a run by path (finds the runs a plan was fitted on).
+        workers: processes working on layers at once, for fitting and scoring (None or 0: every core).
 
     Returns:
         ``{"runs": [path...], "rows": [{"label", "kind": "plan"|"baseline", "method", "fitted_like",
@@ -235,26 +329,24 @@ def plan_matrix(plans: dict[str, Plan], traces: Sequence[Any], cost: CostModel, 
     for label, plan in plans.items():
         workloads, note = baseline_workloads(plan, traces, open_trace)
         key = tuple((str(w.trace.path), w.trace.fingerprint(), w.fit, round(w.weight, 9)) for w in workloads) + (
-            plan.num_redundant, plan.replica_policy)
+            plan.num_redundant, plan.replica_policy, tuple(plan.layers))
         if key not in fitted:
-            fitted[key] = {name: place_workloads(workloads, cost, PlaceSettings(
-                method=name, redundant=plan.num_redundant, replica_policy=plan.replica_policy, seed=seed,
-                num_groups=num_groups), progress=False) for name in baselines}
+            settings = PlaceSettings(method=baselines[0] if baselines else "contiguous", redundant=plan.num_redundant,
+                                     replica_policy=plan.replica_policy, seed=seed, num_groups=num_groups)
+            fitted[key] = fit_workload_baselines(workloads, cost, list(baselines), settings, layers=plan.layers,
+                                                 progress=progress, workers=workers)
         rows.append({"label": label, "kind": "plan", "method": plan.method, "fitted_like": label, "fit": note,
                      "plan": plan})
         rows += [{"label": f"{name} (fit as {label})", "kind": "baseline", "method": name, "fitted_like": label,
                   "fit": note, "plan": made} for name, made in fitted[key].items()]
     scored = {str(trace.path): shared_token_index(trace, list(plans.values())) for trace in traces}
-    bar = tqdm(total=len(rows) * len(traces), desc="score plans", unit="plan", disable=not progress)
     for trace in traces:
         index, scored_on = scored[str(trace.path)]
-        cache: dict[str, np.ndarray] = {}
-        for row in rows:
-            result = score_plan(row["plan"], trace, index, cost, topk_cache=cache)
-            row.setdefault("results", {})[str(trace.path)] = {**result, "scored_on": scored_on,
+        results = compare_plans({str(n): row["plan"] for n, row in enumerate(rows)}, trace, index, cost,
+                                progress=progress, workers=workers)
+        for n, row in enumerate(rows):
+            row.setdefault("results", {})[str(trace.path)] = {**results[str(n)], "scored_on": scored_on,
                                                               "eval_tokens": int(index.size)}
-            bar.update(1)
-    bar.close()
     for row in rows:
         del row["plan"]
     return {"runs": [str(t.path) for t in traces], "rows": rows,
