@@ -98,7 +98,7 @@ def test_a_plan_fitted_on_two_runs_names_both_and_holds_out_each_ones_rest(runs,
         Plan.from_json(bad)
 
 
-def test_two_workers_fit_and_score_on_two_runs_exactly_as_one_process(runs):
+def test_two_workers_fit_one_plan_on_two_runs_exactly_as_one_process(runs):
     code, prose = runs
     cost = cost_for(code)
     workloads = make_workloads(runs, [(0, 1024), (0, 512)], [0.5, 0.5])
@@ -106,9 +106,6 @@ def test_two_workers_fit_and_score_on_two_runs_exactly_as_one_process(runs):
     pooled = place_workloads(workloads, cost, PlaceSettings(method="greedy"), progress=False, workers=2)
     assert all(np.array_equal(serial.gpu_experts[l], pooled.gpu_experts[l]) for l in code.layers)
     assert pooled.meta["metrics"]["runs"] == serial.meta["metrics"]["runs"]
-    one, two = (plan_matrix({"both": serial}, runs, cost, ["eplb"], Trace.open, progress=False, workers=w)
-                for w in (1, 2))
-    assert [r["results"] for r in two["rows"]] == [r["results"] for r in one["rows"]]
 
 
 def test_the_matrix_scores_each_plan_as_plan_eval_would_and_its_baselines_on_the_same_tokens(runs):
