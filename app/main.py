@@ -31,6 +31,7 @@ PAGES = {
     "Systems": [
         st.Page(APP_DIR / "views/reroute.py", title="Re-routing", icon=":material/alt_route:"),
         st.Page(APP_DIR / "views/placement.py", title="Placement", icon=":material/grid_view:"),
+        st.Page(APP_DIR / "views/schedule.py", title="Placement over time", icon=":material/update:"),
         st.Page(APP_DIR / "views/compare.py", title="Runs compared", icon=":material/compare_arrows:"),
         st.Page(APP_DIR / "views/runner.py", title="Runner results", icon=":material/speed:"),
     ],

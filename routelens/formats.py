@@ -10,12 +10,13 @@ the dashboard import them from here.
 * :data:`TRADEOFF` (``routelens-reroute-eval``): ``OUT/tradeoff.json``; ``reroute-eval``.
 * :data:`BENCH` (``routelens-bench``): ``RUN/bench/bench-{backend}-g{G}-h{hidden}-t{tokens per rank}.json``; ``bench``.
 * :data:`CALIBRATION` (``routelens-calibration``): ``RUN/bench/calibration-{backend}-g{G}.json``; ``bench --calibrate``.
+* :data:`SCHEDULE` (``routelens-schedule``): ``RUN/schedules/schedule-g{G}-r{R}[-{phase}].json``; ``schedule-eval``.
 
-Why one registry rather than a reader and writer beside each object: three of the six formats
-(trade-off, bench, calibration) are plain JSON reports with no object to sit beside, and the
+Why one registry rather than a reader and writer beside each object: four of the seven formats
+(trade-off, bench, calibration, schedule) are plain JSON reports with no object to sit beside, and the
 dashboard needs every format's name, file name and reader without importing the modules that make
 them (``runner.bench`` pulls in ``torch.distributed``, ``commands.reroute_eval`` the whole re-routing
-package). The header rule is the same for all six (the right ``format``, this ``version``, the keys a
+package). The header rule is the same for all seven (the right ``format``, this ``version``, the keys a
 reader relies on, a one-line error otherwise; writes stamped and atomic), so it is written once, in
 :class:`FileFormat`. Formats with rich content keep their content checks beside their object and call
 their format here for the header: :meth:`routelens.trace.Trace.open`, :meth:`routelens.plan.Plan.load`,
@@ -221,7 +222,15 @@ CALIBRATION = FileFormat(
     required={"latency_us": NUMBER, "bandwidth_GBps": NUMBER}, remake="re-run routelens bench --calibrate",
 )
 
-FORMATS: dict[str, FileFormat] = {f.name: f for f in (TRACE, PLAN, ANALYSIS, TRADEOFF, BENCH, CALIBRATION)}
+SCHEDULE = FileFormat(
+    "routelens-schedule", 1, what="placement schedule", error=ResultFileError, folder="schedules",
+    file="schedule-{label}.json",
+    required={"label": str, "schedules": list, "best": dict, "trace": dict, "num_gpus": int, "fit_tokens": int,
+              "batch_tokens": int},
+    remake="re-run routelens schedule-eval",
+)
 
-__all__ = ["FileFormat", "FORMATS", "TRACE", "PLAN", "ANALYSIS", "TRADEOFF", "BENCH", "CALIBRATION",
+FORMATS: dict[str, FileFormat] = {f.name: f for f in (TRACE, PLAN, ANALYSIS, TRADEOFF, BENCH, CALIBRATION, SCHEDULE)}
+
+__all__ = ["FileFormat", "FORMATS", "TRACE", "PLAN", "ANALYSIS", "TRADEOFF", "BENCH", "CALIBRATION", "SCHEDULE",
            "SHARD_DIR", "PARTS_DIR", "PART_FILE", "HEADER_KEYS"]

@@ -10,6 +10,7 @@ On disk a plan is one versioned JSON file::
       "method": "routelens", "seed": 0,
       "topology": {...}, "cost_model": {...}, "metrics": {...}, "model": {...},
       "trace": {"path": ..., "fingerprint": ..., "fit_tokens": [0, 32768]},
+      (or "traces": [{..., "weight": 0.7}, ...] for a plan fitted on several runs at once)
       "layers": {"model.layers.0.mlp.gate": {"gpu_experts": [[0, 5, ...], [1, 2, ...], ...]}, ...}
     }
 
@@ -339,6 +340,20 @@ def _read_tables(layers: Any) -> dict[str, np.ndarray]:
     return tables
 
 
+def _check_origin(origin: Any, what: str) -> None:
+    """A run a plan was fitted on (``trace``, or an entry of ``traces``): path, fingerprint, token counts."""
+    if not isinstance(origin, dict):
+        raise PlanError(f"{what} must be an object, got {_show(origin)}")
+    for key in ("path", "fingerprint"):
+        if key in origin and not isinstance(origin[key], str):
+            raise PlanError(f"{what} {key} must be a string, got {_show(origin[key])}")
+    _count(origin, "num_tokens", minimum=0, required=False)
+    fit = origin.get("fit_tokens")
+    if fit is not None and not (isinstance(fit, list) and len(fit) == 2 and all(_is_int(x) for x in fit)
+                                and 0 <= fit[0] <= fit[1]):
+        raise PlanError(f"{what} fit_tokens must be [start, end] integers with 0 <= start <= end, got {_show(fit)}")
+
+
 def _check_meta(obj: dict, num_gpus: int, num_nodes: int, num_experts: int) -> None:
     """Types of the metadata routelens reads back, and its counts against the plan's."""
     topo = obj.get("topology")
@@ -363,18 +378,17 @@ def _check_meta(obj: dict, num_gpus: int, num_nodes: int, num_experts: int) -> N
         for key, minimum in (("token_bytes", 1e-9), ("expert_flops_per_token", 0.0)):
             if key in cost and not (_is_number(cost[key]) and cost[key] >= minimum):
                 raise PlanError(f"cost_model {key} must be a number >= {minimum:g}, got {_show(cost[key])}")
-    origin = obj.get("trace")
-    if origin is not None:
-        if not isinstance(origin, dict):
-            raise PlanError(f"trace must be an object, got {_show(origin)}")
-        for key in ("path", "fingerprint"):
-            if key in origin and not isinstance(origin[key], str):
-                raise PlanError(f"trace {key} must be a string, got {_show(origin[key])}")
-        _count(origin, "num_tokens", minimum=0, required=False)
-        fit = origin.get("fit_tokens")
-        if fit is not None and not (isinstance(fit, list) and len(fit) == 2 and all(_is_int(x) for x in fit)
-                                    and 0 <= fit[0] <= fit[1]):
-            raise PlanError(f"trace fit_tokens must be [start, end] integers with 0 <= start <= end, got {_show(fit)}")
+    if obj.get("trace") is not None:
+        _check_origin(obj["trace"], "trace")
+    several = obj.get("traces")
+    if several is not None:
+        if not isinstance(several, list) or not several:
+            raise PlanError(f"traces must be a non-empty list of the runs the plan was fitted on, got {_show(several)}")
+        for n, origin in enumerate(several):
+            _check_origin(origin, f"traces[{n}]")
+            weight = origin.get("weight")
+            if weight is not None and not (_is_number(weight) and weight > 0):
+                raise PlanError(f"traces[{n}] weight must be a number > 0, got {_show(weight)}")
     model = obj.get("model")
     if model is not None:
         if not isinstance(model, dict):

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from routelens.errors import PlanError, ResultFileError, RoutelensError, TraceError
-from routelens.formats import ANALYSIS, BENCH, CALIBRATION, FORMATS, PLAN, TRACE, TRADEOFF, FileFormat
+from routelens.formats import ANALYSIS, BENCH, CALIBRATION, FORMATS, PLAN, SCHEDULE, TRACE, TRADEOFF, FileFormat
 
 # A value of each required key's type, so a body passes the check.
-_SAMPLE = {list: [], int: 3, str: "contiguous", (int, float): 1.5}
+_SAMPLE = {list: [], dict: {}, int: 3, str: "contiguous", (int, float): 1.5}
 _JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=8)
                      | st.floats(allow_nan=False, allow_infinity=False),
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
@@ -33,9 +33,9 @@ def _valid_body(fmt: FileFormat, extra: dict) -> dict:
     return {**extra, **{key: _SAMPLE[kind] for key, kind in fmt.required.items()}}
 
 
-def test_the_registry_holds_six_formats_with_distinct_names_and_files():
+def test_the_registry_holds_seven_formats_with_distinct_names_and_files():
     assert set(FORMATS) == {"routelens-trace", "routelens-plan", "routelens-analysis", "routelens-reroute-eval",
-                            "routelens-bench", "routelens-calibration"}
+                            "routelens-bench", "routelens-calibration", "routelens-schedule"}
     assert (TRACE.error, PLAN.error, ANALYSIS.error) == (TraceError, PlanError, ResultFileError)
     named = [(f.folder, f.pattern()) for f in FORMATS.values() if f.file]
     assert len(named) == len(set(named))
@@ -96,6 +96,7 @@ def test_file_names_come_from_the_files_own_fields():
     assert BENCH.path_in("runs/demo", report) == Path("runs/demo/bench/bench-gloo-g4-h128-t4096.json")
     assert ANALYSIS.path_in("runs/demo") == Path("runs/demo/analysis/analysis.json")
     assert TRACE.path_in("runs/demo") == Path("runs/demo/manifest.json")
+    assert SCHEDULE.path_in("runs/demo", {"label": "g8-r8"}) == Path("runs/demo/schedules/schedule-g8-r8.json")
     with pytest.raises(ValueError, match="tokens_per_rank"):
         BENCH.file_name({"backend": "gloo", "num_gpus": 4, "hidden_size": 128})
     with pytest.raises(ValueError):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from routelens.formats import ANALYSIS, BENCH, PLAN, TRACE, TRADEOFF, FileFormat
+from routelens.formats import ANALYSIS, BENCH, PLAN, SCHEDULE, TRACE, TRADEOFF, FileFormat
 from routelens.trace import Trace
 
 from .runs import RunInfo, find_runs
@@ -121,6 +121,19 @@ def bench_reports(run_path: str, key: tuple) -> list[dict[str, Any]]:
     folder = BENCH.folder_in(run_path)
     paths = sorted(folder.glob(BENCH.pattern()), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
     return _read_results(paths, BENCH)
+
+
+def schedule_stamp(run_path: str) -> tuple:
+    """Cache key part of the run's schedule files folder (``RUN/schedules/``)."""
+    return stamp(SCHEDULE.folder_in(run_path))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def schedule_reports(run_path: str, key: tuple) -> list[dict[str, Any]]:
+    """``routelens schedule-eval`` results in ``RUN/schedules/`` (newest first); ``key`` is :func:`schedule_stamp`."""
+    folder = SCHEDULE.folder_in(run_path)
+    paths = sorted(folder.glob(SCHEDULE.pattern()), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+    return _read_results(paths, SCHEDULE)
 
 
 # ---------------------------------------------------------------------------- analysis (routelens analyze)
@@ -300,6 +313,42 @@ def plan_vs_baselines(run_path: str, trace_key: tuple, plan_path: str, plan_key:
     label = f"this plan ({chosen.method})"
     plans[label] = chosen
     return {"results": compare_plans(plans, trace, held, cost, progress=False), "note": note, "label": label}
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def runs_like(runs_dir: str, run_path: str) -> list[str]:
+    """Runs below ``runs_dir`` a plan for ``run_path`` fits (same MoE layers and experts, per-token routing)."""
+    from routelens.errors import RoutelensError
+
+    reference = open_trace(run_path)
+    found = []
+    for info in find_runs(runs_dir):
+        if info.problem:
+            continue
+        try:
+            trace = open_trace(info.path)
+        except RoutelensError:
+            continue
+        if trace.layers == reference.layers and trace.num_experts == reference.num_experts and not trace.counts_only:
+            found.append(info.path)
+    return found
+
+
+@st.cache_data(max_entries=16, show_spinner="Scoring every plan and its baselines on every run…")
+def plan_matrix(plan_paths: tuple[str, ...], plan_keys: tuple, run_paths: tuple[str, ...], run_keys: tuple,
+                labels: tuple[str, ...]) -> dict[str, Any]:
+    """``routelens plan-eval PLAN... RUN...``: every plan and each quick baseline fitted like it, scored on every run.
+
+    The cost model is the first plan's (:func:`_plan_cost`); every row of a run is scored on the tokens
+    no plan was fitted on (:func:`routelens.placement.workloads.plan_matrix`).
+    """
+    from routelens.placement import baseline_names
+    from routelens.placement.workloads import plan_matrix as matrix
+
+    plans = {label: plan(path, key) for label, path, key in zip(labels, plan_paths, plan_keys)}
+    traces = [open_trace(path) for path in run_paths]
+    cost = _plan_cost(next(iter(plans.values())), traces[0])
+    return matrix(plans, traces, cost, baseline_names(core_only=True), open_trace, progress=False)
 
 
 @st.cache_data(max_entries=32, show_spinner="Placing the experts…")

@@ -165,3 +165,68 @@ def plan_metric_ratios(results: dict[str, dict], highlight: str, baseline: str =
     fig.update_layout(barmode="group", bargap=0.25)
     fig.update_yaxes(title=f"% change vs {baseline}", zeroline=False)
     return style(fig, height=400, title=title)
+
+
+def schedule_curves(entries: Sequence[dict], metric: str, title: str, unit: str) -> go.Figure:
+    """One method's schedules over the stream: ``metric`` per window, the static plan dashed.
+
+    ``entries`` are schedules of a ``routelens schedule-eval`` file (``every_tokens`` None = static);
+    a window's value holds from its first token to its last (step lines). With ``metric`` =
+    ``layer_us_with_moves`` each window carries the move cost of the re-placement that starts it.
+    """
+    fig = go.Figure()
+    for i, entry in enumerate(sorted(entries, key=lambda e: (e["every_tokens"] is not None, e["every_tokens"] or 0))):
+        windows = entry["windows"]
+        x = [w["start"] for w in windows] + [windows[-1]["end"]]
+        y = [w[metric] for w in windows]
+        y = y + y[-1:]
+        static = entry["every_tokens"] is None
+        name = "static plan" if static else f"every {entry['every_tokens']:,} tokens"
+        fig.add_trace(go.Scatter(
+            x=x, y=y, mode="lines", line_shape="hv", name=name,
+            line=dict(color="black" if static else QUALITATIVE[(i - 1) % len(QUALITATIVE)], width=2,
+                      dash="dash" if static else "solid"),
+            hovertemplate=name + "<br>from token %{x:,}: %{y:.3f} " + unit + "<extra></extra>"))
+    fig.update_xaxes(title="token of the stream (serving order)")
+    fig.update_yaxes(title=unit)
+    return style(fig, height=360, title=title)
+
+
+def schedule_moves(entries: Sequence[dict]) -> go.Figure:
+    """GB of expert weights each re-placement copies, per period (bars at the token it happens)."""
+    fig = go.Figure()
+    for i, entry in enumerate(e for e in entries if e["every_tokens"] is not None):
+        moved = [w for w in entry["windows"] if w["move"]["copies"]]
+        name = f"every {entry['every_tokens']:,} tokens"
+        fig.add_trace(go.Bar(
+            x=[w["start"] for w in moved], y=[w["move"]["bytes"] / 1e9 for w in moved], name=name,
+            marker_color=QUALITATIVE[i % len(QUALITATIVE)],
+            customdata=[[w["move"]["copies"], w["move"]["seconds"] * 1e3] for w in moved],
+            hovertemplate=name + "<br>token %{x:,}: %{y:.2f} GB, %{customdata[0]} copies, %{customdata[1]:.2f} ms"
+                          "<extra></extra>"))
+    fig.update_layout(barmode="group", bargap=0.2)
+    fig.update_xaxes(title="token of the stream (serving order)")
+    fig.update_yaxes(title="GB of expert weights copied")
+    return style(fig, height=300, title="Weight moves of each re-placement")
+
+
+def plan_matrix_heatmap(matrix: dict, metric: str, title: str, fmt: str = "{:.3g}") -> go.Figure:
+    """Plans (and the baselines fitted like each) × runs, coloured by ``metric`` over the column's best row.
+
+    ``matrix`` is :func:`routelens.placement.workloads.plan_matrix`'s result; every row of a column is
+    scored on the same tokens, so a column compares like with like (1.00 = the best row there).
+    """
+    from pathlib import Path
+
+    runs = matrix["runs"]
+    rows = matrix["rows"]
+    values = np.array([[row["results"][run]["mean"].get(metric, np.nan) for run in runs] for row in rows], dtype=float)
+    relative = values / np.nanmin(values, axis=0, keepdims=True)
+    labels = [("· " if row["kind"] == "baseline" else "") + row["label"] for row in rows]
+    fig = go.Figure(go.Heatmap(
+        z=relative, x=[Path(run).name for run in runs], y=labels, colorscale="Reds", zmin=1,
+        text=[[fmt.format(v) for v in line] for line in values], texttemplate="%{text}", xgap=2, ygap=2,
+        colorbar=dict(title="× best", thickness=12),
+        hovertemplate="%{y} on %{x}: %{text} (%{z:.3f}× the best row)<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return style(fig, height=max(260, 60 + 26 * len(rows)), title=title)

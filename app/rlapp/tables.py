@@ -57,3 +57,34 @@ def bench_table(plans: Sequence[dict[str, Any]], labels: Sequence[str]) -> pd.Da
             "bytes = predicted": plan.get("bytes_match_prediction"),
         })
     return pd.DataFrame(rows).round(3)
+
+
+def schedule_table(schedules: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per method and period of a ``routelens schedule-eval`` file: layer time, moves, gain over static."""
+    rows = []
+    for entry in schedules:
+        mean, moves = entry["mean"], entry["moves"]
+        rows.append({
+            "method": entry["method"],
+            "re-place every": "never (static)" if entry["every_tokens"] is None else f"{entry['every_tokens']:,} tokens",
+            "layer µs": mean["layer_us"],
+            "+ moves µs": mean["move_us_per_layer"],
+            "= layer µs with moves": mean["layer_us_with_moves"],
+            "busiest GPU recv (×T/G)": mean["busiest_gpu_recv"],
+            "vs static %": -100 * entry["gain_vs_static"],
+            "re-placements": moves["replacements"],
+            "expert copies": moves["copies"],
+            "GB moved": moves["bytes"] / 1e9,
+            "move s": moves["seconds"],
+            "pays from (tokens)": entry.get("break_even_tokens"),
+        })
+    return pd.DataFrame(rows).round(3)
+
+
+def best_schedule_table(best: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """The best schedule of each method (lowest mean layer time, moves paid), best first."""
+    rows = [{"method": method, "re-place every": "never (static)" if choice["every_tokens"] is None
+             else f"{choice['every_tokens']:,} tokens", "layer µs with moves": choice["layer_us_with_moves"],
+             "vs its static plan %": -100 * choice["gain_vs_static"], "busiest GPU recv (×T/G)": choice["busiest_gpu_recv"]}
+            for method, choice in best.items()]
+    return pd.DataFrame(rows).sort_values("layer µs with moves").round(3)

@@ -143,3 +143,37 @@ if submitted or st.session_state.get("what_if_args"):
         payload = data.export_bytes(made, fmt, suffix, trace.config.get("num_layers"))
         col.download_button(label, payload, file_name=f"what-if-{args[3]}-g{args[0]}-{fmt}{suffix}",
                             key=f"what_if_download_{fmt}", width="stretch", icon=":material/download:")
+
+# ---------------------------------------------------------------------------- plans × runs
+if fitting and not trace.counts_only:
+    st.subheader("Plans × runs")
+    st.caption("A plan fitted on one text may lose on another: every plan, and every baseline fitted on the same "
+               "tokens as it, scored on each run of this model (`routelens plan-eval PLAN... RUN...`). A column's "
+               "rows are scored on the same tokens — those no plan was fitted on — so compare down a column.")
+    root = Path(runs_dir)
+    name = lambda p: str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p  # noqa: E731
+    similar = data.runs_like(runs_dir, info.path)
+    with st.form("plan_matrix"):
+        cols = st.columns(2)
+        chosen_plans = cols[0].multiselect("Plans", fitting, default=fitting[:3], format_func=name, key="matrix_plans")
+        chosen_runs = cols[1].multiselect("Runs", similar, default=[info.path], format_func=name, key="matrix_runs")
+        scored = st.form_submit_button("Score", icon=":material/table_chart:")
+    if scored or st.session_state.get("matrix_args"):
+        if scored:
+            st.session_state["matrix_args"] = (tuple(chosen_plans), tuple(chosen_runs))
+        plan_paths, run_paths = st.session_state["matrix_args"]
+        if plan_paths and run_paths:
+            matrix = ui.attempt(data.plan_matrix, plan_paths, tuple(data.stamp(p) for p in plan_paths), run_paths,
+                                tuple(data.trace_stamp(r) for r in run_paths), tuple(name(p) for p in plan_paths),
+                                what="plan × run matrix")
+            if matrix is not None:
+                left, right = st.columns(2)
+                left.plotly_chart(systems_charts.plan_matrix_heatmap(matrix, "layer_us", "Est. layer time (µs)",
+                                                                     "{:.1f}"), width="stretch")
+                right.plotly_chart(systems_charts.plan_matrix_heatmap(matrix, "busiest_gpu_recv",
+                                                                      "Busiest-GPU receive (× T/G)", "{:.3f}"),
+                                   width="stretch")
+                st.caption("Scored on: " + "; ".join(f"{Path(run).name}: {note}"
+                                                      for run, note in matrix["scored_on"].items()))
+        else:
+            st.info("Pick at least one plan and one run.")

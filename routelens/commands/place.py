@@ -25,6 +25,11 @@ FORMAT_HELP = ("json: routelens plan; sglang: {\"physical_to_logical_map\"} for 
                "written next to the file as <out>.plan.json (default json)")
 
 
+def weight_list(text: str) -> tuple[float, ...]:
+    """``--run-weights``: comma-separated positive numbers."""
+    return tuple(positive_float(part.strip()) for part in text.split(",") if part.strip())
+
+
 def add_cluster_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """Cluster and cost-model options shared by ``place`` and ``plan-eval``."""
     from ..placement.topology import LINKS
@@ -72,7 +77,12 @@ def add_parser(subparsers) -> None:
         "loads (--format). A counts-only run (imported SGLang stat records) is placed from its counts by "
         "contiguous, random, greedy or eplb.",
     )
-    parser.add_argument("run", metavar="RUN", help="trace folder written by routelens capture")
+    parser.add_argument("run", metavar="RUN", nargs="+",
+                        help="trace folder written by routelens capture; several: one plan fitted on all of them "
+                        "(their fit tokens mixed by --run-weights)")
+    parser.add_argument("--run-weights", type=weight_list, default=None, metavar="W[,W...]",
+                        help="several runs: each run's share of the fit tokens, one number per RUN (e.g. 0.7,0.3; "
+                        "default: in proportion to their fit tokens)")
     parser.add_argument("--out", required=True, metavar="FILE",
                         help="plan file to write (.json; .pt or .json for --format sglang and sglang-counts)")
     parser.add_argument("--method", default="routelens", help=method_help() + " (default routelens)")
@@ -121,7 +131,8 @@ def run(args) -> int:
     from ..lock import enclosing_run, run_lock
     from ..placement.export import EXPORT_FORMATS, export_plan
     from ..placement.optimizer import MAX_FIT_TOKENS
-    from ..placement.place import PlaceSettings, fit_token_range, place
+    from ..placement.place import PlaceSettings, fit_token_range
+    from ..placement.workloads import make_workloads, place_workloads
     from ..trace import Trace
 
     if args.format == "vllm":
@@ -130,7 +141,13 @@ def run(args) -> int:
     suffixes = EXPORT_FORMATS[args.format].suffixes if args.format in EXPORT_FORMATS else (".pt", ".json")
     if suffixes and out.suffix not in suffixes:
         raise InputError(f"--format {args.format} writes a {' or '.join(suffixes)} file, got '{out.name}'")
-    trace = Trace.open(args.run)
+    traces = [Trace.open(run) for run in args.run]
+    trace = traces[0]
+    if args.run_weights is not None and len(args.run_weights) != len(traces):
+        raise InputError(f"--run-weights gives {len(args.run_weights)} weight(s) for {len(traces)} runs")
+    if len(traces) > 1 and (args.format == "sglang-counts" or any(t.counts_only for t in traces)):
+        raise InputError("several runs are placed from their per-token routing: not with --format sglang-counts or "
+                         "counts-only runs")
     layer_indices = trace_layer_indices(trace)
     num_layers = args.num_layers or trace_decoder_layers(trace) or max(layer_indices) + 1
     if trace.counts_only:
@@ -155,7 +172,9 @@ def run(args) -> int:
     settings.check()
     owner = enclosing_run(out)  # a plan written into a run folder: one writer at a time there
     with run_lock(owner, "routelens place") if owner is not None else contextlib.nullcontext():
-        plan = place(trace, cost, settings, fit=fit, progress=not args.no_progress, workers=args.workers)
+        fits = [fit] + [fit_token_range(t, 0.5 if args.fit_fraction is None else args.fit_fraction) for t in traces[1:]]
+        workloads = make_workloads(traces, fits, args.run_weights)
+        plan = place_workloads(workloads, cost, settings, progress=not args.no_progress, workers=args.workers)
         if args.format == "json":
             written = [export_plan(plan, out, "json")]
         else:
@@ -170,6 +189,15 @@ def run(args) -> int:
               "steps; no held-out tokens: plan-eval needs per-token routing)")
         print(f"metrics (recorded counts, mean over layers): compute max/mean {mean['compute_imbalance']:.3f} "
               "(All-to-All estimates need per-token routing)")
+    elif len(workloads) > 1:
+        for workload in workloads:
+            own = plan.meta["metrics"]["runs"][str(workload.trace.path)]
+            print(f"fit     tokens [{workload.fit[0]}, {workload.fit[1]}) of {workload.trace.num_tokens:,} of "
+                  f"{workload.trace.path} (weight {workload.weight:.2f}): busiest GPU receives "
+                  f"{own['busiest_gpu_recv']:.3f} × T/G, est. {own['layer_us']:.1f} µs per layer")
+        print(f"metrics (fit tokens of all runs, mixed): {mean['gpus_per_token']:.2f} GPUs/token, busiest GPU receives "
+              f"{mean['busiest_gpu_recv']:.3f} × T/G, compute max/mean {mean['compute_imbalance']:.3f}, "
+              f"est. {mean['a2a_us']:.1f} µs All-to-All per layer")
     else:
         print(f"fit     tokens [{fit[0]}, {fit[1]}) of {trace.num_tokens:,}")
         print(f"metrics (fit tokens, mean over layers): {mean['gpus_per_token']:.2f} GPUs/token, busiest GPU receives "
@@ -183,8 +211,10 @@ def run(args) -> int:
     if args.format == "vllm-ascend":
         print(f"serve   vllm serve ... (vllm-ascend) --additional-config "
               f"'{{\"eplb_config\": {{\"expert_map_path\": \"{out}\"}}}}'")
-    if fit[1] < trace.num_tokens:
-        print(f"next    routelens plan-eval {args.run} {written[0]}")
+    if len(traces) > 1:
+        print(f"next    routelens plan-eval {written[0]} {' '.join(args.run)}")
+    elif fit[1] < trace.num_tokens:
+        print(f"next    routelens plan-eval {args.run[0]} {written[0]}")
     return 0
 
 

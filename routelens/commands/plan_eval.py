@@ -1,4 +1,7 @@
-"""``routelens plan-eval RUN PLAN``: a plan against every baseline, on the same held-out tokens."""
+"""``routelens plan-eval RUN PLAN``: a plan against every baseline, on the same held-out tokens.
+
+``routelens plan-eval PLAN... RUN...`` (several plans or runs): every plan and its baselines on every run, as a matrix.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ def add_parser(subparsers) -> None:
         "baseline on the trace's held-out tokens (those after the plan's fit range; all tokens when the plan "
         "came from another trace): GPUs per token, busiest GPU's receive and send volume (in units of T/G "
         "tokens), compute imbalance, inter-node share and the estimated All-to-All and layer time, with ratios "
-        "to contiguous.",
+        "to contiguous. With several plans or runs (PLAN RUN1 RUN2, PLAN1 PLAN2 RUN, ...), every plan and every "
+        "baseline fitted on the same tokens as it are scored on every run, as a plans x runs matrix.",
     )
     parser.add_argument("run", metavar="RUN", help="trace folder to score on")
     parser.add_argument("plan", metavar="PLAN", help="plan file: a routelens plan, an SGLang --init-expert-location map "
@@ -24,6 +28,9 @@ def add_parser(subparsers) -> None:
                         help="comma-separated baselines, from the placement methods of routelens place --method "
                         "but routelens (default: all of them whose optional dependency is installed: kahypar and "
                         "kahypar-load need mtkahypar)")
+    parser.add_argument("more", nargs="*", metavar="MORE",
+                        help="more runs and plans (a folder is a run, a file a plan; the order does not matter): every "
+                        "plan and its baselines are scored on every run, as a matrix")
     add_json_argument(parser, "every number (per layer too)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the random baseline (default 0)")
     parser.add_argument("--expert-groups", type=positive_int, default=1, help="eplb: expert groups of the model")
@@ -40,15 +47,19 @@ def run(args) -> int:
     from ..placement.cost import CostModel
     from ..placement.evaluate import compare_plans, eval_token_index, format_comparison, ratios
     from ..placement.methods import baseline_names
-    from ..placement.place import PlaceSettings, fit_baselines
+    from ..placement.place import PlaceSettings
+    from ..placement.workloads import baseline_workloads, fit_workload_baselines
     from ..placement.topology import Topology
     from ..engines.plan_files import PlanTarget, load_plan_file
     from ..trace import Trace
 
-    trace = Trace.open(args.run)
+    run_paths, plan_paths = split_runs_and_plans([args.run, args.plan, *args.more])
+    if not run_paths or not plan_paths:
+        raise InputError("give at least one run (a trace folder) and one plan file")
+    trace = Trace.open(run_paths[0])
     trace.require_tokens("plan-eval")
     gpus = args.gpus or (args.nodes * args.gpus_per_node if args.nodes and args.gpus_per_node else None)
-    plan = load_plan_file(args.plan, PlanTarget.for_trace(trace, num_gpus=gpus, num_nodes=args.nodes))
+    plan = load_plan_file(plan_paths[0], PlanTarget.for_trace(trace, num_gpus=gpus, num_nodes=args.nodes))
     plan.check_trace(trace)
     cluster_given = any(v is not None for v in (args.gpus, args.nodes, args.gpus_per_node))
     if cluster_given:
@@ -72,12 +83,14 @@ def run(args) -> int:
             raise InputError(f"unknown baseline '{unknown[0]}' (known: {', '.join(baseline_names())})")
     else:
         names = list(baseline_names(available_only=True))
+    if len(run_paths) > 1 or len(plan_paths) > 1:
+        return _matrix(args, run_paths, plan_paths, trace, plan, cost, names)
     held, note = eval_token_index(trace, plan)
-    fit_trace, fit, fit_note = _baseline_fit(trace, plan, Trace)
+    workloads, fit_note = baseline_workloads(plan, [trace], Trace.open)
     settings = PlaceSettings(method=names[0] if names else "contiguous", redundant=plan.num_redundant,
                              replica_policy=plan.replica_policy, seed=args.seed, num_groups=args.expert_groups)
-    plans = fit_baselines(fit_trace, cost, names, settings, fit=fit, layers=plan.layers,
-                          progress=not args.no_progress, workers=args.workers) if names else {}
+    plans = fit_workload_baselines(workloads, cost, names, settings, layers=plan.layers,
+                                   progress=not args.no_progress, workers=args.workers)
     label = f"plan ({plan.method})"
     plans[label] = plan
     results = compare_plans(plans, trace, held, cost, progress=not args.no_progress, workers=args.workers)
@@ -106,30 +119,58 @@ def run(args) -> int:
     return 0
 
 
-def _baseline_fit(trace, plan, trace_cls):
-    """Where the baselines are fitted: on the very tokens the plan was fitted on, whenever they can be found.
+def split_runs_and_plans(paths: list[str]) -> tuple[list[str], list[str]]:
+    """``(runs, plans)``: a folder is a run, a file a plan; a missing path is a plan when named like one (.json, .pt).
 
-    Returns ``(trace to fit on, (start, end) token range, note)``. A plan fitted on this trace: its fit
-    range. A plan fitted on another trace that is still where the plan says, unchanged (same
-    fingerprint): that trace's fit range, so plan and baselines see the same tokens and are scored
-    on the same unseen ones. Otherwise the baselines fit on this trace's tokens, in-sample for them
-    (an advantage the note names).
+    So ``plan-eval RUN PLAN`` and ``plan-eval PLAN RUN1 RUN2`` both work, and a missing run is reported
+    by the trace reader ("no trace folder"), a missing plan by the plan reader.
     """
-    origin = plan.meta.get("trace") or {}
-    if origin.get("fingerprint") == trace.fingerprint():
-        fit = tuple(origin.get("fit_tokens") or (0, trace.num_tokens))
-        return trace, fit, f"baselines fitted on the plan's fit tokens [{fit[0]}, {fit[1]})"
-    source = None
-    if origin.get("path"):
-        try:
-            candidate = trace_cls.open(origin["path"])
-            if candidate.fingerprint() == origin.get("fingerprint") and candidate.layers == trace.layers:
-                source = candidate
-        except Exception:  # moved, deleted or changed: fall back to this trace, and say so
-            source = None
-    if source is not None:
-        fit = tuple(origin.get("fit_tokens") or (0, source.num_tokens))
-        return source, fit, f"baselines fitted on the plan's own fit tokens [{fit[0]}, {fit[1]}) of {source.path}"
-    return trace, (0, trace.num_tokens), ("baselines fitted on all tokens of this trace (in-sample for them: the plan's "
-                                          "own trace is not found unchanged)")
+    from pathlib import Path
 
+    def is_run(path: str) -> bool:
+        return Path(path).is_dir() or (not Path(path).exists() and Path(path).suffix.lower() not in (".json", ".pt"))
+
+    return [p for p in paths if is_run(p)], [p for p in paths if not is_run(p)]
+
+
+def _matrix(args, run_paths, plan_paths, trace, first_plan, cost, baselines) -> int:
+    """Several plans or runs: every plan and its baselines scored on every run (:func:`~routelens.placement.workloads.plan_matrix`)."""
+    from pathlib import Path
+
+    from ..engines.plan_files import PlanTarget, load_plan_file
+    from ..placement.workloads import format_matrix, plan_matrix
+    from ..trace import Trace
+
+    traces = [trace] + [Trace.open(path) for path in run_paths[1:]]
+    for other in traces[1:]:
+        other.require_tokens("plan-eval")
+    plans = {}
+    for path in plan_paths:
+        plan = first_plan if path == plan_paths[0] else load_plan_file(
+            path, PlanTarget.for_trace(trace, num_gpus=cost.topology.num_gpus, num_nodes=cost.topology.num_nodes))
+        label = f"{Path(path).name} ({plan.method})"
+        while label in plans:
+            label += "'"
+        plans[label] = plan
+    matrix = plan_matrix(plans, traces, cost, baselines, Trace.open, seed=args.seed, num_groups=args.expert_groups,
+                         progress=not args.no_progress, workers=args.workers)
+    report = {"runs": matrix["runs"], "plans": dict(zip(plans, plan_paths)), "scored_on": matrix["scored_on"],
+              "rows": matrix["rows"]}
+    if write_json_output(args.json, report):
+        return 0
+    topo = cost.topology
+    print(f"runs    {', '.join(str(t.path) for t in traces)}")
+    print(f"cluster {topo.num_nodes}×{topo.gpus_per_node} GPUs, {topo.intra_link} {topo.intra_gbps:g} GB/s inside "
+          f"nodes, {topo.inter_link} {topo.inter_gbps:g} GB/s between; {cost.token_bytes:g} bytes/token")
+    for path, note in matrix["scored_on"].items():
+        print(f"scored  {Path(path).name}: {note}")
+    for label in plans:
+        row = next(r for r in matrix["rows"] if r["label"] == label)
+        print(f"plan    {label}: {row['fit']}")
+    print("rows: each plan, then every baseline fitted on the same tokens as it; mean over layers; every row of a "
+          "column is scored on the same tokens (layer µs: those tokens as one All-to-All, so compare down a column)")
+    print()
+    print(format_matrix(matrix))
+    if args.json:
+        print(f"wrote   {args.json}")
+    return 0

@@ -37,15 +37,25 @@ COLUMNS = (
 )
 
 
+def plan_origins(plan: Plan) -> list[dict[str, Any]]:
+    """The runs a plan was fitted on: ``meta["traces"]`` (a plan fitted on several runs), else ``[meta["trace"]]``."""
+    several = plan.meta.get("traces")
+    if isinstance(several, list):
+        return [o for o in several if isinstance(o, dict)]
+    origin = plan.meta.get("trace")
+    return [origin] if isinstance(origin, dict) else []
+
+
 def eval_token_index(trace, plan: Plan) -> tuple[np.ndarray, str]:
     """Token indices to score ``plan`` on, and a note saying which and why.
 
-    Tokens outside the plan's fit range when the plan was fitted on this very trace; all tokens
-    when it was fitted on another trace (then everything here is held out).
+    Tokens outside the plan's fit range when the plan was fitted on this very trace (one of its runs,
+    :func:`plan_origins`); all tokens when it was fitted on another trace (then everything here is held out).
     """
     total = int(trace.num_tokens)
-    origin = plan.meta.get("trace") or {}
-    if origin.get("fingerprint") != trace.fingerprint():
+    fingerprint = trace.fingerprint()
+    origin = next((o for o in plan_origins(plan) if o.get("fingerprint") == fingerprint), None)
+    if origin is None:
         return np.arange(total), "all tokens (the plan was fitted on another trace)"
     start, end = (origin.get("fit_tokens") or [0, total])[:2]
     held = np.r_[np.arange(0, int(start)), np.arange(int(end), total)].astype(np.int64)

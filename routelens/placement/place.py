@@ -273,7 +273,7 @@ def _worker_count(trace, workers: int | None, layers: list[str], fit_tokens: int
     unless ``workers`` asks for more."""
     if trace.counts_only:
         return resolve_workers(workers, len(layers), tokens_per_job=0)
-    return resolve_workers(workers, len(layers), bytes_per_job=_job_bytes(fit_tokens, trace.top_k, cost),
+    return resolve_workers(workers, len(layers), bytes_per_job=layer_job_bytes(fit_tokens, trace.top_k, cost),
                            tokens_per_job=fit_tokens)
 
 
@@ -283,7 +283,7 @@ def _fit_setup(trace, cost: CostModel, redundant: int, fit, layers) -> tuple[int
     return int(start), int(end), list(trace.layers) if layers is None else list(layers)
 
 
-def _job_bytes(num_tokens: int, top_k: int, cost: CostModel) -> int:
+def layer_job_bytes(num_tokens: int, top_k: int, cost: CostModel) -> int:
     """Rough peak bytes of one layer job: int64 ids and destinations, masks and ``[T, G]`` presence tables."""
     return int(num_tokens) * (48 * int(top_k) + 2 * cost.topology.num_gpus) + (64 << 20)
 

@@ -7,6 +7,7 @@
     analysis/      routelens analyze
     reroute/       routelens reroute-eval (trade-off curve + the plan it fitted)
     plans/         routelens place --gpus 2 (the optimizer's plan)
+    schedules/     routelens schedule-eval --gpus 2 (greedy and eplb, re-placed every 256 and 512 tokens)
     bench/         routelens bench over gloo, 2 ranks (contiguous vs the reroute-eval plan)
   demo-c2r/        routelens reroute demo --policy c2r (a re-routed trace, for Runs compared), analysed
   broken/          a half-written run: manifest.json cut mid-write
@@ -44,6 +45,9 @@ def _build_runs(root: Path) -> None:
     code = main(["place", str(demo), "--gpus", "2", "--out", str(demo / "plans" / "routelens-g2.json"),
                  "--time-budget", "2", "--no-progress"])
     assert code == 0, "routelens place failed while building the dashboard fixture"
+    code = main(["schedule-eval", str(demo), "--gpus", "2", "--method", "greedy,eplb", "--every", "256,512",
+                 "--fit-tokens", "512", "--batch-tokens", "256", "--hidden-size", "1024", "--no-progress"])
+    assert code == 0, "routelens schedule-eval failed while building the dashboard fixture"
     code = main(["bench", str(demo), "contiguous", str(demo / "reroute" / "plan.json"), "--gpus", "2",
                  "--backend", "gloo", "--repeats", "1", "--warmup", "0", "--hidden-size", "32"])
     assert code == 0, "routelens bench failed while building the dashboard fixture"

@@ -34,6 +34,7 @@ PAGES = [
     ("Cross-layer flow", "Cross-layer flow", True),
     ("Re-routing", "Re-routing", True),
     ("Placement", "Placement", True),
+    ("Placement over time", "Placement over time", True),
     ("Runs compared", "Runs compared", True),
     ("Runner results", "Runner results", True),
 ]

@@ -22,6 +22,7 @@ PAGES = {
     "views/flow.py": "Cross-layer flow",
     "views/reroute.py": "Re-routing",
     "views/placement.py": "Placement",
+    "views/schedule.py": "Placement over time",
     "views/compare.py": "Runs compared",
     "views/runner.py": "Runner results",
 }
@@ -197,6 +198,58 @@ def test_placement_what_if_places_the_experts_on_another_cluster(app):
     assert len(at.get("download_button")) == 6  # the plan file's three exports and the what-if plan's three
 
 
+def test_schedule_page_draws_each_methods_windows_and_the_best_schedules_from_the_file(app, runs_dir):
+    from routelens.formats import SCHEDULE
+
+    report = SCHEDULE.read(next((runs_dir / "demo" / "schedules").glob("schedule-*.json")))
+    at = _open(app, "views/schedule.py")
+    best = at.dataframe[0].value
+    assert set(best["method"]) == {"greedy", "eplb"}
+    for method, choice in report["best"].items():
+        row = best[best["method"] == method].iloc[0]
+        assert row["layer µs with moves"] == pytest.approx(choice["layer_us_with_moves"], abs=1e-3)
+    for method in ("greedy", "eplb"):
+        at.button_group(key="schedule_method").set_value(method).run()
+        assert not at.exception
+        layer, recv, moves = _charts(at)
+        entries = [s for s in report["schedules"] if s["method"] == method]
+        assert [t["name"] for t in layer["data"]] == ["static plan", "every 256 tokens", "every 512 tokens"]
+        for trace, entry in zip(layer["data"], entries):
+            windows = entry["windows"]
+            assert trace["y"][:-1] == pytest.approx([w["layer_us_with_moves"] for w in windows])
+            assert trace["x"] == [w["start"] for w in windows] + [windows[-1]["end"]]
+        assert recv["data"][1]["y"][:-1] == pytest.approx([w["busiest_gpu_recv"] for w in entries[1]["windows"]])
+        moved = [w for w in entries[1]["windows"] if w["move"]["copies"]]
+        assert moves["data"][0]["y"] == pytest.approx([w["move"]["bytes"] / 1e9 for w in moved])
+    assert len(at.dataframe[1].value) == len(report["schedules"])
+
+
+def test_placement_page_scores_every_plan_on_every_run_of_the_model(app, runs_dir):
+    from routelens.placement import CostModel, baseline_names
+    from routelens.placement.workloads import plan_matrix
+    from routelens.plan import Plan
+    from routelens.placement.topology import Topology
+    from routelens.trace import Trace
+
+    at = _open(app, "views/placement.py")
+    runs = [str(runs_dir / "demo"), str(runs_dir / "demo-c2r")]
+    plan_path = at.selectbox(key="plan_file").value
+    at.multiselect(key="matrix_plans").set_value([plan_path])
+    at.multiselect(key="matrix_runs").set_value(runs)
+    next(b for b in at.form_submit_button if b.label == "Score").click().run()
+    assert not at.exception, at.exception
+    layer, recv = _charts(at)[-2:]
+    plan = Plan.load(plan_path)
+    cost = CostModel(Topology.from_json(plan.meta["topology"]), plan.meta["cost_model"]["token_bytes"],
+                     plan.meta["cost_model"]["expert_flops_per_token"])
+    traces = [Trace.open(r) for r in runs]
+    expected = plan_matrix({"p": plan}, traces, cost, baseline_names(core_only=True), Trace.open, progress=False)
+    assert layer["data"][0]["x"] == ["demo", "demo-c2r"]
+    assert len(layer["data"][0]["y"]) == 1 + len(baseline_names(core_only=True))
+    assert recv["data"][0]["text"][0] == [f"{expected['rows'][0]['results'][r]['mean']['busiest_gpu_recv']:.3f}"
+                                          for r in runs]
+
+
 def test_runs_compared_lists_every_run_and_compares_demo_with_its_rerouted_trace(app):
     at = _open(app, "views/compare.py")
     runs = at.dataframe[0].value
@@ -230,6 +283,7 @@ def test_pages_without_their_data_say_which_command_makes_it(tmp_path, monkeypat
     commands = {"views/layers.py": "routelens analyze", "views/expert.py": "routelens analyze",
                 "views/flow.py": "routelens analyze", "views/reroute.py": "routelens reroute-eval",
                 "views/placement.py": "routelens place", "views/runner.py": "routelens bench",
+                "views/schedule.py": "routelens schedule-eval",
                 "views/compare.py": "routelens analyze"}
     for page, command in commands.items():
         at.switch_page(page).run()

@@ -17,7 +17,8 @@ from routelens.reroute.registry import policy_names
 def command_parsers() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
+    listed = [action.dest for action in sub._choices_actions]  # what routelens --help lists
+    return {name: sub.choices[name] for name in listed}
 
 
 COMMANDS = command_parsers()
@@ -36,8 +37,17 @@ def hidden_aliases(parser) -> set[str]:
 
 
 def test_every_command_is_listed():
-    assert list(COMMANDS) == ["capture", "import", "info", "check", "analyze", "compare", "place", "plan-eval", "reroute", "reroute-eval",
+    assert list(COMMANDS) == ["capture", "import", "info", "check", "analyze", "compare", "place", "plan-eval", "schedule-eval", "reroute", "reroute-eval",
                               "finetune", "bench", "app"]
+
+
+def test_a_command_alias_parses_as_its_command_and_hides_from_help(capsys):
+    parser = build_parser()
+    argv = ["RUN", "--gpus", "8", "--every", "1024,4096", "--method", "eplb"]
+    assert vars(parser.parse_args(["replay-schedule", *argv])) == {
+        **vars(parser.parse_args(["schedule-eval", *argv])), "command": "replay-schedule"}
+    assert capsys.readouterr().err == ""
+    assert "replay-schedule" not in parser.format_help() and "schedule-eval" in parser.format_help()
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
@@ -81,9 +91,9 @@ CONVENTIONS = {
 }
 
 # Commands that write a result of their own take --out; those that only read or report do not.
-WRITES = {"capture", "import", "place", "reroute", "reroute-eval", "finetune", "bench"}
+WRITES = {"capture", "import", "place", "schedule-eval", "reroute", "reroute-eval", "finetune", "bench"}
 # Commands that report numbers take --json FILE.
-REPORTS = {"import", "info", "check", "analyze", "compare", "plan-eval", "reroute", "reroute-eval", "bench"}
+REPORTS = {"import", "info", "check", "analyze", "compare", "plan-eval", "schedule-eval", "reroute", "reroute-eval", "bench"}
 # Spellings that now mean nothing else and must not be shown by any command.
 RETIRED = {"--weights", "--top-t", "--out-dir", "--plans", "--max-windows", "--calib", "--calib-fraction", "--seeds",
            "--train-windows", "--calib-windows", "--eval-windows"}

@@ -107,3 +107,48 @@ def test_plan_eval_refuses_a_plan_for_another_model(synthetic_trace, tmp_path, c
     assert "plan is for 8 experts per layer, the trace has 16" in capsys.readouterr().err
     assert main(["plan-eval", str(tmp_path / "nothing"), str(tmp_path / "other.json")]) == 2
     assert "no trace folder" in capsys.readouterr().err
+
+
+def test_schedule_eval_writes_a_schedule_file_into_the_run_and_prints_the_best_period(synthetic_trace, capsys):
+    from routelens.formats import SCHEDULE
+
+    assert main(["schedule-eval", str(synthetic_trace.path), "--gpus", "4", "--method", "greedy,eplb",
+                 "--every", "512,1024", "--fit-tokens", "1024", "--batch-tokens", "512", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    written = SCHEDULE.path_in(synthetic_trace.path, {"label": "g4-r0"})
+    result = SCHEDULE.read(written)
+    assert [(s["method"], s["every_tokens"]) for s in result["schedules"]] == [
+        ("greedy", None), ("greedy", 512), ("greedy", 1024), ("eplb", None), ("eplb", 512), ("eplb", 1024)]
+    assert result["scored_tokens"] == [1024, 4096] and result["num_gpus"] == 4
+    for method, best in result["best"].items():
+        every = "never re-place (static)" if best["every_tokens"] is None else f"every {best['every_tokens']:,} tokens"
+        assert f"best    {method}: {every}" in text
+    assert f"wrote   {written}" in text
+    assert main(["schedule-eval", str(synthetic_trace.path), "--gpus", "4", "--method", "greedy", "--every", "512",
+                 "--fit-tokens", "1024", "--batch-tokens", "512", "--json", "-", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "routelens-schedule"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--gpus", "4", "--every", "1000"], "not a whole number of forward passes"),
+    (["--gpus", "4", "--method", "magic"], "unknown placement method 'magic'"),
+    (["--gpus", "3"], "cannot fill 3 GPUs evenly"),
+    (["--gpus", "4", "--fit-tokens", "8192"], "need --fit-tokens 8,192"),
+    (["--gpus", "4", "--phase", "decode"], "records no phases"),
+    (["--gpus", "4", "--every", "0"], "must be >= 1"),
+    (["--gpus", "4", "--every", "a,b"], "is not a whole number"),
+    (["--nodes", "2"], "give the cluster size"),
+])
+def test_schedule_eval_errors_are_one_line_and_leave_the_earlier_file(synthetic_trace, tmp_path, capsys, argv, message):
+    out = tmp_path / "schedule.json"
+    out.write_text("earlier result")
+    code = None
+    try:
+        code = main(["schedule-eval", str(synthetic_trace.path), "--out", str(out), "--fit-tokens", "1024",
+                     "--batch-tokens", "512", "--every", "512", "--no-progress", *argv])
+    except SystemExit as exc:  # argparse's own errors (bad numbers)
+        code = exc.code
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # argparse prints its usage above its one line
+    assert last.startswith(("routelens: error:", "routelens schedule-eval: error:")) and message in last
+    assert out.read_text() == "earlier result"
