@@ -21,7 +21,7 @@ from ..plan import Plan
 from .baselines import slots_per_gpu
 from .cost import CostModel, score_table
 from .methods import LayerFit, baseline_names, get_method, load_only_names, method_names
-from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_kicks, default_seeds
+from .optimizer import DEFAULT_OBJECTIVE, MAX_FIT_TOKENS, OBJECTIVES, default_kicks, default_seeds
 from .traffic import POLICIES
 
 METHODS = method_names()  # registered in .methods
@@ -43,7 +43,8 @@ class PlaceSettings:
         max_fit_tokens: tokens per layer the optimizer scores on (a seeded subsample above this).
         seeds: optimizer starting placements (None: :func:`~routelens.placement.optimizer.default_seeds`).
         num_groups: expert groups for EPLB's hierarchical policy (1 = the model has none).
-        objective: optimizer objective, ``"a2a"`` (dispatch + combine) or ``"layer"`` (+ expert compute).
+        objective: optimizer objective, ``"layer"`` (dispatch + busiest GPU's expert compute + combine, the
+            default) or ``"a2a"`` (dispatch + combine).
         kicks: optimizer restarts from the best placement after random swaps (None:
             :func:`~routelens.placement.optimizer.default_kicks`; 0 = plain local search).
     """
@@ -56,7 +57,7 @@ class PlaceSettings:
     max_fit_tokens: int | None = MAX_FIT_TOKENS
     seeds: tuple[str, ...] | None = None
     num_groups: int = 1
-    objective: str = "a2a"
+    objective: str = DEFAULT_OBJECTIVE
     kicks: int | None = None
 
     def check(self) -> None:
