@@ -31,8 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from routelens.graphs import coactivation_counts  # noqa: E402
-from routelens.graphs.layer import LayerAccumulator  # noqa: E402
-from routelens.graphs.pipeline import LayerFinisher  # noqa: E402
+from routelens.graphs.layer import LayerAccumulator, finish_layer  # noqa: E402
 from routelens.synthetic import synthetic_topk_ids  # noqa: E402
 
 VOCAB = 50_000
@@ -113,9 +112,9 @@ def main() -> int:
     print(f"  load average at the start: {os.getloadavg()[0]:.1f} (other processes share these {os.cpu_count()} CPUs)")
     print(f"  synthetic pool: {args.pool} blocks generated in {gen_s:.1f} s (not timed)")
 
-    # ---- whole analysis, as analyze_trace runs it (counting overlapped with finishing) ----
+    # ---- whole analysis of each layer, as one analyze_trace job runs it (count, then finish) ----
     feed_s = 0.0
-    finisher = LayerFinisher(top_k=k, vocab_ids=vocab[keep])
+    results = []
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, t_start = time.process_time(), time.perf_counter()
     buffers = [[np.empty((chunk, k), np.int16) for _ in range(n_chunks)] for _ in range(2)]
@@ -132,9 +131,8 @@ def main() -> int:
             cols = cols_per_block[(3 * layer + c) % len(blocks)]
             acc.add(chunks[c], topk_weights=w, next_ids=None if next_chunks is None else next_chunks[c],
                     token_cols=cols, num_token_cols=keep.size + 1, start=c * chunk, half=tokens // 2)
-        finisher.submit(acc.total())
-    rows = [r.summary for r in finisher.results()]
-    finisher.close()
+        results.append(finish_layer(acc.total(), top_k=k, vocab_ids=vocab[keep]))
+    rows = [r.summary for r in results]
     whole = time.perf_counter() - t_start
     cpu = time.process_time() - cpu0
     usage = resource.getrusage(resource.RUSAGE_SELF)

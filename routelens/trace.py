@@ -41,6 +41,7 @@ manifest current.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -56,8 +57,9 @@ from .errors import RoutelensError, TraceError
 from .formats import PART_FILE, PARTS_DIR, TRACE
 from .io import atomic_write, file_sha256, read_json
 from .lock import is_lock_file, run_lock
-from .trace_format import (COUNTS_FILE, COUNTS_KEY, COUNTS_ROUTING, LAYER_FIELDS, MANIFEST, SHARD_DIR,
-                           check_array, expected_array, layer_expert_counts, regular_file_inside, validate_manifest)
+from .trace_format import (COUNTS_FILE, COUNTS_KEY, COUNTS_ROUTING, LAYER_FIELDS, MANIFEST, SHARD_DIR, TOKEN_FIELDS,
+                           all_finite, check_array, expected_array, layer_expert_counts, regular_file_inside,
+                           validate_manifest)
 
 # Manifest keys that change without the routing changing (a resumed session's timings, the software
 # that last wrote it): left out of the fingerprint.
@@ -66,6 +68,13 @@ _VOLATILE_KEYS = ("stats", "software", "shards")
 
 def software_versions() -> dict[str, str]:
     """Versions of the packages that shaped a result (stored in manifests and plans)."""
+    return dict(_software_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _software_versions() -> dict[str, str]:
+    # looked up once per process: reading package metadata takes tens of milliseconds, and a
+    # capture rewrites its manifest after every shard
     versions = {"python": platform.python_version()}
     for name in ("routelens", "torch", "transformers", "numpy"):
         try:
@@ -328,6 +337,46 @@ class Trace:
             yield start, self._read(i, f"{field}.{j}")
             start += int(shard["num_tokens"])
 
+    def iter_token_chunks(self, field: str = "token_ids") -> Iterator[tuple[int, np.ndarray]]:
+        """Stream a per-token field (``token_ids``, ``seq_ids``, ``positions``) shard by shard, like :meth:`iter_chunks`."""
+        if field not in TOKEN_FIELDS:
+            raise TraceError(f"'{field}' is not a per-token field of a trace ({', '.join(TOKEN_FIELDS)})")
+        self.require_tokens(f"reading '{field}'")
+        start = 0
+        for i, shard in enumerate(self.shards):
+            yield start, self._read(i, field)
+            start += int(shard["num_tokens"])
+
+    def layer_range(self, layer: str | int, start: int, end: int, field: str = "topk_ids") -> np.ndarray:
+        """Rows ``[start, end)`` of one layer's ``field``, reading only the shards that hold them.
+
+        Every shard read is checked like any other read (:meth:`shard_array`).
+
+        Returns:
+            ``[end - start, width]`` (``k`` for ids and weights, ``E`` for logits).
+
+        Raises:
+            TraceError: a counts-only run, or a damaged shard among those read.
+        """
+        j = self.layer_index(layer)
+        self.require_tokens(f"reading '{field}'")
+        start, end = max(0, int(start)), min(int(end), self.num_tokens)
+        parts, first = [], 0
+        for i, shard in enumerate(self.shards):
+            last = first + int(shard["num_tokens"])
+            if last > start and first < end:
+                array = self._read(i, f"{field}.{j}")
+                lo, hi = max(start - first, 0), min(end, last) - first
+                # a part of a shard is copied, so that the rest of the shard is freed
+                parts.append(array if (lo, hi) == (0, array.shape[0]) else array[lo:hi].copy())
+            first = last
+            if first >= end:
+                break
+        if not parts:
+            width = self.layer_experts[j] if field == "router_logits" else self.top_k
+            return np.zeros((0, width), LAYER_FIELDS[field])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def check_layers(self, layers: Sequence[str | int] | None = None,
                      fields: Sequence[str] = ("topk_ids", "topk_weights")) -> None:
         """Read (and so check) ``fields`` of ``layers`` (default: all) shard by shard, keeping nothing.
@@ -383,6 +432,14 @@ class Trace:
             f"Trace({str(self.path)!r}, model={self.model_id!r}, layers={len(self.layers)}, "
             f"E={self.num_experts}, k={self.top_k}, tokens={self.num_tokens})"
         )
+
+
+def as_trace(trace: "Trace | str | os.PathLike") -> Trace:
+    """``trace`` itself, or the trace in that folder: per-layer jobs in worker processes get it by path.
+
+    The caller opened (and checked) the trace, so a path is reopened as is, finished or not.
+    """
+    return trace if isinstance(trace, Trace) else Trace.open(trace, allow_incomplete=True)
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
@@ -537,13 +594,16 @@ class TraceWriter:
             tensors["phase"] = np.ascontiguousarray(phase, dtype=np.int8)
         for j in range(num_layers):
             ids = np.asarray(topk_ids[j])
-            weights = np.asarray(topk_weights[j], dtype=np.float32)
+            # stored as float16 (no copy when the caller already holds float16, as the capture does);
+            # checked after the cast, so a weight beyond float16's range is refused like a NaN
+            with np.errstate(over="ignore"):
+                weights = np.ascontiguousarray(topk_weights[j], dtype=np.float16)
             if ids.shape != (n, self.header["top_k"]) or weights.shape != ids.shape:
                 raise ValueError(f"layer {j}: topk arrays of shape {ids.shape}/{weights.shape}, expected ({n}, {self.header['top_k']})")
-            if not np.all(np.isfinite(weights)):
+            if not all_finite(weights):
                 raise TraceError(f"layer {self.header['layers'][j]}: routing weights contain NaN or inf")
             tensors[f"topk_ids.{j}"] = np.ascontiguousarray(ids, dtype=np.int16)
-            tensors[f"topk_weights.{j}"] = np.ascontiguousarray(weights, dtype=np.float16)
+            tensors[f"topk_weights.{j}"] = weights
             if router_logits is not None:
                 tensors[f"router_logits.{j}"] = np.ascontiguousarray(router_logits[j], dtype=np.float16)
         index = len(self.shards)

@@ -86,6 +86,58 @@ def test_fingerprint_changes_when_a_run_is_recaptured_with_the_same_sizes(tmp_pa
     assert after != before
 
 
+def test_layer_range_reads_exactly_the_rows_asked_for_across_shards(synthetic_trace):
+    from hypothesis import given, settings, strategies as st
+
+    from routelens.trace import as_trace
+
+    trace = as_trace(str(synthetic_trace.path))  # a path opens the trace; a Trace is returned as is
+    assert as_trace(trace) is trace
+    whole = trace.topk_ids(2)
+    logits = trace.router_logits(2)
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.integers(-10, 4200), st.integers(-10, 4200))
+    def check(start, end):
+        assert np.array_equal(trace.layer_range(2, start, end), whole[max(start, 0):max(end, 0)])
+        assert np.array_equal(trace.layer_range(2, start, end, "router_logits"), logits[max(start, 0):max(end, 0)])
+
+    check()
+    starts = [start for start, _ in trace.iter_token_chunks("positions")]
+    assert starts == [0, 1000, 2000, 3000, 4000]
+    assert np.array_equal(np.concatenate([c for _, c in trace.iter_token_chunks()]), trace.token_ids)
+    with pytest.raises(TraceError, match="not a per-token field"):
+        next(trace.iter_token_chunks("topk_ids"))
+
+
+def test_write_shard_refuses_weights_beyond_float16_and_keeps_float16_input_as_is(tmp_path):
+    arrays = synthetic_trace_arrays(num_tokens=64, num_layers=1, num_experts=4, top_k=2)
+    writer = TraceWriter(tmp_path / "run", arrays["header"])
+    args = (arrays["token_ids"], arrays["seq_ids"], arrays["positions"], arrays["topk_ids"])
+    with pytest.raises(TraceError, match="NaN or inf"):
+        writer.write_shard(*args, [np.full((64, 2), 1e6, np.float32)])  # overflows float16
+    half = arrays["topk_weights"][0].astype(np.float16)
+    writer.write_shard(*args, [half])
+    writer.close()
+    assert np.array_equal(Trace.open(tmp_path / "run").topk_weights(0), half)
+
+
+def test_all_finite_on_float16_bits_agrees_with_isfinite():
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    from routelens.trace_format import all_finite
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(arrays(np.float16, st.tuples(st.integers(0, 12), st.integers(1, 4)), elements=st.floats(width=16)))
+    def check(values):
+        assert all_finite(values) == bool(np.isfinite(values).all())
+        assert all_finite(values[:, ::2]) == bool(np.isfinite(values[:, ::2]).all())  # strided views too
+
+    check()
+    assert not all_finite(np.array([1.0, np.nan], np.float32)) and all_finite(np.zeros((0, 2), np.float16))
+
+
 def _edit_manifest(run, **changes):
     m = json.loads((run / "manifest.json").read_text())
     m.update(changes)
@@ -137,6 +189,8 @@ def test_a_manifest_that_understates_num_experts_fails_on_read_naming_the_layer_
     with pytest.raises(TraceError, match=r"shard shards/r0-000000.safetensors, layer 0 \(model.layers.0.mlp.gate\): "
                                          r"expert id 1\d outside \[-1, 8\)"):
         trace.topk_ids(0)
+    with pytest.raises(TraceError, match=r"expert id 1\d outside \[-1, 8\)"):
+        trace.layer_range(0, 10, 20)  # per-layer jobs read by range: checked the same way
 
 
 def test_a_manifest_with_shards_of_the_wrong_type_is_refused_in_one_line(synthetic_trace):

@@ -2,12 +2,17 @@
 
 For each batch of windows the model runs once under ``torch.inference_mode()`` with a
 :class:`~routelens.capture.hooks.RouterRecorder` on its router sites. The recorded routing stays on
-the device; after the forward each layer is converted (ids → int16, weights → float32, logits →
-float16) and copied to pinned host memory with ``non_blocking=True``. The copies of batch ``i``
-are waited for only after batch ``i + 1`` has been launched: one host sync per batch, none per
-layer. Batches are grouped into shards of about ``shard_tokens`` tokens, written by a background
-thread with :class:`~routelens.trace.TraceWriter` (atomic, manifest updated after each shard), so
-an interrupted run resumes where it stopped (``resume=True``) without losing or repeating a token.
+the device; after the forward each layer is converted (ids → int16, weights and logits → float16,
+the trace's own dtypes) and copied to pinned host memory with ``non_blocking=True``. The copies of
+batch ``i`` are waited for only after batch ``i + 1`` has been launched: one host sync per batch,
+none per layer. Each batch is copied into a shard buffer (:mod:`routelens.capture.shards`); full
+shards are checked (NaN/inf) and written by a background thread with
+:class:`~routelens.trace.TraceWriter` (atomic, manifest updated after each shard) while the next
+one fills, so host memory holds two shards at most and an interrupted run resumes where it
+stopped (``resume=True``) without losing or repeating a token.
+
+:func:`capture_from_path` packs the text in a background thread while the weights load, straight
+onto the device they run on (:func:`routelens.capture.load.load_weights`).
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) each rank captures a contiguous block of windows into its own
 shards and rank 0 merges the part manifests after a barrier (see :mod:`routelens.capture.distributed`).
@@ -18,8 +23,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -29,12 +34,13 @@ from ..errors import InputError, RoutelensError, TraceError
 from ..formats import PART_FILE, PARTS_DIR, SHARD_DIR
 from ..lock import is_lock_file, lock_name, run_lock
 from ..trace import MANIFEST, Trace, TraceWriter, merge_rank_parts, read_manifest_file
+from ..trace_format import all_finite
 from .distributed import DistContext, init_distributed, rank_windows
-from .header import build_header, config_summary
+from .header import build_header, check_routing_config, config_summary
 from .hooks import BatchRouting, HostCopy, RouterRecorder
+from .shards import ShardBuffer, ShardPipeline, shard_tokens as shard_size
 from .text import Windows
 
-DEFAULT_SHARD_TOKENS = 65536
 # Without --text/--dataset/--max-tokens, capture this much of the bundled corpus (its 817k tokens
 # would take minutes on a laptop CPU; 65k tokens give every demo expert thousands of tokens).
 BUNDLED_MAX_TOKENS = 65536
@@ -73,9 +79,10 @@ def capture(
     save_logits: bool = False,
     resume: bool = False,
     progress: bool = True,
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    shard_tokens: int | None = None,
     dist_context: DistContext | None = None,
     on_shard: Callable[[int], None] | None = None,
+    phase_seconds: dict[str, float] | None = None,
 ) -> Trace:
     """Capture the routing of every token of ``windows`` into a trace folder ``out``.
 
@@ -90,9 +97,12 @@ def capture(
         save_logits: also record the ``[N, E]`` router logits of every layer.
         resume: continue the run already in ``out`` (its settings must match), skipping the windows
             it holds; a finished run is returned as is.
-        shard_tokens: tokens per shard file (rounded up to whole batches): the unit of resume.
+        shard_tokens: tokens per shard file (rounded up to whole batches): the unit of resume
+            (None: :func:`routelens.capture.shards.shard_tokens` decides, 65536 or fewer).
         dist_context: the torchrun job (default: :func:`init_distributed`).
         on_shard: called with the number of shards this session has written, after each one.
+        phase_seconds: seconds spent before the capture loop (``load_s``, ``text_wait_s``), recorded
+            in the manifest's ``stats`` next to its ``wall_s``.
 
     Returns:
         The finished :class:`~routelens.trace.Trace` (merged over ranks under torchrun).
@@ -100,7 +110,8 @@ def capture(
     Raises:
         NotMoEError: the model has no router routelens knows.
         TraceError: ``out`` holds another run, or one with different settings.
-        RoutelensError: NaN/inf routing weights, a router that did not run.
+        RoutelensError: NaN/inf routing weights, a router that did not run, a shard that could not
+            be written (a full disk: one line, the shards written before intact).
     """
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
@@ -128,60 +139,32 @@ def capture(
             raise TraceError(f"cannot resume {out}: it holds {done} windows for rank {ctx.rank}, more than the {mine.size} it should")
         todo = mine[done:]
         seq_len = windows.seq_len
-        batches_per_shard = max(1, -(-shard_tokens // (batch_size * seq_len)))
+        capacity = shard_size(shard_tokens, batch_size * seq_len, _routing_bytes_per_token(header))
 
         bar = _progress_bar(progress and ctx.rank == 0, total=mine.size * seq_len, initial=done * seq_len)
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="routelens-shard")
-        pending_write: Future | None = None
-        shards_written = 0
-        group: list[tuple[np.ndarray, BatchRouting]] = []
+        shards = ShardPipeline(lambda buffer: _write_shard(writer, windows, header["layers"], out, buffer), capacity,
+                               on_written=on_shard)
         start = time.perf_counter()
         tokens_before = writer.resume_state.num_tokens  # tokens/s counts this session's tokens only
-
-        def finish_write() -> None:
-            nonlocal pending_write, shards_written
-            if pending_write is not None:
-                write, pending_write = pending_write, None
-                try:
-                    write.result()
-                except RoutelensError as exc:  # a full disk, a file-size limit, a read-only folder
-                    kept = (f"the {len(writer.shards)} shards written before are intact" if writer.shards
-                            else "no shard was written")
-                    raise TraceError(f"{exc}; {kept}: free some space, then finish the run with "
-                                     f"routelens capture ... --out {out} --resume") from None
-                shards_written += 1
-                if on_shard is not None:
-                    on_shard(shards_written)
-
-        def flush() -> None:
-            nonlocal pending_write, group
-            if group:
-                finish_write()  # at most one shard in flight: bounded memory, errors surface in order
-                pending_write = pool.submit(_write_group, writer, windows, group)
-                group = []
-
         try:
             for index, routed in iter_batch_routing(model, routing, windows, todo, batch_size, save_logits):
-                _check_finite(routed.topk_weights, header["layers"], index)
                 if save_logits and routed.logits is None:
                     raise RoutelensError(f"--save-logits: the {routing.family} routers of this model expose no logits")
-                group.append((index, routed))
+                shards.add(index, routed)
                 if bar is not None:
                     bar.update(index.size * seq_len)
-                if len(group) >= batches_per_shard:
-                    flush()
-            flush()
-            finish_write()
+            shards.close()
         except BaseException:
-            pool.shutdown(wait=True)  # a shard already being written completes (atomically) or not at all
-            _record_stats(writer, prior_stats, time.perf_counter() - start, tokens_before, batch_size, model, final=False)
+            shards.abort()  # a shard already being written completes (atomically) or not at all
+            _record_stats(writer, prior_stats, time.perf_counter() - start, tokens_before, batch_size, model,
+                          final=False, phase_seconds=phase_seconds)
             if bar is not None:
                 bar.close()
             raise
-        pool.shutdown(wait=True)
         if bar is not None:
             bar.close()
-        _record_stats(writer, prior_stats, time.perf_counter() - start, tokens_before, batch_size, model, final=True)
+        _record_stats(writer, prior_stats, time.perf_counter() - start, tokens_before, batch_size, model, final=True,
+                      phase_seconds=phase_seconds)
         writer.close(complete=True)
         if ctx.world_size > 1:
             ctx.barrier()
@@ -189,6 +172,15 @@ def capture(
                 merge_rank_parts(out, ctx.world_size)
             ctx.barrier()
         return Trace.open(out)
+
+
+def _routing_bytes_per_token(header: dict[str, Any]) -> int:
+    """Host bytes one token's routing takes over all layers (int16 ids, float16 weights and logits)."""
+    per_layer = 4 * int(header["top_k"])
+    if header.get("has_logits"):
+        return sum(per_layer + 2 * int(e) for e in header.get("num_experts_per_layer") or
+                   [header["num_experts"]] * len(header["layers"]))
+    return per_layer * len(header["layers"])
 
 
 def iter_batch_routing(
@@ -222,29 +214,38 @@ def iter_batch_routing(
             yield in_flight[0], in_flight[1].result()
 
 
-def _write_group(writer: TraceWriter, windows: Windows, group: list[tuple[np.ndarray, BatchRouting]]) -> None:
-    """Write the batches of ``group`` as one shard (runs on the writer thread)."""
+def _write_shard(writer: TraceWriter, windows: Windows, layers: list[str], out: Path, buffer: ShardBuffer) -> None:
+    """Check and write one shard from its buffer (runs on the writer thread; NaN/inf is refused before anything is written).
+
+    Raises:
+        RoutelensError: NaN/inf routing weights.
+        TraceError: the shard or manifest could not be written (a full disk, a file-size limit, a
+            read-only folder): one line that says the earlier shards are intact and how to finish.
+    """
     seq_len = windows.seq_len
-    index = np.concatenate([g[0] for g in group])
-    batches = [g[1] for g in group]
-    num_layers = len(batches[0].topk_ids)
-    logits = None
-    if batches[0].logits is not None:
-        logits = [np.concatenate([b.logits[j] for b in batches]) for j in range(num_layers)]
-    writer.write_shard(
-        token_ids=windows.token_ids[index].reshape(-1),
-        seq_ids=np.repeat(index.astype(np.int32), seq_len),
-        positions=np.tile(np.arange(seq_len, dtype=np.int32), index.size),
-        topk_ids=[np.concatenate([b.topk_ids[j] for b in batches]) for j in range(num_layers)],
-        topk_weights=[np.concatenate([b.topk_weights[j] for b in batches]) for j in range(num_layers)],
-        router_logits=logits,
-        num_seqs=int(index.size),
-    )
+    index = buffer.window_index
+    routed = buffer.routing()
+    _check_finite(routed.topk_weights, layers, index)
+    try:
+        writer.write_shard(
+            token_ids=windows.token_ids[index].reshape(-1),
+            seq_ids=np.repeat(index.astype(np.int32), seq_len),
+            positions=np.tile(np.arange(seq_len, dtype=np.int32), index.size),
+            topk_ids=routed.topk_ids,
+            topk_weights=routed.topk_weights,
+            router_logits=routed.logits,
+            num_seqs=int(index.size),
+        )
+    except RoutelensError as exc:
+        # writer.shards lists the shards written before this one (only this thread appends to it)
+        kept = f"the {len(writer.shards)} shards written before are intact" if writer.shards else "no shard was written"
+        raise TraceError(f"{exc}; {kept}: free some space, then finish the run with "
+                         f"routelens capture ... --out {out} --resume") from None
 
 
 def _check_finite(topk_weights: list[np.ndarray], layers: list[str], index: np.ndarray) -> None:
     for name, weights in zip(layers, topk_weights):
-        if not np.isfinite(weights).all():
+        if not all_finite(weights):
             raise RoutelensError(
                 f"routing weights at {name} are NaN or inf for windows {int(index[0])}-{int(index[-1])}: "
                 "the model's numbers overflowed or its weights are corrupt (try --dtype float32)"
@@ -324,8 +325,9 @@ def _prior_stats(out: Path, ctx: DistContext) -> dict[str, Any]:
 
 
 def _record_stats(writer: TraceWriter, prior: dict[str, Any], session_s: float, tokens_before: int,
-                  batch_size: int, model, final: bool) -> None:
-    """Wall time summed over sessions; tokens/s of this session alone (a resume's earlier shards took earlier time)."""
+                  batch_size: int, model, final: bool, phase_seconds: dict[str, float] | None = None) -> None:
+    """Wall time summed over sessions; tokens/s of this session alone (a resume's earlier shards took earlier
+    time); this session's loading and text-packing seconds (``phase_seconds``) when given."""
     wall_s = _number(prior.get("wall_s")) + session_s
     session_tokens = writer.resume_state.num_tokens - tokens_before
     writer.update_stats(
@@ -336,6 +338,7 @@ def _record_stats(writer: TraceWriter, prior: dict[str, Any], session_s: float, 
         sessions=int(_number(prior.get("sessions"))) + 1,
         batch_size=batch_size,
         device=str(model_input_device(model)),
+        **{key: round(float(value), 3) for key, value in (phase_seconds or {}).items()},
     )
     if not final and writer.shards:
         try:
@@ -361,31 +364,39 @@ def capture_from_path(
     batch_size: int = 8,
     dtype: str | None = None,
     device: str | None = None,
-    device_map: str | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict[int | str, str] | None = None,
     trust_remote_code: bool = False,
     save_logits: bool = False,
     resume: bool = False,
     progress: bool = True,
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    shard_tokens: int | None = None,
     on_shard: Callable[[int], None] | None = None,
 ) -> Trace:
     """Load ``model`` (hub id, folder, or None for the bundled demo), pack the text, capture.
 
     Without ``text`` or ``dataset`` the bundled corpus is used, its first ``BUNDLED_MAX_TOKENS``
-    tokens unless ``max_tokens`` says otherwise.
+    tokens unless ``max_tokens`` says otherwise. The text is tokenized in a background thread
+    while the weights load (the tokenizer releases the GIL), so packing costs the capture nothing
+    beyond what loading takes; the manifest's ``stats`` record ``load_s`` and ``text_wait_s`` (the
+    seconds the capture still waited for the text after loading).
 
     The output folder is checked and locked before the model is loaded, so a wrong ``--out`` (or a
-    second capture into the same one) fails fast. See :func:`capture` for the other arguments and
-    what is raised; :class:`~routelens.errors.RunBusyError` when another process writes ``out``.
+    second capture into the same one) fails fast. ``max_memory`` (per-device limits,
+    :func:`routelens.capture.load.parse_max_memory`) goes with ``device_map``. See :func:`capture`
+    for the other arguments and what is raised; :class:`~routelens.errors.RunBusyError` when another
+    process writes ``out``.
     """
     from .adapters import find_router_sites
-    from .load import demo_model_path, load_model, model_reference
-    from .text import pack_windows, resolve_source
+    from .load import (check_model_reference, demo_model_path, load_config, load_tokenizer, load_weights,
+                       model_reference)
+    from .text import resolve_source
 
     import torch
 
     wants_cuda = device is None or str(device).startswith("cuda")
     ctx = init_distributed(use_cuda=wants_cuda and torch.cuda.is_available())
+    packing: _Packing | None = None
     try:
         check_output_folder(out, resume, ctx.world_size)
         if ctx.world_size > 1 and device_map is not None:
@@ -397,19 +408,62 @@ def capture_from_path(
         if source.kind == "bundled" and max_tokens is None:
             max_tokens = BUNDLED_MAX_TOKENS
         with run_lock(out, "routelens capture", lock_name(ctx.rank)):  # held again (re-entrant) by capture()
+            started = time.perf_counter()
+            local_only = check_model_reference(name)  # a wrong model fails before anything starts
+            config = load_config(name, trust_remote_code=trust_remote_code, local_only=local_only)
+            check_routing_config(config, name)  # a top-k above E would fail mid-forward
+            tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, local_files_only=local_only)
+            packing = _Packing(source, tokenizer, seq_len, max_tokens)
             with _hf_progress_bars(progress and ctx.rank == 0):
-                loaded, tokenizer = load_model(name, dtype=dtype, device=device, device_map=device_map,
-                                               trust_remote_code=trust_remote_code)
-            routing = find_router_sites(loaded)  # before reading the text: a dense model fails fast
-            windows = pack_windows(source, tokenizer, seq_len=seq_len, max_tokens=max_tokens)
+                loaded = load_weights(name, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                                      trust_remote_code=trust_remote_code, config=config, local_only=local_only)
+            routing = find_router_sites(loaded)  # before waiting for the text: a dense model fails fast
             _check_seq_len(loaded.config, seq_len)
+            loaded_at = time.perf_counter()
+            windows = packing.result()
+            phases = {"load_s": loaded_at - started, "text_wait_s": time.perf_counter() - loaded_at}
             return capture(
                 loaded, tokenizer, windows, out, routing=routing, model_id=model_reference(name),
                 batch_size=batch_size, save_logits=save_logits, resume=resume, progress=progress,
-                shard_tokens=shard_tokens, dist_context=ctx, on_shard=on_shard,
+                shard_tokens=shard_tokens, dist_context=ctx, on_shard=on_shard, phase_seconds=phases,
             )
     finally:
+        if packing is not None:
+            packing.stop()
         ctx.close()
+
+
+class _Packing:
+    """:func:`~routelens.capture.text.pack_windows` in a background thread; :meth:`result` waits for it.
+
+    A daemon thread with a stop flag: when loading fails, :meth:`stop` makes it quit at its next
+    batch of documents instead of tokenizing a large corpus for nothing.
+    """
+
+    def __init__(self, source, tokenizer, seq_len: int, max_tokens: int | None):
+        from .text import pack_windows
+
+        self._stop = threading.Event()
+        self._outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                self._outcome["windows"] = pack_windows(source, tokenizer, seq_len=seq_len, max_tokens=max_tokens,
+                                                        stop=self._stop)
+            except BaseException as exc:  # re-raised in the caller's thread by result()
+                self._outcome["error"] = exc
+
+        self._thread = threading.Thread(target=run, name="routelens-pack", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Windows:
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["windows"]
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 @contextlib.contextmanager

@@ -40,7 +40,8 @@ class BatchRouting:
 
     Attributes:
         topk_ids: per layer ``[N, k]`` int16.
-        topk_weights: per layer ``[N, k]`` float32.
+        topk_weights: per layer ``[N, k]`` float16 (the trace's dtype; a weight beyond float16's
+            range becomes inf, which the capture refuses like a NaN).
         logits: per layer ``[N, E]`` float16, or None.
     """
 
@@ -142,7 +143,9 @@ class HostCopy:
     """One batch's routing on its way to host memory (pinned, non-blocking on CUDA).
 
     ``result()`` waits for the copies (one event per CUDA device, i.e. one sync per batch) and
-    returns numpy arrays: ids ``[N, k]`` int16, weights ``[N, k]`` float32, logits ``[N, E]`` float16.
+    returns numpy arrays: ids ``[N, k]`` int16, weights ``[N, k]`` float16, logits ``[N, E]`` float16.
+    Converting on the device makes the copies small (int16 ids are a quarter of int64) and leaves
+    the host no conversion to do.
     """
 
     def __init__(self, layers: list[LayerRouting]):
@@ -150,7 +153,7 @@ class HostCopy:
 
         self._on_device: list[Any] = []  # device tensors kept alive until their copy is done
         self.topk_ids = [self._to_host(layer.topk_ids, torch.int16) for layer in layers]
-        self.topk_weights = [self._to_host(layer.topk_weights, torch.float32) for layer in layers]
+        self.topk_weights = [self._to_host(layer.topk_weights, torch.float16) for layer in layers]
         self.logits = None
         if layers and all(layer.logits is not None for layer in layers):
             self.logits = [self._to_host(layer.logits, torch.float16) for layer in layers]
@@ -175,14 +178,10 @@ class HostCopy:
         for event in self._events:
             event.synchronize()
         self._on_device = []
-        pinned = bool(self._events)
-
-        def numpy(t):
-            # copy out of pinned memory so its blocks return to the caching host allocator
-            return np.array(t.numpy()) if pinned else t.numpy()
-
+        # views of the (pinned) host tensors: the caller copies them into its shard buffer, and
+        # the pinned blocks return to the caching host allocator once the views are dropped
         return BatchRouting(
-            topk_ids=[numpy(t) for t in self.topk_ids],
-            topk_weights=[numpy(t) for t in self.topk_weights],
-            logits=None if self.logits is None else [numpy(t) for t in self.logits],
+            topk_ids=[t.numpy() for t in self.topk_ids],
+            topk_weights=[t.numpy() for t in self.topk_weights],
+            logits=None if self.logits is None else [t.numpy() for t in self.logits],
         )

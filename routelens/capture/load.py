@@ -1,7 +1,9 @@
 """Load a Hugging Face MoE checkpoint (hub id or local folder) and its tokenizer for capture.
 
 Same words as transformers: ``from_pretrained(name_or_path)``, ``dtype=``, ``device_map="auto"``,
-``trust_remote_code`` (off unless the user asks). Every way a load can fail that a user can cause
+``max_memory=``, ``trust_remote_code`` (off unless the user asks). Weights load straight onto the
+device they run on (``device_map={"": device}``): a checkpoint larger than host memory captures on
+one GPU, and the host never holds a copy of the model. Every way a load can fail that a user can cause
 (a missing or unreadable path, a folder without a model, corrupt or incomplete weights, an
 unreachable hub) becomes one :class:`RoutelensError` line naming the path.
 """
@@ -77,6 +79,38 @@ def resolve_dtype(dtype: str | None, device) -> Any:
     return "auto" if dtype == "auto" else getattr(torch, dtype)
 
 
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)?$", re.IGNORECASE)
+
+
+def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
+    """``--max-memory 0=70GiB,1=70GiB,cpu=100GiB`` → ``{0: "70GiB", 1: "70GiB", "cpu": "100GiB"}``.
+
+    The dict ``from_pretrained(max_memory=...)`` takes with a device map: keys are GPU indices or
+    ``cpu``; sizes are numbers with an optional unit (``B``, ``KB``, ``MiB``, ``GiB``, ...).
+
+    Raises:
+        InputError: an entry that is not ``DEVICE=SIZE``, an unknown device or a malformed size.
+
+    Example:
+        >>> parse_max_memory("0=70GiB,cpu=100GiB")
+        {0: '70GiB', 'cpu': '100GiB'}
+    """
+    if text is None:
+        return None
+    limits: dict[int | str, str] = {}
+    for entry in text.split(","):
+        device, sep, size = (part.strip() for part in entry.partition("="))
+        if not sep or not device or not size:
+            raise InputError(f"--max-memory entry '{entry.strip()}' is not DEVICE=SIZE (e.g. 0=70GiB,cpu=100GiB)")
+        if not _MEMORY.match(size):
+            raise InputError(f"--max-memory size '{size}' for {device} is not a number with a unit such as GiB")
+        key: int | str = int(device) if device.isdigit() else device.lower()
+        if isinstance(key, str) and key not in ("cpu", "disk", "mps"):
+            raise InputError(f"--max-memory device '{device}' is not a GPU index or cpu")
+        limits[key] = size.replace(" ", "")
+    return limits
+
+
 def is_local_reference(name_or_path: str) -> bool:
     """True when ``name_or_path`` can only mean a local folder (exists, or is not a hub id)."""
     return Path(name_or_path).expanduser().exists() or not _HUB_ID.match(name_or_path)
@@ -96,6 +130,7 @@ def load_model(
     device: str | None = None,
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
+    max_memory: dict[int | str, str] | None = None,
 ):
     """Load an MoE checkpoint and its tokenizer, ready for inference (``model.eval()``).
 
@@ -107,6 +142,7 @@ def load_model(
         device_map: passed to ``from_pretrained`` (``"auto"`` spreads the layers over all GPUs and CPU
             memory with accelerate); inputs then go to the device of the input embeddings.
         trust_remote_code: run modeling code shipped with the checkpoint (off unless asked).
+        max_memory: per-device limits for ``device_map`` (:func:`parse_max_memory`).
 
     Returns:
         ``(model, tokenizer)``. ``AutoModelForCausalLM`` for decoder-only models,
@@ -117,22 +153,36 @@ def load_model(
             weights, an unreachable hub, an unknown architecture (one line naming the path).
     """
     name = str(name_or_path)
-    _check_reference(name)
-    local_only = hub_local_only(name) if not Path(name).expanduser().exists() else False
-    config = _load_config(name, trust_remote_code, local_only)
-    check_routing_config(config, name)  # before the weights: a top-k above E would fail mid-forward
+    local_only = check_model_reference(name)  # the quick checks first: path, hub, config
+    config = load_config(name, trust_remote_code=trust_remote_code, local_only=local_only)
+    check_routing_config(config, name)  # before the tokenizer and weights: a top-k above E would fail mid-forward
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, local_files_only=local_only)
-    target = resolve_device(device) if device_map is None else None
-    torch_dtype = resolve_dtype(dtype, target if target is not None else resolve_device(None))
-    model = _load_weights(name, config, torch_dtype, device_map, trust_remote_code, local_only)
-    if target is not None:
-        model.to(target)
-    model.eval()
+    model = load_weights(name, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
+                         max_memory=max_memory, config=config, local_only=local_only)
     return model, tokenizer
 
 
-def load_config(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
+def check_model_reference(name_or_path: str | os.PathLike) -> bool:
+    """Check that ``name_or_path`` names a model: a readable checkpoint folder, or a hub id the hub knows.
+
+    Returns:
+        True when the model must load from the Hugging Face cache only (the hub is unreachable but
+        the cache holds it, :func:`hub_local_only`); False for a local folder or a reachable hub.
+
+    Raises:
+        RoutelensError: a missing or unreadable folder, a folder without config.json, a hub id the hub
+            does not know, or an unreachable hub without a cached copy (one line naming the path).
+    """
+    name = str(name_or_path)
+    _check_reference(name)
+    return hub_local_only(name) if not Path(name).expanduser().exists() else False
+
+
+def load_config(name_or_path: str | os.PathLike, trust_remote_code: bool = False, local_only: bool = False):
     """The model's transformers config only (``config.json``; no weights, no tokenizer).
+
+    Args:
+        local_only: read it from the Hugging Face cache only (:func:`check_model_reference`).
 
     Raises:
         RoutelensError: a missing folder, a folder without config.json, an unreachable hub, code that
@@ -140,7 +190,48 @@ def load_config(name_or_path: str | os.PathLike, trust_remote_code: bool = False
     """
     name = str(name_or_path)
     _check_reference(name)
-    return _load_config(name, trust_remote_code)
+    return _load_config(name, trust_remote_code, local_only)
+
+
+def load_weights(
+    name_or_path: str | os.PathLike,
+    dtype: str | None = None,
+    device: str | None = None,
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    max_memory: dict[int | str, str] | None = None,
+    config=None,
+    local_only: bool | None = None,
+):
+    """The model of :func:`load_model` without its tokenizer (same arguments and errors).
+
+    Without ``device_map`` every weight is read from the checkpoint straight onto ``device``
+    (``device_map={"": device}``), never staged in host memory; on the CPU it is read as usual.
+
+    Args:
+        config: the checkpoint's config when the caller already has it (:func:`load_config`, then
+            :func:`~routelens.capture.header.check_routing_config`); None: read and checked here.
+        local_only: from :func:`check_model_reference` (None: checked here).
+
+    Raises:
+        InputError: ``max_memory`` without ``device_map``.
+        RoutelensError: as :func:`load_model`.
+    """
+    name = str(name_or_path)
+    if max_memory is not None and device_map is None:
+        raise InputError("--max-memory limits a --device-map: pass --device-map auto with it")
+    if local_only is None:
+        local_only = check_model_reference(name)
+    if config is None:
+        config = load_config(name, trust_remote_code, local_only=local_only)
+        check_routing_config(config, name)  # before the weights: a top-k above E would fail mid-forward
+    target = resolve_device(device) if device_map is None else None
+    torch_dtype = resolve_dtype(dtype, target if target is not None else resolve_device(None))
+    if target is not None and target.type != "cpu":
+        device_map = {"": target}
+    model = _load_weights(name, config, torch_dtype, device_map, trust_remote_code, max_memory, local_only)
+    model.eval()
+    return model
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False, local_files_only: bool = False):
@@ -224,7 +315,8 @@ def _load_config(name: str, trust_remote_code: bool, local_only: bool = False):
         raise RoutelensError(f"cannot read the model config in {name}: {message}") from exc
 
 
-def _load_weights(name: str, config, torch_dtype, device_map, trust_remote_code: bool, local_only: bool = False):
+def _load_weights(name: str, config, torch_dtype, device_map, trust_remote_code: bool,
+                  max_memory: dict[int | str, str] | None = None, local_only: bool = False):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     classes = [AutoModelForSeq2SeqLM] if getattr(config, "is_encoder_decoder", False) else [AutoModelForCausalLM, AutoModelForSeq2SeqLM]
@@ -232,6 +324,8 @@ def _load_weights(name: str, config, torch_dtype, device_map, trust_remote_code:
                               "local_files_only": local_only}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if max_memory is not None:
+        kwargs["max_memory"] = max_memory
     unsupported = None
     for auto_class in classes:
         try:

@@ -28,7 +28,7 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_int(text: str) -> int:
-    """A whole number >= 0 (redundant slots, warm-up repeats, restarts)."""
+    """A whole number >= 0 (redundant slots, warm-up repeats, restarts; ``--workers 0`` = every core)."""
     try:
         value = int(text)
     except ValueError:
@@ -72,6 +72,12 @@ def add_layers_argument(parser: argparse.ArgumentParser, what: str) -> None:
 
 def add_no_progress_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    """``--workers N``: processes working on layers at once (default 0: every core; :mod:`routelens.parallel`)."""
+    parser.add_argument("--workers", type=non_negative_int, default=0, metavar="N",
+                        help="processes working on layers at once (default 0: one per CPU core; 1: no extra processes)")
 
 
 # --------------------------------------------------------------------------- --json FILE ('-' = stdout)

@@ -6,8 +6,8 @@ Writes ``RUN/analysis/`` (see docs/graphs.md) and prints one row per layer. A cu
 
 from __future__ import annotations
 
-from ._args import add_deprecated_alias, add_json_argument, add_layers_argument, add_no_progress_argument
-from ._args import positive_int, write_json_output
+from ._args import (add_deprecated_alias, add_json_argument, add_layers_argument, add_no_progress_argument,
+                    add_workers_argument, positive_int, write_json_output)
 
 
 def add_parser(subparsers) -> None:
@@ -32,6 +32,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resolution", type=float, default=1.0, help="Louvain resolution (default 1.0)")
     parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer folder or tokenizer.json (default: the trace's model folder, if local)")
     parser.add_argument("--force", action="store_true", help="recompute even if a current analysis exists")
+    add_workers_argument(parser)
     add_json_argument(parser, "the per-layer summary", bare_means_stdout=True)
     add_no_progress_argument(parser)
     parser.set_defaults(func=run)
@@ -51,7 +52,7 @@ def run(args) -> int:
     analysis, computed = ensure_analysis(
         args.run, args.layers, force=args.force, exports=exports, progress=not args.no_progress,
         top_t=args.top_t, threshold=args.threshold, seed=args.seed, resolution=args.resolution,
-        tokenizer_path=args.tokenizer,
+        tokenizer_path=args.tokenizer, workers=args.workers,
     )
     if write_json_output(args.json, to_jsonable({"path": str(analysis.path), "computed": computed,
                                                   "per_layer": analysis.layer_summaries})):

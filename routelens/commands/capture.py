@@ -33,19 +33,24 @@ def add_parser(subparsers) -> None:
                         help="weights dtype (default: float32 on CPU, the checkpoint's dtype on GPU)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
     parser.add_argument("--device-map", default=None,
-                        help="accelerate device map for models larger than one GPU, e.g. auto")
+                        help="accelerate device map for models larger than one GPU, e.g. auto (without it, the "
+                        "weights load straight onto --device)")
+    parser.add_argument("--max-memory", default=None, metavar="DEVICE=SIZE,...",
+                        help="with --device-map: memory each device may hold, e.g. 0=70GiB,1=70GiB,cpu=100GiB")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run modeling code shipped with the checkpoint (only for checkpoints you trust)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --out (same model and settings), skipping what it holds")
-    parser.add_argument("--shard-tokens", type=positive_int, default=65536,
-                        help="tokens per shard file, the unit an interrupted run resumes from (default 65536)")
+    parser.add_argument("--shard-tokens", type=positive_int, default=None,
+                        help="tokens per shard file, the unit an interrupted run resumes from (default 65536, fewer "
+                        "when a shard would hold more than 256 MiB, e.g. router logits of many layers)")
     add_no_progress_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..capture.engine import capture_from_path
+    from ..capture.load import parse_max_memory
 
     trace = capture_from_path(
         args.model,
@@ -58,6 +63,7 @@ def run(args) -> int:
         dtype=args.dtype,
         device=args.device,
         device_map=args.device_map,
+        max_memory=parse_max_memory(args.max_memory),
         trust_remote_code=args.trust_remote_code,
         save_logits=args.save_logits,
         resume=args.resume,

@@ -6,7 +6,8 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from ._args import add_deprecated_alias, add_no_progress_argument, non_negative_int, positive_float, positive_int
+from ._args import (add_deprecated_alias, add_no_progress_argument, add_workers_argument, non_negative_int,
+                    positive_float, positive_int)
 
 def method_help() -> str:
     """``--method``'s help: every registered placement method and what it is."""
@@ -111,6 +112,7 @@ def add_parser(subparsers) -> None:
                         "swaps, each kept only if the estimate improves (default 16 when E <= 128, else 0)")
     parser.add_argument("--expert-groups", type=positive_int, default=1,
                         help="eplb: expert groups of the model for the hierarchical policy (DeepSeek-V3: 8)")
+    add_workers_argument(parser)
     add_cluster_arguments(parser)
     add_no_progress_argument(parser)
     parser.set_defaults(func=run)
@@ -157,7 +159,7 @@ def run(args) -> int:
     settings.check()
     owner = enclosing_run(out)  # a plan written into a run folder: one writer at a time there
     with run_lock(owner, "routelens place") if owner is not None else contextlib.nullcontext():
-        plan = place(trace, cost, settings, fit=fit, progress=not args.no_progress)
+        plan = place(trace, cost, settings, fit=fit, progress=not args.no_progress, workers=args.workers)
         if args.format == "json":
             written = [export_plan(plan, out, "json")]
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._args import add_json_argument, add_no_progress_argument, positive_int, write_json_output
+from ._args import add_json_argument, add_no_progress_argument, add_workers_argument, positive_int, write_json_output
 from .place import add_cluster_arguments, cost_from_args, topology_from_args
 
 
@@ -27,6 +27,7 @@ def add_parser(subparsers) -> None:
     add_json_argument(parser, "every number (per layer too)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the random baseline (default 0)")
     parser.add_argument("--expert-groups", type=positive_int, default=1, help="eplb: expert groups of the model")
+    add_workers_argument(parser)
     add_cluster_arguments(parser)
     add_no_progress_argument(parser)
     parser.set_defaults(func=run)
@@ -40,7 +41,7 @@ def run(args) -> int:
     from ..placement.evaluate import (compare_plans, eval_token_index, format_comparison, format_versus_best,
                                       ratios, versus_best)
     from ..placement.methods import baseline_names
-    from ..placement.place import PlaceSettings, place
+    from ..placement.place import PlaceSettings, fit_baselines
     from ..placement.topology import Topology
     from ..engines.plan_files import PlanTarget, load_plan_file
     from ..trace import Trace
@@ -74,14 +75,13 @@ def run(args) -> int:
         names = list(baseline_names(available_only=True))
     held, note = eval_token_index(trace, plan)
     fit_trace, fit, fit_note = _baseline_fit(trace, plan, Trace)
-    plans = {}
-    for name in names:
-        settings = PlaceSettings(method=name, redundant=plan.num_redundant, replica_policy=plan.replica_policy,
-                                 seed=args.seed, num_groups=args.expert_groups)
-        plans[name] = place(fit_trace, cost, settings, fit=fit, progress=False)
+    settings = PlaceSettings(method=names[0] if names else "contiguous", redundant=plan.num_redundant,
+                             replica_policy=plan.replica_policy, seed=args.seed, num_groups=args.expert_groups)
+    plans = fit_baselines(fit_trace, cost, names, settings, fit=fit, layers=plan.layers,
+                          progress=not args.no_progress, workers=args.workers) if names else {}
     label = f"plan ({plan.method})"
     plans[label] = plan
-    results = compare_plans(plans, trace, held, cost, progress=not args.no_progress)
+    results = compare_plans(plans, trace, held, cost, progress=not args.no_progress, workers=args.workers)
     report = {"trace": str(trace.path), "plan": str(args.plan), "scored_on": note,
               "eval_tokens": int(np.asarray(held).size), "results": results, "ratios_to_contiguous": ratios(results),
               "vs_best_baseline": versus_best(results, label)}

@@ -1,14 +1,16 @@
 """Trace → :class:`Analysis`: stream every analysed layer shard by shard and finish its metrics.
 
-Memory is bounded by one shard of one layer (plus its next layer's expert ids, and logits when the
-trace has them) and ``O(E^2)`` tables per layer, whatever the trace's length; the only whole-trace
-array is ``token_ids`` (4 bytes per token) for token specialization.
+Each layer is one job (:func:`routelens.parallel.run_jobs`): it streams its layer shard by shard
+(expert ids and weights, the next layer's ids, logits when the trace has them, the tokens' ids),
+counts, and finishes the layer's metrics, so ``workers`` processes analyse ``workers`` layers at
+once. Memory is bounded by one shard per running job and ``O(E^2)`` tables per layer, whatever the
+trace's length: no whole-trace array is ever built (the vocabulary is counted shard by shard too).
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,7 +18,8 @@ import numpy as np
 from ..errors import InputError, TraceError
 from ..formats import ANALYSIS
 from ..layer_selection import select_layers
-from ..trace import Trace
+from ..parallel import resolve_workers, run_jobs, shared_path, thread_budget
+from ..trace import Trace, as_trace
 from . import layer as L
 from .analysis import Analysis
 from .tokens import TOKEN_CLASSES, class_lookup, load_token_texts
@@ -62,6 +65,7 @@ def analyze_trace(
     top_tokens: int = 10,
     min_token_count: int = 5,
     progress: bool = True,
+    workers: int | None = 1,
 ) -> Analysis:
     """Analyse ``trace``'s routing, layer by layer, shard by shard.
 
@@ -77,14 +81,17 @@ def analyze_trace(
             the manifest, if it exists locally).
         top_tokens, min_token_count: tokens listed per expert, and the least times an expert must
             serve a token to list it.
+        workers: processes analysing layers at once (None or 0: every core; 1: this process). The
+            result does not depend on it.
 
     Returns:
         The :class:`Analysis` (not saved: see :func:`routelens.graphs.save_analysis`).
 
     Raises:
-        TraceError / InputError: unreadable shards, ids out of range, a bad layer selection.
+        TraceError / InputError: a counts-only run, unreadable shards, ids out of range, a bad layer selection.
     """
     started = time.perf_counter()
+    trace.require_tokens("analyze (co-activation)")
     if trace.num_tokens == 0:
         raise TraceError(f"trace {trace.path} holds no tokens")
     chosen = parse_layers(layers, trace.layers)
@@ -93,49 +100,34 @@ def analyze_trace(
     if top_t is not None and not 1 <= top_t <= max(e_min - 1, 1):
         raise InputError(f"--group-size {top_t} must lie in [1, {e_min - 1}] for layers of {e_min} experts")
     num_tokens = trace.num_tokens
-    token_ids = trace.token_ids
-    vocab, freq = np.unique(token_ids, return_counts=True)
+    vocab, freq = vocabulary_counts(trace)
     keep = np.sort(np.argsort(-freq, kind="stable")[:max_vocab]) if max_vocab > 0 else np.zeros(0, np.int64)
     col_of_vocab = np.full(vocab.size, keep.size, dtype=np.int64)
     col_of_vocab[keep] = np.arange(keep.size)
     frequent_ids = vocab[keep]
     texts = load_token_texts(vocab, trace.model_id, trace.path, tokenizer_path)
     cls_of_vocab = class_lookup(texts, vocab)
-    half = num_tokens // 2
-
-    finisher = LayerFinisher(top_k=k, top_t=top_t, threshold=threshold, seed=seed, resolution=resolution,
-                             vocab_ids=frequent_ids, token_texts=texts, top_tokens_limit=top_tokens,
-                             min_token_count=min_token_count)
-    bar = _bar(progress, len(chosen))
-    try:
-        for j in chosen:
-            e = layer_num_experts(trace, j)
-            nxt = j + 1 if j + 1 < len(trace.layers) else None
-            acc = L.LayerAccumulator(e)
-            # imported runs hold no routing weights (uniform 1/k placeholders): no weight mass then
-            streams = [trace.iter_chunks(j, "topk_ids"),
-                       trace.iter_chunks(j, "topk_weights") if trace.has_weights else _none_pairs()]
-            streams.append(trace.iter_chunks(nxt, "topk_ids") if nxt is not None else _nones())
-            streams.append(trace.iter_chunks(j, "router_logits") if trace.has_logits else _nones())
-            for (start, ids), (_, weights), nxt_chunk, logit_chunk in zip(*streams):
-                where = np.searchsorted(vocab, token_ids[start:start + ids.shape[0]])
-                try:
-                    acc.add(
-                        ids, topk_weights=weights,
-                        next_ids=None if nxt_chunk is None else nxt_chunk[1],
-                        num_experts_next=None if nxt is None else layer_num_experts(trace, nxt),
-                        router_logits=None if logit_chunk is None else logit_chunk[1],
-                        token_classes=None if cls_of_vocab is None else cls_of_vocab[where],
-                        token_cols=col_of_vocab[where], num_token_cols=keep.size + 1,
-                        start=start, half=half,
-                    )
-                except InputError as exc:
-                    raise TraceError(f"layer {j} ({trace.layers[j]}): {exc}") from None
-            finisher.submit(acc.total(), on_done=lambda _: bar.update(1))
-        results = finisher.results()
-    finally:
-        finisher.close()
-        bar.close()
+    # dense lookups by token id: a chunk's columns and classes are one gather, in any worker
+    id_span = int(vocab[-1]) + 1 if vocab.size else 1
+    col_of_id = np.full(id_span, keep.size, dtype=np.int32)
+    col_of_id[vocab] = col_of_vocab
+    cls_of_id = None
+    if cls_of_vocab is not None:
+        cls_of_id = np.zeros(id_span, dtype=np.int8)
+        cls_of_id[vocab] = cls_of_vocab
+    finish = dict(top_k=k, top_t=top_t, threshold=threshold, seed=seed, resolution=resolution,
+                  vocab_ids=frequent_ids, top_tokens_limit=top_tokens, min_token_count=min_token_count,
+                  token_texts=None if texts is None else {int(t): texts.get(int(t), "") for t in frequent_ids})
+    count = resolve_workers(workers, len(chosen), tokens_per_job=num_tokens)
+    jobs = []
+    for j in chosen:
+        nxt = j + 1 if j + 1 < len(trace.layers) else None
+        jobs.append(_LayerJob(trace=trace if count == 1 else shared_path(trace.path), layer=j,
+                              num_experts=layer_num_experts(trace, j), next_layer=nxt,
+                              num_experts_next=None if nxt is None else layer_num_experts(trace, nxt),
+                              half=num_tokens // 2, col_of_id=col_of_id, cls_of_id=cls_of_id,
+                              num_token_cols=keep.size + 1, finish=finish))
+    results = run_jobs(analyze_layer, jobs, count, progress=progress, desc="analysing layers")
     analysis = assemble(results, chosen, [trace.layers[j] for j in chosen], e_max, k, num_tokens,
                         has_classes=cls_of_vocab is not None)
     analysis.meta = {
@@ -194,33 +186,65 @@ def assemble(results: list[L.LayerResult], layers: list[int], names: list[str], 
     )
 
 
-class LayerFinisher:
-    """Runs :func:`~routelens.graphs.layer.finish_layer` in one background thread, in order.
+def vocabulary_counts(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct token ids of the trace (sorted) and how often each occurs, counted shard by shard.
 
-    Finishing a layer is mostly Python (Louvain in networkx); counting the next one is numpy, part
-    of which (the ufuncs building pair codes, the copies) runs without the GIL, so the two overlap
-    in part on a multi-core machine.
+    Returns:
+        ``(ids [V], counts [V])`` as ``np.unique(trace.token_ids, return_counts=True)`` gives them.
     """
+    counts = np.zeros(0, dtype=np.int64)
+    for _, ids in trace.iter_token_chunks("token_ids"):
+        if ids.size and ids.min() < 0:
+            raise TraceError(f"trace {trace.path} holds negative token ids")
+        chunk = np.bincount(ids, minlength=counts.size) if ids.size else np.zeros(counts.size, np.int64)
+        if chunk.size > counts.size:
+            counts = np.concatenate([counts, np.zeros(chunk.size - counts.size, np.int64)])
+        counts += chunk
+    vocab = np.flatnonzero(counts)
+    return vocab.astype(np.int32), counts[vocab]
 
-    def __init__(self, **finish_kwargs: Any):
-        self._kwargs = finish_kwargs
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="routelens-finish")
-        self._futures: list[Future] = []
 
-    def submit(self, totals: L.LayerCounts, on_done=None) -> None:
-        future = self._pool.submit(L.finish_layer, totals, **self._kwargs)
-        if on_done is not None:
-            future.add_done_callback(on_done)
-        self._futures.append(future)
+@dataclass
+class _LayerJob:
+    """One layer to analyse (sent to a worker process: the trace goes by path, lookups are small)."""
 
-    def results(self) -> list[L.LayerResult]:
-        """The finished layers, in submission order (re-raises a layer's error)."""
-        return [f.result() for f in self._futures]
+    trace: Any
+    layer: int
+    num_experts: int
+    next_layer: int | None
+    num_experts_next: int | None
+    half: int
+    col_of_id: np.ndarray  # [max id + 1] frequent-token column of each token id
+    cls_of_id: np.ndarray | None  # [max id + 1] token class of each id, or None
+    num_token_cols: int
+    finish: dict[str, Any]  # finish_layer's keyword arguments
 
-    def close(self) -> None:
-        for f in self._futures:
-            f.cancel()
-        self._pool.shutdown(wait=True)
+
+def analyze_layer(job: _LayerJob) -> L.LayerResult:
+    """Count one layer shard by shard and finish its metrics (a job of :func:`analyze_trace`)."""
+    trace = as_trace(job.trace)
+    j, nxt = job.layer, job.next_layer
+    acc = L.LayerAccumulator(job.num_experts, workers=min(thread_budget(), 8))
+    # imported runs hold no routing weights (uniform 1/k placeholders): no weight mass then
+    streams = [trace.iter_chunks(j, "topk_ids"),
+               trace.iter_chunks(j, "topk_weights") if trace.has_weights else _none_pairs(),
+               trace.iter_chunks(nxt, "topk_ids") if nxt is not None else _nones(),
+               trace.iter_chunks(j, "router_logits") if trace.has_logits else _nones(),
+               trace.iter_token_chunks("token_ids")]
+    for (start, ids), (_, weights), nxt_chunk, logit_chunk, (_, token_ids) in zip(*streams):
+        try:
+            acc.add(
+                ids, topk_weights=weights,
+                next_ids=None if nxt_chunk is None else nxt_chunk[1],
+                num_experts_next=job.num_experts_next,
+                router_logits=None if logit_chunk is None else logit_chunk[1],
+                token_classes=None if job.cls_of_id is None else job.cls_of_id[token_ids],
+                token_cols=job.col_of_id[token_ids], num_token_cols=job.num_token_cols,
+                start=start, half=job.half,
+            )
+        except InputError as exc:
+            raise TraceError(f"layer {j} ({trace.layers[j]}): {exc}") from None
+    return L.finish_layer(acc.total(), **job.finish)
 
 
 def _nones():
@@ -231,9 +255,3 @@ def _nones():
 def _none_pairs():
     while True:
         yield None, None
-
-
-def _bar(enabled: bool, total: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="analysing layers", unit="layer", disable=not enabled, leave=False)

@@ -3,20 +3,28 @@
 Routing drifts with the text, so a plan is judged on tokens it was not fitted on: by default the
 trace's tokens after the plan's fit range. Every plan (the one under test and each baseline,
 fitted on the same fit tokens) is scored on the same held-out tokens with the same cost model.
+
+Scoring is one job per layer (:func:`routelens.parallel.run_jobs`): a job reads its layer's
+scored tokens once and scores every plan on them, so memory holds one layer per worker, never
+the whole trace.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import InputError, PlanError
+from ..parallel import resolve_workers, run_jobs, shared_path
 from ..plan import Plan
+from ..trace import as_trace
 from .cost import CostModel, score_table
 from .methods import REFERENCE
 from .place import METRIC_KEYS, mean_metrics
+
+MAX_RANGES = 64  # a token selection of more contiguous runs than this is read as whole layers, then indexed
 
 COLUMNS = (
     ("gpus_per_token", "GPUs/token", "{:.2f}"),
@@ -51,18 +59,15 @@ def score_plan(plan: Plan, trace, token_index: np.ndarray, cost: CostModel, laye
     """Metrics of ``plan`` on the trace tokens ``token_index``: ``{"mean": ..., "layers": {...}}``.
 
     Tokens start evenly over the GPUs (:func:`~routelens.placement.cost.token_source_gpu`).
+    ``topk_cache`` (layer → ``[n, k]`` ids of those tokens) is filled and reused when given.
     """
-    plan.check_trace(trace)
-    if plan.num_gpus != cost.topology.num_gpus:
-        raise PlanError(f"plan is for {plan.num_gpus} GPUs, the cost model's cluster has {cost.topology.num_gpus}")
-    if token_index.size == 0:
-        raise InputError("no tokens to score the plan on")
+    _check_plans({"plan": plan}, trace, token_index, cost)
     per_layer = {}
     for layer in layers or plan.layers:
         if topk_cache is not None and layer in topk_cache:
             ids = topk_cache[layer]
         else:
-            ids = np.asarray(trace.topk_ids(layer), dtype=np.int64)[token_index]
+            ids = read_rows(trace, layer, token_selection(token_index))
             if topk_cache is not None:
                 topk_cache[layer] = ids
         per_layer[layer] = score_table(ids, plan.gpu_experts[layer], cost, plan.replica_policy)
@@ -70,13 +75,75 @@ def score_plan(plan: Plan, trace, token_index: np.ndarray, cost: CostModel, laye
 
 
 def compare_plans(plans: dict[str, Plan], trace, token_index: np.ndarray, cost: CostModel,
-                  progress: bool = True) -> dict[str, dict[str, Any]]:
-    """:func:`score_plan` of every plan on the same tokens: ``name → {"mean", "layers"}``."""
-    cache: dict[str, np.ndarray] = {}
+                  progress: bool = True, workers: int | None = 1) -> dict[str, dict[str, Any]]:
+    """:func:`score_plan` of every plan on the same tokens: ``name → {"mean", "layers"}``.
+
+    One job per layer scores every plan on that layer's tokens, read once (``workers`` processes:
+    None or 0 = every core, 1 = this process).
+    """
+    _check_plans(plans, trace, token_index, cost)
+    layers = [layer for layer in trace.layers if any(layer in plan.gpu_experts for plan in plans.values())]
+    selection = token_selection(token_index)
+    scored = int(np.asarray(token_index).size)
+    count = resolve_workers(workers, len(layers), bytes_per_job=scored * (48 * trace.top_k + 2 * cost.topology.num_gpus),
+                            tokens_per_job=scored)
+    jobs = [_ScoreJob(trace=trace if count == 1 else shared_path(trace.path), layer=layer, selection=selection,
+                      tables={name: (plan.gpu_experts[layer], plan.replica_policy) for name, plan in plans.items()
+                              if layer in plan.gpu_experts}, cost=cost) for layer in layers]
+    scored = run_jobs(score_layer, jobs, count, progress=progress, desc="score plans")
     results = {}
-    for name, plan in tqdm(plans.items(), desc="score plans", unit="plan", disable=not progress):
-        results[name] = score_plan(plan, trace, token_index, cost, topk_cache=cache)
+    for name, plan in plans.items():
+        per_layer = {layer: metrics[name] for layer, metrics in zip(layers, scored) if name in metrics}
+        results[name] = {"mean": mean_metrics(per_layer), "layers": per_layer}
     return results
+
+
+@dataclass
+class _ScoreJob:
+    """One layer's tables of every plan, to score on the selected tokens (the trace goes by path)."""
+
+    trace: Any
+    layer: str
+    selection: Any  # list of (start, end) runs, or a [n] token index
+    tables: dict[str, tuple[np.ndarray, str]]  # plan name -> ([G, S] table, replica policy)
+    cost: CostModel
+
+
+def score_layer(job: _ScoreJob) -> dict[str, dict[str, Any]]:
+    """``plan name → metrics`` of one layer on the job's tokens (read once for all plans)."""
+    ids = read_rows(as_trace(job.trace), job.layer, job.selection)
+    return {name: score_table(ids, table, job.cost, policy) for name, (table, policy) in job.tables.items()}
+
+
+def token_selection(token_index: np.ndarray):
+    """``token_index`` as its contiguous runs ``[(start, end), ...]`` when there are few, else itself."""
+    index = np.asarray(token_index, dtype=np.int64)
+    if index.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    if breaks.size >= MAX_RANGES:
+        return index
+    starts, ends = np.r_[0, breaks], np.r_[breaks, index.size]
+    return [(int(index[a]), int(index[b - 1]) + 1) for a, b in zip(starts, ends)]
+
+
+def read_rows(trace, layer: str, selection) -> np.ndarray:
+    """``[n, k]`` int64 expert ids of ``layer`` at the selected tokens (runs or an index), in selection order."""
+    if isinstance(selection, list):
+        parts = [trace.layer_range(layer, start, end) for start, end in selection]
+        ids = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros((0, trace.top_k), np.int16)
+    else:
+        ids = trace.topk_ids(layer)[selection]
+    return ids.astype(np.int64)
+
+
+def _check_plans(plans: dict[str, Plan], trace, token_index: np.ndarray, cost: CostModel) -> None:
+    for plan in plans.values():
+        plan.check_trace(trace)
+        if plan.num_gpus != cost.topology.num_gpus:
+            raise PlanError(f"plan is for {plan.num_gpus} GPUs, the cost model's cluster has {cost.topology.num_gpus}")
+    if np.asarray(token_index).size == 0:
+        raise InputError("no tokens to score the plan on")
 
 
 def ratios(results: dict[str, dict[str, Any]], baseline: str = REFERENCE) -> dict[str, dict[str, float]]:

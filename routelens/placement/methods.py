@@ -29,13 +29,13 @@ import numpy as np
 from ..errors import InputError
 from ..graphs import load_counts
 from .baselines import contiguous_table, eplb_table, greedy_table, random_table
+from .hypergraph import KAHYPAR_MAX_TOKENS
 
 if TYPE_CHECKING:
     from .cost import CostModel
     from .place import PlaceSettings
 
 REFERENCE = "contiguous"  # the layout every plan is compared with (what an engine does without a plan)
-KAHYPAR_MAX_TOKENS = 16384  # Mt-KaHyPar's deterministic preset takes seconds per layer beyond this
 
 
 @dataclass(frozen=True)

@@ -254,9 +254,12 @@ def seed_table(name: str, problem: _Problem, seed: int) -> np.ndarray:
         table, _, _ = local_search(state, problem.objective, refresh=problem.refresh if problem.replicated else None)
         return table
     if name == "kahypar":
-        from .hypergraph import kahypar_table
+        from .hypergraph import KAHYPAR_MAX_TOKENS, kahypar_table
 
-        return kahypar_table(problem.ids, problem.num_experts, problem.num_gpus,
+        # the partition only starts the search: the same token cap as the kahypar baseline keeps it to a
+        # few seconds a layer (the search itself then scores every fit token)
+        ids = problem.ids[subsample_tokens(problem.ids.shape[0], KAHYPAR_MAX_TOKENS, seed)]
+        return kahypar_table(ids, problem.num_experts, problem.num_gpus,
                              problem.num_gpus * problem.slots - problem.num_experts, weights="load", seed=seed)
     raise InputError(f"unknown optimizer seed '{name}' (known: {', '.join(SEEDS)})")
 

@@ -5,19 +5,27 @@ contiguous part of the trace, snapped to sequence boundaries), scores it there, 
 :class:`~routelens.plan.Plan` that records the method, the cluster, the cost model, the fit tokens
 and the metrics at creation. ``routelens place`` and ``routelens plan-eval`` are thin shells over
 this module and :mod:`.evaluate`.
+
+Layers are independent: each is one job (:func:`routelens.parallel.run_jobs`) that reads its own
+fit tokens from the trace, so ``workers`` processes place ``workers`` layers at a time and the plan
+is the same as a serial one for the same seed. A time budget is shared out per layer: each layer
+gets ``budget × workers / layers`` seconds, and no layer runs past the whole budget.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..graphs import load_counts
+from ..parallel import resolve_workers, run_jobs, shared_path
 from ..plan import Plan
+from ..trace import as_trace
 from .baselines import slots_per_gpu
 from .cost import CostModel, score_table
 from .methods import LayerFit, baseline_names, get_method, load_only_names, method_names
@@ -125,7 +133,7 @@ def load_metrics(table: np.ndarray, load: np.ndarray) -> dict[str, float]:
 
 
 def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] | None = None,
-          layers: list[str] | None = None, progress: bool = True) -> Plan:
+          layers: list[str] | None = None, progress: bool = True, workers: int | None = 1) -> Plan:
     """Fit a plan for ``trace`` on its tokens ``fit = (start, end)`` (default: all).
 
     Args:
@@ -133,6 +141,7 @@ def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] 
         cost: cluster (its topology fixes ``G`` and nodes) and token/expert sizes.
         settings: method and its options.
         layers: MoE layers to place (default: all of the trace's).
+        workers: processes placing layers at once (None or 0: every core; 1: this process).
 
     Returns:
         A validated :class:`~routelens.plan.Plan`; ``plan.meta["metrics"]`` holds the metrics on
@@ -143,54 +152,156 @@ def place(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int] 
         InputError: bad settings; TraceError: a co-activation method on a counts-only run.
     """
     settings.check()
-    if trace.counts_only and settings.method not in load_only_names():
-        trace.require_tokens(f"place --method {settings.method} (co-activation)")
-    num_experts, num_gpus = int(trace.num_experts), cost.topology.num_gpus
-    slots_per_gpu(num_experts, num_gpus, settings.redundant)  # fail before reading anything
-    start, end = fit if fit is not None else (0, int(trace.num_tokens))
-    layers = list(trace.layers) if layers is None else list(layers)
-    tables: dict[str, np.ndarray] = {}
-    per_layer: dict[str, dict[str, Any]] = {}
-    info: dict[str, Any] = {}
+    _require_routing(trace, (settings.method,))
+    start, end, layers = _fit_setup(trace, cost, settings.redundant, fit, layers)
+    count = _worker_count(trace, workers, layers, end - start, cost)
+    deadline_wall = allowance = None
+    if settings.time_budget_s is not None:
+        deadline_wall = time.time() + settings.time_budget_s
+        allowance = settings.time_budget_s * count / len(layers)
     started = time.perf_counter()
-    bar = tqdm(layers, desc=f"place ({settings.method})", unit="layer", disable=not progress)
-    for n, layer in enumerate(bar):
-        if trace.counts_only:
-            load = trace.expert_counts(layer)
-            tables[layer], _ = get_method(settings.method).build(LayerFit(num_experts, load=load), cost, settings, None)
-            per_layer[layer] = load_metrics(tables[layer], load)
-            continue
-        ids = np.asarray(trace.topk_ids(layer)[start:end], dtype=np.int64)
-        deadline = None
-        if settings.time_budget_s is not None:
-            left = settings.time_budget_s - (time.perf_counter() - started)
-            deadline = time.perf_counter() + max(0.0, left) / (len(layers) - n)
-        table, layer_info = layer_table(settings.method, ids, num_experts, cost, settings, deadline)
-        tables[layer] = table
-        per_layer[layer] = {k: v for k, v in score_table(ids, table, cost, settings.replica_policy).items()}
+    jobs = [_LayerJob(trace=trace if count == 1 else shared_path(trace.path), layer=layer, fit=(start, end),
+                      methods=(settings.method,), settings=settings, cost=cost, num_experts=int(trace.num_experts),
+                      score=True, deadline_wall=deadline_wall, allowance_s=allowance) for layer in layers]
+    results = run_jobs(place_layer, jobs, count, progress=progress, desc=f"place ({settings.method})")
+    tables, per_layer, info = {}, {}, {}
+    for layer, result in zip(layers, results):
+        table, metrics, layer_info = result[settings.method]
+        tables[layer], per_layer[layer] = table, metrics
         if layer_info:
             info[layer] = layer_info
-    seconds = time.perf_counter() - started
-    config = dict(trace.config)
-    meta = {
-        "seed": settings.seed,
-        "topology": cost.topology.to_json(),
-        "cost_model": cost.to_json(),
-        "trace": {"path": str(trace.path), "fingerprint": trace.fingerprint(), "num_tokens": int(trace.num_tokens),
-                  "fit_tokens": [int(start), int(end)]},
-        "model": {"id": trace.model_id, "family": trace.family, "num_layers": config.get("num_layers"),
-                  "hidden_size": config.get("hidden_size"), "num_experts": num_experts, "top_k": int(trace.top_k)},
-        "metrics": {"on": "recorded expert counts" if trace.counts_only else "fit tokens",
-                    "mean": mean_metrics(per_layer), "layers": per_layer},
-        "seconds": round(seconds, 3),
-    }
+    meta = _plan_meta(trace, cost, settings, (start, end), time.perf_counter() - started)
+    meta["metrics"] = {"on": "recorded expert counts" if trace.counts_only else "fit tokens",
+                       "mean": mean_metrics(per_layer), "layers": per_layer}
     if info:
+        num_experts = int(trace.num_experts)
         meta["optimizer"] = {"objective": settings.objective, "seeds": list(settings.seeds or default_seeds(num_experts)),
                              "max_fit_tokens": settings.max_fit_tokens,
                              "kicks": settings.kicks if settings.kicks is not None else default_kicks(num_experts),
                              "time_budget_s": settings.time_budget_s, "layers": info}
-    return Plan(gpu_experts=tables, num_experts=num_experts, num_nodes=cost.topology.num_nodes,
+    return Plan(gpu_experts=tables, num_experts=int(trace.num_experts), num_nodes=cost.topology.num_nodes,
                 replica_policy=settings.replica_policy, method=settings.method, meta=meta)
+
+
+def fit_baselines(trace, cost: CostModel, methods: list[str], settings: PlaceSettings,
+                  fit: tuple[int, int] | None = None, layers: list[str] | None = None, progress: bool = False,
+                  workers: int | None = 1) -> dict[str, Plan]:
+    """Plans of several methods fitted on the same tokens, each layer's tokens read once for all of them.
+
+    What ``plan-eval`` compares a plan with: like ``place(trace, cost, replace(settings,
+    method=m))`` for each ``m`` of ``methods`` (same tables), without the metrics on the fit tokens.
+
+    Returns:
+        ``method → Plan``, in the order of ``methods``.
+    """
+    for method in methods:
+        dataclasses.replace(settings, method=method).check()
+    _require_routing(trace, methods)
+    start, end, layers = _fit_setup(trace, cost, settings.redundant, fit, layers)
+    count = _worker_count(trace, workers, layers, end - start, cost)
+    started = time.perf_counter()
+    jobs = [_LayerJob(trace=trace if count == 1 else shared_path(trace.path), layer=layer, fit=(start, end),
+                      methods=tuple(methods), settings=settings, cost=cost, num_experts=int(trace.num_experts),
+                      score=False, deadline_wall=None, allowance_s=None) for layer in layers]
+    results = run_jobs(place_layer, jobs, count, progress=progress, desc="fit baselines")
+    seconds = time.perf_counter() - started
+    plans = {}
+    for method in methods:
+        chosen = dataclasses.replace(settings, method=method)
+        plans[method] = Plan(gpu_experts={layer: result[method][0] for layer, result in zip(layers, results)},
+                             num_experts=int(trace.num_experts), num_nodes=cost.topology.num_nodes,
+                             replica_policy=settings.replica_policy, method=method,
+                             meta=_plan_meta(trace, cost, chosen, (start, end), seconds))
+    return plans
+
+
+@dataclass
+class _LayerJob:
+    """One layer to place with one or more methods (sent to a worker process: the trace goes by path)."""
+
+    trace: Any
+    layer: str
+    fit: tuple[int, int]
+    methods: tuple[str, ...]
+    settings: PlaceSettings
+    cost: CostModel
+    num_experts: int
+    score: bool
+    deadline_wall: float | None  # time.time() by which every layer must be done (the whole budget)
+    allowance_s: float | None  # this layer's share of the budget
+
+
+def place_layer(job: _LayerJob) -> dict[str, tuple[np.ndarray, dict[str, Any] | None, dict[str, Any]]]:
+    """``method → (table [G, S], metrics on the fit tokens or None, method info)`` of one layer.
+
+    The layer is placed by each method's registered ``build`` (:func:`~.methods.get_method`) from a
+    :class:`~.methods.LayerFit`: the fit tokens' experts (read by range, checked like every read), or
+    for a counts-only run the layer's recorded expert counts (scored by :func:`load_metrics` alone).
+    """
+    trace = as_trace(job.trace)
+    if trace.counts_only:
+        ids = None
+        layer = LayerFit(job.num_experts, load=trace.expert_counts(job.layer))
+    else:
+        ids = trace.layer_range(job.layer, *job.fit).astype(np.int64)
+        # the load is counted once for every load-based method of the job
+        layer = LayerFit(job.num_experts, topk_ids=ids, load=load_counts(ids, job.num_experts))
+    deadline = None
+    if job.allowance_s is not None:
+        left = min(job.allowance_s, job.deadline_wall - time.time())
+        deadline = time.perf_counter() + max(0.0, left)
+    out = {}
+    for method in job.methods:
+        settings = dataclasses.replace(job.settings, method=method)
+        table, info = get_method(method).build(layer, job.cost, settings, deadline)
+        metrics = None
+        if job.score:
+            metrics = (load_metrics(table, layer.expert_load()) if ids is None
+                       else score_table(ids, table, job.cost, settings.replica_policy))
+        out[method] = (table, metrics, info)
+    return out
+
+
+def _require_routing(trace, methods) -> None:
+    """Refuse, in one line, a co-activation method on a counts-only run (before any layer is read)."""
+    for method in methods:
+        if trace.counts_only and method not in load_only_names():
+            trace.require_tokens(f"place --method {method} (co-activation)")
+
+
+def _worker_count(trace, workers: int | None, layers: list[str], fit_tokens: int, cost: CostModel) -> int:
+    """Processes for the layer jobs; a counts-only run's jobs (a few numbers each) stay in this process
+    unless ``workers`` asks for more."""
+    if trace.counts_only:
+        return resolve_workers(workers, len(layers), tokens_per_job=0)
+    return resolve_workers(workers, len(layers), bytes_per_job=_job_bytes(fit_tokens, trace.top_k, cost),
+                           tokens_per_job=fit_tokens)
+
+
+def _fit_setup(trace, cost: CostModel, redundant: int, fit, layers) -> tuple[int, int, list[str]]:
+    slots_per_gpu(int(trace.num_experts), cost.topology.num_gpus, redundant)  # fail before reading anything
+    start, end = fit if fit is not None else (0, int(trace.num_tokens))
+    return int(start), int(end), list(trace.layers) if layers is None else list(layers)
+
+
+def _job_bytes(num_tokens: int, top_k: int, cost: CostModel) -> int:
+    """Rough peak bytes of one layer job: int64 ids and destinations, masks and ``[T, G]`` presence tables."""
+    return int(num_tokens) * (48 * int(top_k) + 2 * cost.topology.num_gpus) + (64 << 20)
+
+
+def _plan_meta(trace, cost: CostModel, settings: PlaceSettings, fit: tuple[int, int], seconds: float) -> dict[str, Any]:
+    config = dict(trace.config)
+    return {
+        "seed": settings.seed,
+        "topology": cost.topology.to_json(),
+        "cost_model": cost.to_json(),
+        "trace": {"path": str(trace.path), "fingerprint": trace.fingerprint(), "num_tokens": int(trace.num_tokens),
+                  "fit_tokens": [int(fit[0]), int(fit[1])]},
+        "model": {"id": trace.model_id, "family": trace.family, "num_layers": config.get("num_layers"),
+                  "hidden_size": config.get("hidden_size"), "num_experts": int(trace.num_experts),
+                  "top_k": int(trace.top_k)},
+        "seconds": round(seconds, 3),
+    }
 
 
 def mean_metrics(per_layer: dict[str, dict[str, Any]]) -> dict[str, float]:

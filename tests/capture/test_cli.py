@@ -44,6 +44,8 @@ def test_capture_then_info_reports_the_trace(checkpoint, tmp_path, capsys):
     trace = Trace.open(out)
     assert trace.num_tokens == 15 * 64 and trace.has_logits and trace.top_k == 2 and trace.num_experts == 8
     assert f"captured {trace.num_tokens:,} tokens" in capsys.readouterr().out
+    stats = trace.manifest["stats"]
+    assert stats["load_s"] > 0 and stats["text_wait_s"] >= 0  # the text was packed while the weights loaded
 
     assert main(["info", str(out)]) == 0
     text_out = capsys.readouterr().out
@@ -86,3 +88,16 @@ def test_capture_without_a_model_uses_the_bundled_demo(tmp_path, capsys):
     assert trace.family == "qwen3_moe" and trace.num_tokens == 512
     assert trace.manifest["settings"]["text"] == "bundled:train.txt"
     assert trace.num_experts == trace.config["num_experts"] and trace.top_k == trace.config["top_k"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-memory", "0=plenty"], "is not a number with a unit"),
+    (["--max-memory", "cpu=1GiB"], "--max-memory limits a --device-map"),
+])
+def test_bad_max_memory_is_a_one_line_error_and_writes_nothing(checkpoint, tmp_path, capsys, extra, message):
+    model, text = checkpoint
+    out = tmp_path / "run"
+    assert main(["capture", str(model), "--text", str(text), "--out", str(out), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (out / "manifest.json").exists()

@@ -105,3 +105,37 @@ def test_dataset_from_a_local_folder_joins_rows_with_eos(tokenizer, tmp_path):
     assert source.describe() == f"dataset:{folder}" and len(source.sha256) == 64
     with pytest.raises(InputError, match="cannot read dataset"):
         dataset_source(str(folder) + "::nosuchsplit")
+
+
+@pytest.mark.parametrize("batch_chars, batch_documents", [(50, 4096), (1 << 22, 2)])
+def test_batched_tokenization_gives_the_ids_of_one_call_per_document(tokenizer, tmp_path, monkeypatch,
+                                                                    batch_chars, batch_documents):
+    import routelens.capture.text as text_module
+
+    path = tmp_path / "docs.jsonl"
+    docs = [f"document {i}: " + "route tokens to experts " * (i % 5 + 1) for i in range(23)]
+    path.write_text("\n".join(json.dumps({"text": d}) for d in docs) + "\n", encoding="utf-8")
+    expected: list[int] = []
+    for i, doc in enumerate(docs):
+        expected += ([tokenizer.eos_token_id] if i else []) + tokenizer(doc, add_special_tokens=False)["input_ids"]
+    whole = pack_windows(file_source(path), tokenizer, seq_len=8)
+    monkeypatch.setattr(text_module, "BATCH_CHARS", batch_chars)
+    monkeypatch.setattr(text_module, "BATCH_DOCUMENTS", batch_documents)
+    batched = pack_windows(file_source(path), tokenizer, seq_len=8)
+    assert np.array_equal(batched.token_ids.reshape(-1), np.asarray(expected)[: batched.num_tokens])
+    assert batched.tokens_sha256 == whole.tokens_sha256
+    short = pack_windows(file_source(path), tokenizer, seq_len=8, max_tokens=40)
+    assert np.array_equal(short.token_ids.reshape(-1), np.asarray(expected)[:40])
+
+
+def test_packing_stops_when_asked(tokenizer, tmp_path):
+    import threading
+
+    from routelens.capture.text import PackingStopped
+
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(PackingStopped):
+        pack_windows(file_source(path), tokenizer, seq_len=16, stop=stop)

@@ -10,7 +10,7 @@ import pytest
 
 from routelens.cli import build_parser, main
 from routelens.commands import finetune, reroute_eval
-from routelens.commands._args import DeprecatedAlias, layer_selection, positive_int
+from routelens.commands._args import DeprecatedAlias, layer_selection, non_negative_int, positive_int
 from routelens.reroute.registry import policy_names
 
 
@@ -77,6 +77,7 @@ CONVENTIONS = {
     "model": ("--model", lambda a: a.metavar == "MODEL"),
     "how much text": ("--max-tokens", lambda a: a.type is positive_int),
     "fit share": ("--fit-fraction", lambda a: a.type is float),
+    "worker processes": ("--workers", lambda a: a.type is non_negative_int and a.default == 0 and a.metavar == "N"),
 }
 
 # Commands that write a result of their own take --out; those that only read or report do not.

@@ -159,3 +159,20 @@ def test_parse_layers():
         parse_layers("a-b", 8)
     with pytest.raises(InputError, match="empty"):
         parse_layers("5-2", 8)
+
+
+def test_layers_analysed_on_two_processes_equal_the_one_process_analysis(synthetic_trace):
+    from routelens.graphs.pipeline import vocabulary_counts
+
+    serial = analyze_trace(synthetic_trace, progress=False, workers=1)
+    pooled = analyze_trace(synthetic_trace, "1-3", progress=False, workers=2)
+    assert pooled.layers == [1, 2, 3]
+    part = serial.select([1, 2, 3])
+    for name in ("coactivation", "transitions", "load_tokens", "load_weight"):
+        assert np.array_equal(getattr(pooled, name), getattr(part, name)), name
+    for name, values in part.scores.items():
+        assert np.array_equal(pooled.scores[name], values, equal_nan=values.dtype.kind == "f"), name
+    assert pooled.layer_summaries == part.layer_summaries
+    vocab, counts = vocabulary_counts(synthetic_trace)
+    expected = np.unique(synthetic_trace.token_ids, return_counts=True)
+    assert np.array_equal(vocab, expected[0]) and np.array_equal(counts, expected[1])
