@@ -62,6 +62,7 @@ from ..errors import InputError
 from ..graphs import load_counts
 from .baselines import eplb_table, greedy_table, replica_counts, slots_per_gpu
 from .cost import CostModel, estimate_time, placement_objective, traffic_from_hits
+from .objectives import DEFAULT_OBJECTIVE, get_objective
 from .replica_search import add_replicas
 from .replicas import fill_slots
 from .search import SwapState, local_search
@@ -69,8 +70,6 @@ from .traffic import assign_replicas, token_source_gpu
 
 DEFAULT_SEEDS = ("coact", "lpt")
 SEEDS = ("coact", "lpt", "mincut", "kahypar")
-OBJECTIVES = ("layer", "a2a")
-DEFAULT_OBJECTIVE = "layer"  # dispatch + busiest GPU's expert compute + combine: what the layer waits for
 KAHYPAR_SEED_MAX_EXPERTS = 128  # above this the Mt-KaHyPar start costs more than the whole search
 VALIDATION_FRACTION = 0.25  # last part of the fit tokens that picks among the seeds
 MIN_VALIDATION_TOKENS = 512  # fewer validation tokens than this: no selection, the first seed is searched
@@ -293,10 +292,7 @@ def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: 
     started = time.perf_counter()
     if cost.topology.num_gpus != num_gpus:
         raise InputError(f"the cost model's topology has {cost.topology.num_gpus} GPUs, the placement {num_gpus}")
-    if objective not in OBJECTIVES:
-        raise InputError(f"unknown objective '{objective}' (known: {', '.join(OBJECTIVES)})")
-    if objective == "a2a":
-        cost = dataclasses.replace(cost, expert_flops_per_token=0.0)
+    cost = get_objective(objective).cost_model(cost)  # raises for an unknown name
     ids = np.asarray(topk_ids, dtype=np.int64)
     ids = ids[subsample_tokens(ids.shape[0], max_fit_tokens, seed)]
     seeds = tuple(seeds) if seeds else default_seeds(num_experts)
