@@ -49,6 +49,7 @@ import numpy as np
 from routelens.placement.cost import CostModel
 from routelens.placement.evaluate import compare_plans
 from routelens.placement.hypergraph import mtkahypar_available
+from routelens.placement.methods import baseline_names
 from routelens.placement.optimizer import optimize_layer
 from routelens.placement.place import PlaceSettings, fit_token_range, place
 from routelens.placement.topology import make_topology
@@ -64,8 +65,8 @@ METRICS = (("busiest_gpu_recv", "recv"), ("a2a_us", "a2a_us"), ("layer_us", "lay
 
 
 def baselines() -> list[str]:
-    names = ["contiguous", "random", "greedy", "eplb"]
-    return names + (["kahypar", "kahypar-load"] if mtkahypar_available() else [])
+    """Every registered baseline whose dependency is installed (the Mt-KaHyPar ones when ``mtkahypar`` is)."""
+    return list(baseline_names(available_only=True))
 
 
 # ---------------------------------------------------------------------------- traces
