@@ -294,22 +294,22 @@ def plan_vs_baselines(run_path: str, trace_key: tuple, plan_path: str, plan_key:
                       baselines: tuple[str, ...] | None = None) -> dict[str, Any]:
     """``routelens plan-eval``: the plan and each baseline (fitted on the plan's fit tokens), scored on held-out tokens.
 
-    ``baselines`` default: the registered baselines that need no optional dependency (the quick ones).
+    ``baselines`` default: every registered baseline whose optional dependency is installed (the Mt-KaHyPar
+    ones, the strongest, when ``mtkahypar`` is), as ``routelens plan-eval`` does.
 
     Returns ``{"results": name → {"mean", "layers"}, "note": which tokens, "label": the plan's row name}``.
     """
-    from routelens.placement import PlaceSettings, baseline_names, compare_plans, eval_token_index, place
+    from routelens.placement import PlaceSettings, baseline_names, compare_plans, eval_token_index, fit_baselines
 
     trace = open_trace(run_path)
-    baselines = baseline_names(core_only=True) if baselines is None else baselines
+    baselines = baseline_names(available_only=True) if baselines is None else baselines
     chosen = plan(plan_path, plan_key)
     chosen.check_trace(trace)
     cost = _plan_cost(chosen, trace)
     held, note = eval_token_index(trace, chosen)
     fit = _fit_range(chosen, trace)
-    plans = {name: place(trace, cost, PlaceSettings(method=name, redundant=chosen.num_redundant,
-                                                    replica_policy=chosen.replica_policy), fit=fit, progress=False)
-             for name in baselines}
+    settings = PlaceSettings(redundant=chosen.num_redundant, replica_policy=chosen.replica_policy)
+    plans = fit_baselines(trace, cost, list(baselines), settings, fit=fit, layers=chosen.layers) if baselines else {}
     label = f"this plan ({chosen.method})"
     plans[label] = chosen
     return {"results": compare_plans(plans, trace, held, cost, progress=False), "note": note, "label": label}

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from routelens.formats import PLAN
+from routelens.placement.evaluate import VERSUS_BEST, versus_best
 from routelens.placement.export import EXPORT_FORMATS
 from routelens.placement.methods import get_method, method_names
 
@@ -36,6 +37,18 @@ def metrics_table(results: dict, label: str) -> pd.DataFrame:
                      "est. layer µs": mean.get("layer_us")})
     frame = pd.DataFrame(rows).set_index("plan").round(3)
     return frame.loc[[label] + [n for n in frame.index if n != label]]
+
+
+def show_versus_best(results: dict, label: str) -> None:
+    """One metric per number a plan is judged by: the plan's value, and its change against the best baseline on it."""
+    rows = versus_best(results, label)
+    cols = st.columns(len(VERSUS_BEST))
+    for col, (key, title, fmt, unit) in zip(cols, VERSUS_BEST):
+        if key in rows:
+            row = rows[key]
+            col.metric(f"{title} ({unit})", fmt.format(row["plan"]), f"{100 * row['change']:+.1f}% vs {row['best_baseline']}",
+                       delta_color="inverse", help=f"best baseline on this number: {row['best_baseline']} "
+                       f"{fmt.format(row['best'])} {unit}")
 
 
 def layer_loads() -> np.ndarray:
@@ -92,6 +105,7 @@ else:
 
     comparison = ui.attempt(data.plan_vs_baselines, info.path, trace_key, plan_path, plan_key, what="plan evaluation")
     if comparison is not None:
+        show_versus_best(comparison["results"], comparison["label"])
         st.plotly_chart(systems_charts.plan_metric_ratios(comparison["results"], comparison["label"]), width="stretch")
         st.caption(f"Scored on {comparison['note']} with the cost model stored in the plan; every baseline was "
                    "fitted on the same tokens as the plan. Same numbers as `routelens plan-eval`.")

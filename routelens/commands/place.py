@@ -16,6 +16,13 @@ def method_help() -> str:
     return "; ".join(f"{name}: {get_method(name).summary}" for name in method_names())
 
 
+def objective_help() -> str:
+    """``--objective``'s help: every registered objective and what it estimates."""
+    from ..placement.objectives import get_objective, objective_names
+
+    return "; ".join(f"{name}: {get_objective(name).summary}" for name in objective_names())
+
+
 FORMAT_CHOICES = ("json", "sglang", "sglang-counts", "vllm-ascend", "vllm")
 FORMAT_HELP = ("json: routelens plan; sglang: {\"physical_to_logical_map\"} for sglang --init-expert-location (.pt or "
                ".json); sglang-counts: the trace's expert counts ({\"logical_count\"}), from which SGLang places the "
@@ -68,6 +75,8 @@ def cost_from_args(args, trace, topology):
 
 
 def add_parser(subparsers) -> None:
+    from ..placement.objectives import DEFAULT_OBJECTIVE, objective_names
+
     parser = subparsers.add_parser(
         "place",
         help="fit an expert placement plan (which GPU holds which experts and replicas) on a trace",
@@ -110,9 +119,12 @@ def add_parser(subparsers) -> None:
                         "kahypar,coact,lpt when mtkahypar is installed and E <= 128, else coact,lpt); with several, "
                         "the one that holds up best on the last quarter of the fit tokens wins")
     add_deprecated_alias(parser, "--seeds", "--starts")
-    parser.add_argument("--objective", choices=("a2a", "layer"), default="a2a",
-                        help="optimizer: a2a minimises the estimated dispatch + combine bottleneck (default); layer "
-                        "adds the busiest GPU's expert compute")
+    parser.add_argument("--objective", choices=objective_names(), default=DEFAULT_OBJECTIVE,
+                        help=f"what the optimizer minimises (default {DEFAULT_OBJECTIVE}): " + objective_help())
+    parser.add_argument("--compare", action="store_true",
+                        help="also fit every baseline (Mt-KaHyPar ones when installed) on the same fit tokens and "
+                        "print their numbers next to the plan's (in-sample for all; plan-eval compares on held-out "
+                        "tokens). Costs the baselines' fit time (Mt-KaHyPar: seconds per layer)")
     parser.add_argument("--kicks", type=int, default=None, metavar="N",  # PlaceSettings.check() refuses < 0
                         help="optimizer: N restarts of the swap search from the best placement after a few random "
                         "swaps, each kept only if the estimate improves (default 16 when E <= 128, else 0)")
@@ -202,7 +214,10 @@ def run(args) -> int:
         print(f"fit     tokens [{fit[0]}, {fit[1]}) of {trace.num_tokens:,}")
         print(f"metrics (fit tokens, mean over layers): {mean['gpus_per_token']:.2f} GPUs/token, busiest GPU receives "
               f"{mean['busiest_gpu_recv']:.3f} × T/G, compute max/mean {mean['compute_imbalance']:.3f}, "
-              f"est. {mean['a2a_us']:.1f} µs All-to-All per layer")
+              f"est. {mean['a2a_us']:.2f} µs All-to-All + {mean['compute_us']:.2f} µs compute = "
+              f"{mean['layer_us']:.2f} µs per layer")
+        if args.compare:
+            _print_comparison(trace, plan, cost, settings, fit, args.workers)
     for path in written:
         print(f"wrote   {path}")
     if args.format == "sglang":
@@ -216,6 +231,26 @@ def run(args) -> int:
     elif fit[1] < trace.num_tokens:
         print(f"next    routelens plan-eval {args.run[0]} {written[0]}")
     return 0
+
+
+def _print_comparison(trace, plan, cost, settings, fit: tuple[int, int], workers: int | None) -> None:
+    """``--compare``: every available baseline fitted on the plan's fit tokens, all scored there (in-sample)."""
+    import numpy as np
+
+    from ..placement.evaluate import compare_plans, format_comparison, format_versus_best
+    from ..placement.methods import baseline_names
+    from ..placement.place import fit_baselines
+
+    plans = fit_baselines(trace, cost, list(baseline_names(available_only=True)), settings, fit=fit,
+                          layers=plan.layers, workers=workers)
+    label = f"plan ({plan.method})"
+    plans[label] = plan
+    results = compare_plans(plans, trace, np.arange(fit[0], fit[1]), cost, progress=False, workers=workers)
+    print(f"\nfit tokens [{fit[0]}, {fit[1]}), every method fitted and scored on them (in-sample; plan-eval scores "
+          "held-out tokens):")
+    print(format_comparison(results))
+    print(format_versus_best(results, label))
+    print()
 
 
 def _write_counts(trace, fit: tuple[int, int], out: Path, layer_indices: list[int], num_layers: int,

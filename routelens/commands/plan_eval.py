@@ -45,7 +45,8 @@ def run(args) -> int:
 
     from ..errors import InputError
     from ..placement.cost import CostModel
-    from ..placement.evaluate import compare_plans, eval_token_index, format_comparison, ratios
+    from ..placement.evaluate import (compare_plans, eval_token_index, format_comparison, format_versus_best,
+                                      ratios, versus_best)
     from ..placement.methods import baseline_names
     from ..placement.place import PlaceSettings
     from ..placement.workloads import baseline_workloads, fit_workload_baselines
@@ -95,7 +96,8 @@ def run(args) -> int:
     plans[label] = plan
     results = compare_plans(plans, trace, held, cost, progress=not args.no_progress, workers=args.workers)
     report = {"trace": str(trace.path), "plan": str(args.plan), "scored_on": note,
-              "eval_tokens": int(np.asarray(held).size), "results": results, "ratios_to_contiguous": ratios(results)}
+              "eval_tokens": int(np.asarray(held).size), "results": results, "ratios_to_contiguous": ratios(results),
+              "vs_best_baseline": versus_best(results, label)}
     if write_json_output(args.json, report):
         return 0
     topo = cost.topology
@@ -107,13 +109,10 @@ def run(args) -> int:
     print("volumes in units of T/G tokens (the tokens each GPU starts with); mean over layers; (×) = ratio to contiguous")
     print()
     print(format_comparison(results))
-    baseline_recv = {n: r["mean"]["busiest_gpu_recv"] for n, r in results.items() if n != label}
-    if baseline_recv:
-        best = min(baseline_recv, key=baseline_recv.get)
-        mine = results[label]["mean"]["busiest_gpu_recv"]
+    summary = format_versus_best(results, label)
+    if summary:
         print()
-        print(f"busiest-GPU receive: plan {mine:.3f} vs best baseline {best} {baseline_recv[best]:.3f} "
-              f"({100 * (mine / baseline_recv[best] - 1):+.1f}%)")
+        print(summary)
     if args.json:
         print(f"wrote   {args.json}")
     return 0

@@ -22,15 +22,18 @@ from .evaluate import compare_plans, eval_token_index, format_comparison, score_
 from .export import EXPORT_FORMATS, FORMATS, export_plan
 from .methods import LayerFit, PlacementMethod, baseline_names, get_method, load_only_names, method_names
 from .optimizer import optimize_layer
-from .place import BASELINES, METHODS, PlaceSettings, fit_token_range, place
+from .objectives import DEFAULT_OBJECTIVE, Objective, get_objective, objective_names
+from .place import BASELINES, METHODS, PlaceSettings, fit_baselines, fit_token_range, place
+from .replica_search import add_replicas
 from .topology import LINKS, Topology, make_topology
 from .traffic import (POLICIES, REPLICA_POLICIES, ReplicaPolicy, assign_replicas, dispatch_matrix,
                       dispatch_matrix_from_dest, gpus_per_token, hit_matrix, route_tokens, token_source_gpu)
 
 __all__ = [
-    "BASELINES", "EXPORT_FORMATS", "FORMATS", "LINKS", "METHODS", "POLICIES", "REPLICA_POLICIES",
-    "CostModel", "LayerFit", "LayerTraffic", "PlaceSettings", "PlacementMethod", "ReplicaPolicy", "Topology",
-    "baseline_names", "get_method", "load_only_names", "method_names",
+    "BASELINES", "DEFAULT_OBJECTIVE", "EXPORT_FORMATS", "FORMATS", "LINKS", "METHODS", "POLICIES", "REPLICA_POLICIES",
+    "CostModel", "LayerFit", "LayerTraffic", "Objective", "PlaceSettings", "PlacementMethod", "ReplicaPolicy", "Topology",
+    "baseline_names", "get_method", "get_objective", "load_only_names", "method_names", "objective_names",
+    "add_replicas", "fit_baselines",
     "assign_replicas", "compare_plans", "contiguous_plan", "contiguous_table", "dispatch_matrix",
     "dispatch_matrix_from_dest", "eplb_table", "estimate_time", "eval_token_index", "export_plan",
     "fit_token_range", "format_comparison", "gpus_per_token", "greedy_table", "hit_matrix", "layer_metrics",

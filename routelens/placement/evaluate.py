@@ -184,3 +184,46 @@ def format_comparison(results: dict[str, dict[str, Any]], baseline: str = REFERE
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+VERSUS_BEST = (
+    ("busiest_gpu_recv", "busiest-GPU receive", "{:.3f}", "T/G"),
+    ("a2a_us", "est. All-to-All", "{:.2f}", "µs/layer"),
+    ("layer_us", "est. layer time", "{:.2f}", "µs/layer"),
+)
+"""The numbers a plan is judged by against its strongest rival: traffic (receive, All-to-All) and the layer."""
+
+
+def versus_best(results: dict[str, dict[str, Any]], label: str) -> dict[str, dict[str, Any]]:
+    """For each metric of :data:`VERSUS_BEST`: the baseline with the lowest mean, and the plan ``label`` against it.
+
+    Args:
+        results: ``name → {"mean": metrics}`` (:func:`compare_plans`), the plan under ``label`` and the baselines.
+
+    Returns:
+        ``metric → {"plan", "best_baseline", "best", "change"}`` (``change`` = plan / best - 1); empty
+        when there is no baseline.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    rivals = {name: r["mean"] for name, r in results.items() if name != label}
+    for key, _, _, _ in VERSUS_BEST:
+        values = {name: mean[key] for name, mean in rivals.items() if key in mean}
+        if not values or key not in results[label]["mean"]:
+            continue
+        best = min(values, key=values.get)
+        mine = float(results[label]["mean"][key])
+        out[key] = {"plan": mine, "best_baseline": best, "best": float(values[best]),
+                    "change": mine / values[best] - 1 if values[best] else float("nan")}
+    return out
+
+
+def format_versus_best(results: dict[str, dict[str, Any]], label: str) -> str:
+    """Plain-text lines of :func:`versus_best`: one per metric, the plan, the best baseline on it and the change."""
+    rows = versus_best(results, label)
+    lines = []
+    for key, title, fmt, unit in VERSUS_BEST:
+        if key in rows:
+            row = rows[key]
+            lines.append(f"{title:20s} plan {fmt.format(row['plan'])} vs best baseline {row['best_baseline']} "
+                         f"{fmt.format(row['best'])} {unit} ({100 * row['change']:+.1f}%)")
+    return "\n".join(lines)

@@ -179,7 +179,8 @@ def _mtkahypar_available() -> bool:
 
 
 register(PlacementMethod(
-    "routelens", "the optimizer (estimated All-to-All bottleneck; --objective layer adds compute)", _routelens,
+    "routelens", "the optimizer (estimated layer time: dispatch + busiest GPU's compute + combine; replicas "
+    "next to their collaborators)", _routelens,
     needs_coactivation=True, is_baseline=False))
 register(PlacementMethod(
     "contiguous", "experts in id order (the engines' default)",

@@ -1,9 +1,14 @@
-"""The routelens placement optimizer: minimise the estimated All-to-All bottleneck of a layer.
+"""The routelens placement optimizer: minimise the estimated time of a layer.
 
-For one MoE layer with ``E`` experts, ``G`` GPUs of ``S`` slots (``G·S = E + R``, ``R`` redundant):
+For one MoE layer with ``E`` experts, ``G`` GPUs of ``S`` slots (``G·S = E + R``, ``R`` redundant),
+minimise the cost model's estimate on the fit tokens (:func:`~routelens.placement.cost.placement_objective`):
+by default (``objective="layer"``) dispatch + the busiest GPU's expert compute + combine, the time
+the layer waits for; ``objective="a2a"`` leaves the compute straggler out. A small tie-breaker (the
+mean GPU busy time) prefers fewer copies among placements with the same bottlenecks, but no step
+may raise the estimated layer time itself.
 
-1. **Replicas.** The ``R`` extra slots go to the experts with the highest load per replica
-   (EPLB's rule), so hot experts are split before anything is placed.
+1. **Base slots.** The swap search places each expert once, plus the fewest replicas that give every
+   GPU the same number of slots (:func:`base_replicas`; usually none), with EPLB's replica counts.
 2. **Seeds.** Several starting placements, each a ``[G, S]`` table:
 
    - ``"coact"`` — co-activation-aware greedy packing: physical experts from heaviest to
@@ -18,9 +23,8 @@ For one MoE layer with ``E`` experts, ``G`` GPUs of ``S`` slots (``G·S = E + R`
 
 3. **Local search** (:mod:`.search`) from each seed: rounds of swaps of physical experts
    between GPUs, chosen on exact incremental receive/compute tables and kept only when the full
-   cost model's estimate (:func:`~routelens.placement.cost.placement_objective`: dispatch +
-   combine bottleneck — and with ``objective="layer"`` the expert-compute straggler —, send side,
-   topology and replica choice included) improves.
+   cost model's estimate (send side, topology and replica choice included) improves and the
+   estimated layer time does not rise.
 
 4. **Seed selection on a validation block.** Routing drifts along the text, and a search that
    balances the fit tokens perfectly can overfit them. With several seeds, each is searched on the
@@ -32,6 +36,13 @@ For one MoE layer with ``E`` experts, ``G`` GPUs of ``S`` slots (``G·S = E + R`
    gets a few random swaps and is searched again; the result is kept when the cost model's estimate
    on the fit tokens improves (default :data:`DEFAULT_KICKS` when ``E <= 128``, none above, where a
    layer's search is costly and the scale budget matters).
+
+6. **Replicas by the cost model.** The other ``R - base`` redundant slots (a multiple of ``G``) are
+   filled one replica at a time by :func:`~routelens.placement.replica_search.add_replicas`: the
+   ``(expert, GPU)`` that most lowers the estimated layer time, which under ``nearest-then-least-loaded``
+   puts replicas where their tokens already are (next to the experts they are used with). A swap
+   search with the replica policy re-run follows; EPLB's table on the same tokens is the floor
+   (kept instead when its estimated layer time is lower; plans record which, ``replicas``).
 
 Everything is deterministic for a given
 ``seed`` (it draws the fit-token subsample and the kicks); a time budget can cut the search short (then the
@@ -49,19 +60,21 @@ import numpy as np
 
 from ..errors import InputError
 from ..graphs import load_counts
-from .baselines import greedy_table, replica_counts, slots_per_gpu
-from .cost import CostModel, placement_objective, traffic_from_hits
+from .baselines import eplb_table, greedy_table, replica_counts, slots_per_gpu
+from .cost import CostModel, estimate_time, placement_objective, traffic_from_hits
+from .objectives import DEFAULT_OBJECTIVE, get_objective
+from .replica_search import add_replicas
 from .replicas import fill_slots
 from .search import SwapState, local_search
 from .traffic import assign_replicas, token_source_gpu
 
 DEFAULT_SEEDS = ("coact", "lpt")
 SEEDS = ("coact", "lpt", "mincut", "kahypar")
-OBJECTIVES = ("a2a", "layer")
 KAHYPAR_SEED_MAX_EXPERTS = 128  # above this the Mt-KaHyPar start costs more than the whole search
 VALIDATION_FRACTION = 0.25  # last part of the fit tokens that picks among the seeds
 MIN_VALIDATION_TOKENS = 512  # fewer validation tokens than this: no selection, the first seed is searched
 SELECTION_SHARE = 0.6  # of a time budget, spent on trying the seeds
+BASE_SHARE = 0.7  # of a time budget, spent on the base placement when replicas follow
 FANOUT_WEIGHT = 20.0  # mean-volume weight of the "mincut" seed's search: fan-out first, balance later
 MAX_FIT_TOKENS = 32768
 NUM_BATCHES = 1
@@ -94,12 +107,16 @@ class LayerResult:
     converged: bool = True
     kicks: int = 0
     kicks_kept: int = 0
+    replicas: str | None = None  # who placed the replicas the base search left out: "cost model" or "eplb"
 
     def info(self) -> dict[str, Any]:
-        return {"objective_us": self.objective_s * 1e6, "seed": self.seed_name,
+        info = {"objective_us": self.objective_s * 1e6, "seed": self.seed_name,
                 "validation_us": {k: v * 1e6 for k, v in self.seeds.items()}, "rounds": self.rounds,
                 "swaps": self.swaps, "kicks": self.kicks, "kicks_kept": self.kicks_kept,
                 "seconds": round(self.seconds, 3), "converged": self.converged}
+        if self.replicas is not None:
+            info["replicas"] = self.replicas
+        return info
 
 
 def subsample_tokens(num_tokens: int, max_tokens: int | None, seed: int) -> np.ndarray:
@@ -160,6 +177,19 @@ class _Problem:
         hits, pairs = state.batch_hits(), state.batch_compute_pairs()
         traffic = [traffic_from_hits(hits[i], pairs[i], b - a, self.topology) for i, (a, b) in enumerate(spans)]
         return float(np.mean([placement_objective(t, self.cost, state.mean_weight) for t in traffic]))
+
+    def layer_seconds(self, state: SwapState) -> float:
+        """Mean over batches of the estimated layer time (``layer_s``) under the state's assignment: the bound
+        a search step may not raise (the objective adds a tie-breaker that could trade it away)."""
+        spans = zip(self.bounds[:-1], self.bounds[1:])
+        hits, pairs = state.batch_hits(), state.batch_compute_pairs()
+        return float(np.mean([estimate_time(traffic_from_hits(hits[i], pairs[i], b - a, self.topology), self.cost)["layer_s"]
+                              for i, (a, b) in enumerate(spans)]))
+
+    def table_objective(self, table: np.ndarray) -> tuple[float, float]:
+        """``(objective, layer seconds)`` of a ``[G, S]`` table, tokens assigned by the replica policy."""
+        state = self.state(table)
+        return self.objective(state), self.layer_seconds(state)
 
     def refresh(self, state: SwapState) -> SwapState:
         fresh = self.state(state.table())
@@ -236,7 +266,8 @@ def seed_table(name: str, problem: _Problem, seed: int) -> np.ndarray:
 def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: CostModel, redundant: int = 0,
                    policy: str = "nearest-then-least-loaded", seed: int = 0, seeds=None,
                    max_fit_tokens: int | None = MAX_FIT_TOKENS, num_batches: int = NUM_BATCHES,
-                   objective: str = "a2a", deadline: float | None = None, kicks: int | None = None) -> LayerResult:
+                   objective: str = DEFAULT_OBJECTIVE, deadline: float | None = None,
+                   kicks: int | None = None) -> LayerResult:
     """Optimise one layer's placement on its fit tokens.
 
     Args:
@@ -248,24 +279,50 @@ def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: 
         seeds: starting placements (see :data:`SEEDS`; default :func:`default_seeds`). With several,
             each is searched on the first 75% of the fit tokens and the one scoring best on the
             last 25% is searched again on all of them.
-        objective: ``"a2a"`` minimises the estimated dispatch + combine time (the All-to-All
-            bottleneck); ``"layer"`` adds the busiest GPU's expert compute (the compute straggler).
+        objective: ``"layer"`` (default) minimises the estimated layer time: dispatch + the busiest
+            GPU's expert compute + combine; ``"a2a"`` only the dispatch + combine bottleneck.
         deadline: ``time.perf_counter()`` value by which to stop searching (None: converge).
         kicks: random restarts of the search from the best placement (None: :func:`default_kicks`).
 
     Returns:
         :class:`LayerResult` with the ``[G, S]`` table and the objective on the (subsampled) fit tokens.
+        No step raises the estimated layer time (``objective="layer"``; the All-to-All time for
+        ``"a2a"``) of the placement it starts from on those tokens.
     """
     started = time.perf_counter()
     if cost.topology.num_gpus != num_gpus:
         raise InputError(f"the cost model's topology has {cost.topology.num_gpus} GPUs, the placement {num_gpus}")
-    if objective not in OBJECTIVES:
-        raise InputError(f"unknown objective '{objective}' (known: {', '.join(OBJECTIVES)})")
-    if objective == "a2a":
-        cost = dataclasses.replace(cost, expert_flops_per_token=0.0)
+    cost = get_objective(objective).cost_model(cost)  # raises for an unknown name
     ids = np.asarray(topk_ids, dtype=np.int64)
     ids = ids[subsample_tokens(ids.shape[0], max_fit_tokens, seed)]
     seeds = tuple(seeds) if seeds else default_seeds(num_experts)
+    kicks = default_kicks(num_experts) if kicks is None else int(kicks)
+    base_redundant = base_replicas(num_experts, num_gpus, redundant)
+    search_deadline = _share(deadline, BASE_SHARE) if base_redundant < redundant else deadline
+    result = _search(ids, num_experts, num_gpus, cost, base_redundant, policy, seed, seeds, num_batches,
+                     search_deadline, kicks)
+    if base_redundant < redundant:
+        result = _place_replicas(result, ids, num_experts, num_gpus, cost, redundant, policy, num_batches, deadline)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def base_replicas(num_experts: int, num_gpus: int, redundant: int) -> int:
+    """Redundant slots the swap search places with the experts (EPLB's replica counts): the fewest
+    that give every GPU the same number of slots; the other ``redundant - base`` (a multiple of
+    ``G``) are added afterwards by :func:`~routelens.placement.replica_search.add_replicas`.
+
+    Example: 64 experts, 16 GPUs, 16 redundant slots: 0 here, 16 by the replica search.
+        >>> base_replicas(64, 16, 16), base_replicas(60, 8, 12), base_replicas(6, 8, 10)
+        (0, 4, 2)
+    """
+    base = (-num_experts) % num_gpus
+    return min(base, int(redundant))
+
+
+def _search(ids, num_experts, num_gpus, cost, redundant, policy, seed, seeds, num_batches, deadline,
+            kicks) -> LayerResult:
+    """Starts, seed selection on the validation block, swap search and kicks (steps 2-5 of the module docstring)."""
     problem = _Problem(ids, num_experts, num_gpus, redundant, cost, policy, num_batches)
     refresh = problem.refresh if problem.replicated else None
     cut = int(round(ids.shape[0] * (1 - VALIDATION_FRACTION)))
@@ -279,19 +336,40 @@ def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: 
         for n, name in enumerate(seeds):
             share = _share(selection_end, 1.0 / (len(seeds) - n))  # what is left of the selection time, evenly
             table, _, _ = local_search(train.state(seed_table(name, train, seed)), train.objective, deadline=share,
-                                       refresh=train.refresh if train.replicated else None)
+                                       refresh=train.refresh if train.replicated else None, bound=train.layer_seconds)
             scores[name] = check.objective(check.state(table))
         chosen = min(scores, key=scores.get)
     else:
         chosen = seeds[0]
     start = seed_table(chosen, problem, seed)  # the chosen start, rebuilt on all fit tokens
-    table, value, stats = local_search(problem.state(start), problem.objective, deadline=deadline, refresh=refresh)
-    kicks = default_kicks(num_experts) if kicks is None else int(kicks)
+    table, value, stats = local_search(problem.state(start), problem.objective, deadline=deadline, refresh=refresh,
+                                       bound=problem.layer_seconds)
     kept = 0
     if kicks > 0:
         table, value, kept = kick_search(problem, table, value, kicks, np.random.default_rng(seed), deadline)
     return LayerResult(table, value, chosen, seeds=scores, rounds=stats.rounds, swaps=stats.swaps,
-                       seconds=time.perf_counter() - started, converged=stats.converged, kicks=kicks, kicks_kept=kept)
+                       converged=stats.converged, kicks=kicks, kicks_kept=kept)
+
+
+def _place_replicas(base: LayerResult, ids, num_experts, num_gpus, cost, redundant, policy, num_batches,
+                    deadline) -> LayerResult:
+    """Step 6 of the module docstring: the replicas the base placement left out, greedily by the cost
+    model, a swap search with the replica policy re-run, and EPLB's table as the floor."""
+    problem = _Problem(ids, num_experts, num_gpus, redundant, cost, policy, num_batches)
+    extra = problem.slots - base.table.shape[1]
+    partial = np.concatenate([base.table, np.full((num_gpus, extra), -1, dtype=np.int64)], axis=1)
+    table = add_replicas(partial, ids, cost, policy, source_gpu=problem.source, num_experts=num_experts)
+    table, value, stats = local_search(problem.state(table), problem.objective, deadline=deadline,
+                                       refresh=problem.refresh, bound=problem.layer_seconds)
+    layer_s = problem.layer_seconds(problem.state(table))
+    floor = eplb_table(problem.load, num_gpus, redundant, cost.topology.num_nodes)
+    floor_value, floor_layer_s = problem.table_objective(floor)
+    replicas = "cost model"
+    if floor_layer_s < layer_s:  # never worse than EPLB's replicas on the fit tokens
+        table, value, replicas = floor, floor_value, "eplb"
+    return dataclasses.replace(base, table=table, objective_s=value, rounds=base.rounds + stats.rounds,
+                               swaps=base.swaps + stats.swaps, converged=base.converged and stats.converged,
+                               replicas=replicas)
 
 
 def default_kicks(num_experts: int) -> int:
@@ -303,13 +381,14 @@ def kick_search(problem: _Problem, table: np.ndarray, value: float, kicks: int, 
                 deadline: float | None = None) -> tuple[np.ndarray, float, int]:
     """Iterated local search: ``kicks`` times, perturb the best ``[G, S]`` table by :data:`KICK_SWAPS`
     random swaps of experts between GPUs (never two replicas of one expert on a GPU), search again,
-    keep it if ``problem.objective`` improves.
+    keep it if ``problem.objective`` improves and the estimated layer time does not rise.
 
     Returns:
         ``(best table, its objective, kicks that improved it)``.
     """
     refresh = problem.refresh if problem.replicated else None
     best_table, best, kept = table, value, 0
+    best_layer_s = problem.layer_seconds(problem.state(table))
     for _ in range(kicks):
         if deadline is not None and time.perf_counter() >= deadline:
             break
@@ -323,9 +402,12 @@ def kick_search(problem: _Problem, table: np.ndarray, value: float, kicks: int, 
             state.apply([(i, j)])
         if refresh is not None:
             state = refresh(state)
-        candidate, candidate_value, _ = local_search(state, problem.objective, deadline=deadline, refresh=refresh)
+        candidate, candidate_value, _ = local_search(state, problem.objective, deadline=deadline, refresh=refresh,
+                                                    bound=problem.layer_seconds)
         if candidate_value < best - 1e-12 * max(1.0, abs(best)):
-            best_table, best, kept = candidate, candidate_value, kept + 1
+            candidate_layer_s = problem.layer_seconds(problem.state(candidate))
+            if candidate_layer_s <= best_layer_s:  # the tie-breaker may not buy a slower layer
+                best_table, best, best_layer_s, kept = candidate, candidate_value, candidate_layer_s, kept + 1
     return best_table, best, kept
 
 

@@ -29,7 +29,8 @@ from ..trace import as_trace
 from .baselines import slots_per_gpu
 from .cost import CostModel, score_table
 from .methods import LayerFit, baseline_names, get_method, load_only_names, method_names
-from .optimizer import MAX_FIT_TOKENS, OBJECTIVES, default_kicks, default_seeds
+from .objectives import DEFAULT_OBJECTIVE, get_objective
+from .optimizer import MAX_FIT_TOKENS, default_kicks, default_seeds
 from .traffic import POLICIES
 
 METHODS = method_names()  # registered in .methods
@@ -51,7 +52,8 @@ class PlaceSettings:
         max_fit_tokens: tokens per layer the optimizer scores on (a seeded subsample above this).
         seeds: optimizer starting placements (None: :func:`~routelens.placement.optimizer.default_seeds`).
         num_groups: expert groups for EPLB's hierarchical policy (1 = the model has none).
-        objective: optimizer objective, ``"a2a"`` (dispatch + combine) or ``"layer"`` (+ expert compute).
+        objective: optimizer objective, a name of :mod:`.objectives` (default ``"layer"``: dispatch +
+            busiest GPU's expert compute + combine; ``"a2a"``: dispatch + combine).
         kicks: optimizer restarts from the best placement after random swaps (None:
             :func:`~routelens.placement.optimizer.default_kicks`; 0 = plain local search).
     """
@@ -64,7 +66,7 @@ class PlaceSettings:
     max_fit_tokens: int | None = MAX_FIT_TOKENS
     seeds: tuple[str, ...] | None = None
     num_groups: int = 1
-    objective: str = "a2a"
+    objective: str = DEFAULT_OBJECTIVE
     kicks: int | None = None
 
     def check(self) -> None:
@@ -75,8 +77,7 @@ class PlaceSettings:
             raise InputError(f"unknown replica policy '{self.replica_policy}' (known: {', '.join(POLICIES)})")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise InputError(f"--time-budget must be positive, got {self.time_budget_s}")
-        if self.objective not in OBJECTIVES:
-            raise InputError(f"unknown objective '{self.objective}' (known: {', '.join(OBJECTIVES)})")
+        get_objective(self.objective)  # raises for an unknown name
         if self.kicks is not None and self.kicks < 0:
             raise InputError(f"--kicks must be 0 or more, got {self.kicks}")
         if self.max_fit_tokens is not None and self.max_fit_tokens < 1:

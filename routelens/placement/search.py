@@ -305,7 +305,7 @@ def _tokens_of_items(item_of: np.ndarray, num_items: int) -> list[np.ndarray]:
 
 
 def local_search(state: SwapState, objective, deadline: float | None = None, max_rounds: int = 100000,
-                 refresh=None) -> tuple[np.ndarray, float, SearchStats]:
+                 refresh=None, bound=None) -> tuple[np.ndarray, float, SearchStats]:
     """Improve ``state`` by rounds of swaps until no swap helps, the deadline, or ``max_rounds``.
 
     Each round takes the improving swaps on disjoint GPU pairs (:meth:`SwapState.pick_round`) and
@@ -320,13 +320,18 @@ def local_search(state: SwapState, objective, deadline: float | None = None, max
             replica policy (which replica serves which token) and rebuilds the tables. Only
             refreshed values count as true; after :data:`MAX_STALE_REFRESHES` refreshes in a row
             that do not beat the best true value the search stops.
+        bound: optional ``f(state) -> float`` that no kept round may raise (the estimated layer time,
+            where ``objective`` adds a tie-breaker that could otherwise trade some of it away), so
+            the result's bound is never above the start's.
 
     Returns:
         ``(best [G, S] table, its objective, stats)``.
     """
     started = time.perf_counter()
     stats = SearchStats()
+    limit = bound if bound is not None else (lambda _: 0.0)
     best = objective(state)
+    best_limit = current_limit = limit(state)
     best_table = state.table()
     stats.history.append(best)
     current = best
@@ -348,10 +353,12 @@ def local_search(state: SwapState, objective, deadline: float | None = None, max
             state.apply(swaps)
             value = objective(state)
             if value < current - TOLERANCE * max(1.0, abs(current)):
-                current = value
-                stats.swaps += len(swaps)
-                improved = True
-                break
+                value_limit = limit(state)
+                if value_limit <= current_limit:  # exact: the bound may tie, never rise
+                    current, current_limit = value, value_limit
+                    stats.swaps += len(swaps)
+                    improved = True
+                    break
             state.apply(list(reversed(swaps)))
             stats.rejected_rounds += 1
             if len(swaps) == 1:
@@ -362,15 +369,15 @@ def local_search(state: SwapState, objective, deadline: float | None = None, max
             break
         if refresh is not None:
             state = refresh(state)
-            current = objective(state)
-            if current >= best - TOLERANCE * max(1.0, abs(best)):
+            current, current_limit = objective(state), limit(state)
+            if current >= best - TOLERANCE * max(1.0, abs(best)) or current_limit > best_limit:
                 stale += 1
                 if stale >= MAX_STALE_REFRESHES:
                     stats.converged = True
                     break
                 continue
             stale = 0
-        best, best_table = current, state.table()
+        best, best_limit, best_table = current, current_limit, state.table()
         stats.history.append(best)
     stats.seconds = time.perf_counter() - started
     return best_table, best, stats

@@ -181,7 +181,14 @@ def test_placement_page_compares_the_plan_with_baselines_and_offers_every_export
     plan = Plan.load(at.selectbox(key="plan_file").value)
     grid, ratios = _charts(at)
     assert np.asarray(grid["data"][0]["customdata"])[..., 0].tolist() == plan.gpu_experts[plan.layers[0]].tolist()
-    assert {trace["name"] for trace in ratios["data"]} == {"random", "greedy", "eplb", "this plan (routelens)"}
+    from routelens.placement.hypergraph import mtkahypar_available
+
+    strongest = {"kahypar", "kahypar-load"} if mtkahypar_available() else set()
+    assert {trace["name"] for trace in ratios["data"]} == {"random", "greedy", "eplb", "this plan (routelens)"} | strongest
+    # traffic and the layer, each against the best baseline on it
+    labels = {m.label for m in at.metric}
+    assert {"est. All-to-All (µs/layer)", "est. layer time (µs/layer)", "busiest-GPU receive (T/G)"} <= labels
+    assert all(" vs " in m.proto.delta for m in at.metric if m.label.startswith(("est.", "busiest")))
     downloads = {button.proto.label for button in at.get("download_button")}
     assert len(downloads) == 3 and any("SGLang" in d for d in downloads) and any("vllm-ascend" in d for d in downloads)
 

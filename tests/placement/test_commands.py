@@ -25,10 +25,38 @@ def test_place_then_plan_eval(synthetic_trace, tmp_path, capsys):
                  "--json", str(report), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "held-out tokens" in text and "plan (routelens)" in text and "contiguous" in text
-    results = json.loads(report.read_text())["results"]
+    written = json.loads(report.read_text())
+    results = written["results"]
     assert set(results) == {"contiguous", "greedy", "eplb", "plan (routelens)"}
+    # traffic and the layer, each against the baseline best on it, in the text and the JSON
+    versus = written["vs_best_baseline"]
+    assert set(versus) == {"busiest_gpu_recv", "a2a_us", "layer_us"}
+    for key, title in (("busiest_gpu_recv", "busiest-GPU receive"), ("a2a_us", "est. All-to-All"),
+                       ("layer_us", "est. layer time")):
+        row = versus[key]
+        assert row["best"] == min(results[n]["mean"][key] for n in ("contiguous", "greedy", "eplb"))
+        assert row["plan"] == results["plan (routelens)"]["mean"][key]
+        line = next(line for line in text.splitlines() if line.startswith(title))
+        assert f"vs best baseline {row['best_baseline']}" in line
     # the synthetic trace has planted co-activation groups: the plan sends fewer copies than contiguous
     assert results["plan (routelens)"]["mean"]["gpus_per_token"] < results["contiguous"]["mean"]["gpus_per_token"]
+
+
+def test_place_prints_both_times_and_compares_every_baseline_when_asked(synthetic_trace, tmp_path, capsys):
+    from routelens.placement.methods import baseline_names
+
+    out = tmp_path / "p.json"
+    assert main(["place", str(synthetic_trace.path), "--gpus", "4", "--out", str(out), "--no-progress",
+                 "--kicks", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "All-to-All +" in text and "µs per layer" in text and "vs best baseline" not in text
+    assert main(["place", str(synthetic_trace.path), "--gpus", "4", "--out", str(out), "--no-progress",
+                 "--kicks", "1", "--compare"]) == 0
+    text = capsys.readouterr().out
+    table = text[text.index("every method fitted"):]
+    for name in baseline_names(available_only=True):  # the Mt-KaHyPar ones too, when installed
+        assert any(line.startswith(name + " ") for line in table.splitlines()), name
+    assert "est. layer time" in table and "est. All-to-All" in table
 
 
 def test_plan_eval_on_another_trace_fits_baselines_on_the_plans_own_tokens(synthetic_trace, tmp_path, capsys):

@@ -91,8 +91,8 @@ def test_is_reproducible_and_honours_replicas_and_nodes():
     assert all(len(set(row.tolist())) == 5 for row in first.table)
     assert set(first.table.ravel().tolist()) == set(range(32))
     lpt = score_table(ids, greedy_table(load_counts(ids, 32), 8, 8), cost)
-    # the default objective is the All-to-All (compute is --objective layer's business, tested below)
-    assert score_table(ids, first.table, cost)["a2a_us"] < 0.8 * lpt["a2a_us"]
+    mine = score_table(ids, first.table, cost)
+    assert mine["a2a_us"] < 0.8 * lpt["a2a_us"] and mine["layer_us"] < lpt["layer_us"]
 
 
 @pytest.mark.parametrize("redundant", [0, 8])
@@ -161,3 +161,39 @@ def test_layer_objective_weighs_compute_and_a2a_objective_ignores_it():
     assert layer_scores["compute_us"] < a2a_scores["compute_us"]
     assert layer_scores["layer_us"] < a2a_scores["layer_us"]
     assert a2a_scores["a2a_us"] < layer_scores["a2a_us"]
+
+
+def test_the_default_objective_is_the_layer_time():
+    from routelens.placement.place import PlaceSettings
+
+    assert PlaceSettings().objective == "layer"
+    ids = _planted(10)[:3000]
+    cost = CostModel(Topology(1, 8), token_bytes=8192, expert_flops_per_token=5e9)
+    default = optimize_layer(ids, 32, 8, cost, seeds=("coact",), kicks=0)
+    layer = optimize_layer(ids, 32, 8, cost, seeds=("coact",), kicks=0, objective="layer")
+    assert np.array_equal(default.table, layer.table)
+
+
+@pytest.mark.parametrize("start,nodes,flops", [("lpt", 1, 5e9), ("coact", 2, 1e9), ("lpt", 2, 0.0)])
+def test_the_layer_objective_never_raises_the_layer_time_of_its_start(start, nodes, flops):
+    """The search minimises layer time + a tie-breaker (mean GPU busy time); no kept step, kick included, may
+    trade layer time for the tie-breaker."""
+    for seed in range(3):
+        ids = synthetic_topk_ids(2500, 32, 4, num_groups=8, in_group=0.6, skew=1.2, seed=seed).astype(np.int64)
+        cost = CostModel(Topology(nodes, 8 // nodes), token_bytes=4096, expert_flops_per_token=flops)
+        problem = _Problem(ids, 32, 8, 0, cost, "nearest-then-least-loaded", 1)
+        before = score_table(ids, seed_table(start, problem, 0), cost)["layer_us"]
+        result = optimize_layer(ids, 32, 8, cost, seeds=(start,), kicks=4, seed=seed)
+        assert score_table(ids, result.table, cost)["layer_us"] <= before
+
+
+def test_local_search_keeps_no_round_that_raises_the_bound():
+    problem, state = _state(num_gpus=4, num_nodes=1)
+    start_bound = problem.layer_seconds(state)
+    table, _, _ = local_search(state, problem.objective, bound=problem.layer_seconds)
+    assert problem.layer_seconds(problem.state(table)) <= start_bound
+    # a bound nothing can meet: every round is refused and the start comes back
+    problem, state = _state(num_gpus=4, num_nodes=1)
+    start = state.table()
+    fixed, _, stats = local_search(state, problem.objective, bound=lambda s: 0.0 if np.array_equal(s.table(), start) else 1.0)
+    assert np.array_equal(fixed, start) and stats.swaps == 0
