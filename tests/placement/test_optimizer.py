@@ -93,7 +93,9 @@ def test_is_reproducible_and_honours_replicas_and_nodes():
     assert set(first.table.ravel().tolist()) == set(range(32))
     lpt = score_table(ids, greedy_table(load_counts(ids, 32), 8, 8), cost)
     mine = score_table(ids, first.table, cost)
-    assert mine["a2a_us"] < 0.8 * lpt["a2a_us"] and mine["layer_us"] < lpt["layer_us"]
+    # compute is 95% of this layer: scored in 375-token batches the plan gives up some of its traffic
+    # cut to keep every batch's compute balanced (a2a 0.94x, layer 0.93x greedy's; with one batch 0.80x and 0.92x)
+    assert mine["a2a_us"] < 0.97 * lpt["a2a_us"] and mine["layer_us"] < 0.95 * lpt["layer_us"]
 
 
 @pytest.mark.parametrize("redundant", [0, 8])
@@ -130,8 +132,9 @@ def test_seed_selection_scores_each_start_on_the_last_quarter_with_the_cost_mode
     result = optimize_layer(ids, 32, 8, cost, seeds=("lpt", "coact", "mincut"), seed=0)
     assert set(result.seeds) == {"lpt", "coact", "mincut"}
     assert result.seed_name == min(result.seeds, key=result.seeds.get)
-    # each validation score: that start searched on the first 3000 tokens, scored by the cost model on the last 1000
-    train = _Problem(ids[:3000], 32, 8, 0, cost, "nearest-then-least-loaded", 1)
+    # each validation score: that start searched on the first 3000 tokens (in the default batches), scored by the
+    # cost model on the last 1000 at once
+    train = _Problem(ids[:3000], 32, 8, 0, cost, "nearest-then-least-loaded", default_batches(32))
     check = ids[3000:]
     source = np.arange(1000) * 8 // 1000
     for name, score in result.seeds.items():
