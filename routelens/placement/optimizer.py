@@ -1,11 +1,20 @@
 """The routelens placement optimizer: minimise the estimated time of a layer.
 
 For one MoE layer with ``E`` experts, ``G`` GPUs of ``S`` slots (``G·S = E + R``, ``R`` redundant),
-minimise the cost model's estimate on the fit tokens (:func:`~routelens.placement.cost.placement_objective`):
+minimise the cost model's estimate on the fit tokens (:func:`~routelens.placement.cost.placement_objective`,
+the mean over consecutive batches of them, step 0):
 by default (``objective="layer"``) dispatch + the busiest GPU's expert compute + combine, the time
 the layer waits for; ``objective="a2a"`` leaves the compute straggler out. A small tie-breaker (the
 mean GPU busy time) prefers fewer copies among placements with the same bottlenecks, but no step
 may raise the estimated layer time itself.
+
+0. **Batches.** Routing drifts along the text, and experts that are used together drift together:
+   a placement that balances the fit tokens' totals exactly, grouping co-activated experts, finds
+   their drift added up on one GPU on new tokens. So the fit tokens are cut, in text order, into
+   :func:`default_batches` consecutive batches, each scored as its own All-to-All and expert compute
+   (tokens spread evenly over the GPUs), and the search minimises the **mean over batches** of the
+   estimate: a GPU that is the straggler in some batches costs there even when the totals balance.
+   With one batch this is the estimate on all fit tokens at once.
 
 1. **Base slots.** The swap search places each expert once, plus the fewest replicas that give every
    GPU the same number of slots (:func:`base_replicas`; usually none), with EPLB's replica counts.
@@ -77,10 +86,23 @@ SELECTION_SHARE = 0.6  # of a time budget, spent on trying the seeds
 BASE_SHARE = 0.7  # of a time budget, spent on the base placement when replicas follow
 FANOUT_WEIGHT = 20.0  # mean-volume weight of the "mincut" seed's search: fan-out first, balance later
 MAX_FIT_TOKENS = 32768
-NUM_BATCHES = 1
+DEFAULT_BATCHES = 8  # consecutive batches the fit tokens are scored in (step 0), E <= BATCHES_MAX_EXPERTS
+BATCHES_MAX_EXPERTS = 128  # above: one batch (each batch multiplies the [n, n] swap tables)
 DEFAULT_KICKS = 16  # random restarts of the local search from the best placement (E <= KICKS_MAX_EXPERTS)
 KICKS_MAX_EXPERTS = 128
 KICK_SWAPS = 12  # random swaps per kick
+
+
+def default_batches(num_experts: int) -> int:
+    """Consecutive batches the fit tokens are scored in by default: :data:`DEFAULT_BATCHES` up to
+    ``E = BATCHES_MAX_EXPERTS``, one above (there every batch multiplies the ``[n, n]`` swap tables,
+    and the scale budget matters). A batch never has fewer than ``4 G`` tokens (:class:`_Problem`).
+
+    Measured on held-out tokens (docs/placement.md, "Benchmark"): with 8 batches instead of one the
+    plan's compute max/mean on new tokens fell on the demo model and the tiny models at hidden size
+    4096, and its layer time with it.
+    """
+    return DEFAULT_BATCHES if num_experts <= BATCHES_MAX_EXPERTS else 1
 
 
 def default_seeds(num_experts: int) -> tuple[str, ...]:
@@ -108,12 +130,13 @@ class LayerResult:
     kicks: int = 0
     kicks_kept: int = 0
     replicas: str | None = None  # who placed the replicas the base search left out: "cost model" or "eplb"
+    batches: int = 1  # consecutive batches of the fit tokens the estimate is the mean over
 
     def info(self) -> dict[str, Any]:
         info = {"objective_us": self.objective_s * 1e6, "seed": self.seed_name,
                 "validation_us": {k: v * 1e6 for k, v in self.seeds.items()}, "rounds": self.rounds,
                 "swaps": self.swaps, "kicks": self.kicks, "kicks_kept": self.kicks_kept,
-                "seconds": round(self.seconds, 3), "converged": self.converged}
+                "seconds": round(self.seconds, 3), "converged": self.converged, "batches": self.batches}
         if self.replicas is not None:
             info["replicas"] = self.replicas
         return info
@@ -265,7 +288,7 @@ def seed_table(name: str, problem: _Problem, seed: int) -> np.ndarray:
 
 def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: CostModel, redundant: int = 0,
                    policy: str = "nearest-then-least-loaded", seed: int = 0, seeds=None,
-                   max_fit_tokens: int | None = MAX_FIT_TOKENS, num_batches: int = NUM_BATCHES,
+                   max_fit_tokens: int | None = MAX_FIT_TOKENS, num_batches: int | None = None,
                    objective: str = DEFAULT_OBJECTIVE, deadline: float | None = None,
                    kicks: int | None = None) -> LayerResult:
     """Optimise one layer's placement on its fit tokens.
@@ -279,6 +302,8 @@ def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: 
         seeds: starting placements (see :data:`SEEDS`; default :func:`default_seeds`). With several,
             each is searched on the first 75% of the fit tokens and the one scoring best on the
             last 25% is searched again on all of them.
+        num_batches: consecutive batches of the fit tokens, each scored as its own layer; the search
+            minimises the mean over batches (None: :func:`default_batches`; 1 = all fit tokens at once).
         objective: ``"layer"`` (default) minimises the estimated layer time: dispatch + the busiest
             GPU's expert compute + combine; ``"a2a"`` only the dispatch + combine bottleneck.
         deadline: ``time.perf_counter()`` value by which to stop searching (None: converge).
@@ -287,7 +312,7 @@ def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: 
     Returns:
         :class:`LayerResult` with the ``[G, S]`` table and the objective on the (subsampled) fit tokens.
         No step raises the estimated layer time (``objective="layer"``; the All-to-All time for
-        ``"a2a"``) of the placement it starts from on those tokens.
+        ``"a2a"``), mean over the batches, of the placement it starts from on those tokens.
     """
     started = time.perf_counter()
     if cost.topology.num_gpus != num_gpus:
@@ -297,6 +322,9 @@ def optimize_layer(topk_ids: np.ndarray, num_experts: int, num_gpus: int, cost: 
     ids = ids[subsample_tokens(ids.shape[0], max_fit_tokens, seed)]
     seeds = tuple(seeds) if seeds else default_seeds(num_experts)
     kicks = default_kicks(num_experts) if kicks is None else int(kicks)
+    num_batches = default_batches(num_experts) if num_batches is None else int(num_batches)
+    if num_batches < 1:
+        raise InputError(f"num_batches must be 1 or more, got {num_batches}")
     base_redundant = base_replicas(num_experts, num_gpus, redundant)
     search_deadline = _share(deadline, BASE_SHARE) if base_redundant < redundant else deadline
     result = _search(ids, num_experts, num_gpus, cost, base_redundant, policy, seed, seeds, num_batches,
@@ -348,7 +376,7 @@ def _search(ids, num_experts, num_gpus, cost, redundant, policy, seed, seeds, nu
     if kicks > 0:
         table, value, kept = kick_search(problem, table, value, kicks, np.random.default_rng(seed), deadline)
     return LayerResult(table, value, chosen, seeds=scores, rounds=stats.rounds, swaps=stats.swaps,
-                       converged=stats.converged, kicks=kicks, kicks_kept=kept)
+                       converged=stats.converged, kicks=kicks, kicks_kept=kept, batches=problem.num_batches)
 
 
 def _place_replicas(base: LayerResult, ids, num_experts, num_gpus, cost, redundant, policy, num_batches,

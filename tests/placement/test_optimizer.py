@@ -9,7 +9,8 @@ from routelens.errors import InputError
 from routelens.placement.baselines import contiguous_table, greedy_table
 from routelens.graphs import load_counts
 from routelens.placement.cost import CostModel, layer_traffic, placement_objective, score_table
-from routelens.placement.optimizer import _Problem, default_kicks, kick_search, optimize_layer, seed_table
+from routelens.placement.optimizer import (_Problem, default_batches, default_kicks, kick_search, optimize_layer,
+                                           seed_table)
 from routelens.placement.search import local_search
 from routelens.placement.topology import Topology
 from routelens.placement.traffic import assign_replicas
@@ -92,7 +93,9 @@ def test_is_reproducible_and_honours_replicas_and_nodes():
     assert set(first.table.ravel().tolist()) == set(range(32))
     lpt = score_table(ids, greedy_table(load_counts(ids, 32), 8, 8), cost)
     mine = score_table(ids, first.table, cost)
-    assert mine["a2a_us"] < 0.8 * lpt["a2a_us"] and mine["layer_us"] < lpt["layer_us"]
+    # compute is 95% of this layer: scored in 375-token batches the plan gives up some of its traffic
+    # cut to keep every batch's compute balanced (a2a 0.94x, layer 0.93x greedy's; with one batch 0.80x and 0.92x)
+    assert mine["a2a_us"] < 0.97 * lpt["a2a_us"] and mine["layer_us"] < 0.95 * lpt["layer_us"]
 
 
 @pytest.mark.parametrize("redundant", [0, 8])
@@ -129,8 +132,9 @@ def test_seed_selection_scores_each_start_on_the_last_quarter_with_the_cost_mode
     result = optimize_layer(ids, 32, 8, cost, seeds=("lpt", "coact", "mincut"), seed=0)
     assert set(result.seeds) == {"lpt", "coact", "mincut"}
     assert result.seed_name == min(result.seeds, key=result.seeds.get)
-    # each validation score: that start searched on the first 3000 tokens, scored by the cost model on the last 1000
-    train = _Problem(ids[:3000], 32, 8, 0, cost, "nearest-then-least-loaded", 1)
+    # each validation score: that start searched on the first 3000 tokens (in the default batches), scored by the
+    # cost model on the last 1000 at once
+    train = _Problem(ids[:3000], 32, 8, 0, cost, "nearest-then-least-loaded", default_batches(32))
     check = ids[3000:]
     source = np.arange(1000) * 8 // 1000
     for name, score in result.seeds.items():
@@ -181,10 +185,11 @@ def test_the_layer_objective_never_raises_the_layer_time_of_its_start(start, nod
     for seed in range(3):
         ids = synthetic_topk_ids(2500, 32, 4, num_groups=8, in_group=0.6, skew=1.2, seed=seed).astype(np.int64)
         cost = CostModel(Topology(nodes, 8 // nodes), token_bytes=4096, expert_flops_per_token=flops)
-        problem = _Problem(ids, 32, 8, 0, cost, "nearest-then-least-loaded", 1)
-        before = score_table(ids, seed_table(start, problem, 0), cost)["layer_us"]
+        # the estimate the search keeps is the mean over the default batches of the fit tokens
+        problem = _Problem(ids, 32, 8, 0, cost, "nearest-then-least-loaded", default_batches(32))
+        before = problem.layer_seconds(problem.state(seed_table(start, problem, 0)))
         result = optimize_layer(ids, 32, 8, cost, seeds=(start,), kicks=4, seed=seed)
-        assert score_table(ids, result.table, cost)["layer_us"] <= before
+        assert problem.layer_seconds(problem.state(result.table)) <= before
 
 
 def test_local_search_keeps_no_round_that_raises_the_bound():
@@ -197,3 +202,40 @@ def test_local_search_keeps_no_round_that_raises_the_bound():
     start = state.table()
     fixed, _, stats = local_search(state, problem.objective, bound=lambda s: 0.0 if np.array_equal(s.table(), start) else 1.0)
     assert np.array_equal(fixed, start) and stats.swaps == 0
+
+
+def _drifting_pairs(tokens: int) -> np.ndarray:
+    """``[T, 2]``: the first half of the text uses experts 0 and 1 together, the second half 2 and 3."""
+    ids = np.empty((tokens, 2), dtype=np.int64)
+    ids[: tokens // 2] = [0, 1]
+    ids[tokens // 2:] = [2, 3]
+    return ids
+
+
+def test_batches_keep_experts_that_drift_together_apart():
+    """Over all fit tokens every expert has the same load, so one batch sees no compute cost in putting
+    0 and 1 (always used together) on one GPU, and it saves traffic. Scored batch by batch, that GPU
+    does all the work while the text uses 0 and 1: the default plan splits them, and on new text that
+    uses only 0 and 1 its compute stays balanced."""
+    ids = _drifting_pairs(1024)
+    cost = CostModel(Topology(1, 2), token_bytes=4096, expert_flops_per_token=5e9)  # compute dominates
+    one = optimize_layer(ids, 4, 2, cost, seeds=("lpt",), kicks=0, num_batches=1)
+    default = optimize_layer(ids, 4, 2, cost, seeds=("lpt",), kicks=0)
+    together = lambda table: any({0, 1} <= set(row.tolist()) for row in table)
+    assert together(one.table) and not together(default.table)
+    assert default.info()["batches"] == default_batches(4) == 8 and one.info()["batches"] == 1
+    new_text = np.tile([0, 1], (512, 1))
+    assert score_table(new_text, default.table, cost)["compute_imbalance"] == pytest.approx(1.0)
+    assert score_table(new_text, one.table, cost)["compute_imbalance"] == pytest.approx(2.0)
+    # on the fit tokens as a whole both plans balance compute: only the batches tell them apart
+    assert score_table(ids, default.table, cost)["compute_imbalance"] == pytest.approx(1.0)
+    assert score_table(ids, one.table, cost)["compute_imbalance"] == pytest.approx(1.0)
+
+
+def test_default_batches_and_bad_counts():
+    assert default_batches(128) == 8 and default_batches(256) == 1
+    with pytest.raises(InputError, match="num_batches"):
+        optimize_layer(_drifting_pairs(64), 4, 2, CostModel(Topology(1, 2), token_bytes=4096), num_batches=0)
+    # never fewer than 4 G tokens a batch: 64 tokens on 2 GPUs give 8 batches, 24 tokens only 3
+    cost = CostModel(Topology(1, 2), token_bytes=4096)
+    assert optimize_layer(_drifting_pairs(24), 4, 2, cost, seeds=("lpt",), kicks=0).batches == 3
