@@ -74,9 +74,15 @@ def cost_from_args(args, trace, topology):
     return CostModel.for_model(trace.config, topology, dtype_bytes=args.dtype_bytes, hidden_size=args.hidden_size)
 
 
-def add_parser(subparsers) -> None:
+def add_objective_argument(parser: argparse.ArgumentParser) -> None:
+    """``--objective``: one of the registered objectives (:mod:`routelens.placement.objectives`), everywhere."""
     from ..placement.objectives import DEFAULT_OBJECTIVE, objective_names
 
+    parser.add_argument("--objective", choices=objective_names(), default=DEFAULT_OBJECTIVE,
+                        help=f"what the optimizer minimises (default {DEFAULT_OBJECTIVE}): " + objective_help())
+
+
+def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "place",
         help="fit an expert placement plan (which GPU holds which experts and replicas) on a trace",
@@ -119,8 +125,7 @@ def add_parser(subparsers) -> None:
                         "kahypar,coact,lpt when mtkahypar is installed and E <= 128, else coact,lpt); with several, "
                         "the one that holds up best on the last quarter of the fit tokens wins")
     add_deprecated_alias(parser, "--seeds", "--starts")
-    parser.add_argument("--objective", choices=objective_names(), default=DEFAULT_OBJECTIVE,
-                        help=f"what the optimizer minimises (default {DEFAULT_OBJECTIVE}): " + objective_help())
+    add_objective_argument(parser)
     parser.add_argument("--compare", action="store_true",
                         help="also fit every baseline (Mt-KaHyPar ones when installed) on the same fit tokens and "
                         "print their numbers next to the plan's (in-sample for all; plan-eval compares on held-out "

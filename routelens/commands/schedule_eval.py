@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import (add_json_argument, add_no_progress_argument, non_negative_int, positive_float, positive_int,
-                    write_json_output)
-from .place import add_cluster_arguments, cost_from_args, topology_from_args
+from ._args import (add_json_argument, add_no_progress_argument, add_workers_argument, non_negative_int, positive_float,
+                    positive_int, write_json_output)
+from .place import add_cluster_arguments, add_objective_argument, cost_from_args, topology_from_args
 
 
 def token_list(text: str) -> tuple[int, ...]:
@@ -73,10 +73,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--kicks", type=int, default=None, metavar="N",
                         help="optimizer restarts from the best placement after random swaps (default as in routelens "
                         "place)")
-    parser.add_argument("--objective", choices=("a2a", "layer"), default="a2a",
-                        help="optimizer: a2a (default) or layer (adds the busiest GPU's expert compute)")
+    add_objective_argument(parser)
     parser.add_argument("--expert-groups", type=positive_int, default=1,
                         help="eplb: expert groups of the model for the hierarchical policy (DeepSeek-V3: 8)")
+    add_workers_argument(parser)
     add_cluster_arguments(parser)
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="schedule file to write (default RUN/schedules/schedule-g<G>-r<R>[-<phase>].json, where "
@@ -111,7 +111,7 @@ def run(args) -> int:
     config = ScheduleConfig(methods=tuple(dict.fromkeys(methods)), every_tokens=args.every, fit_tokens=args.fit_tokens,
                             batch_tokens=args.batch_tokens, max_tokens=args.max_tokens, weight_bytes=args.weight_bytes,
                             phase=args.phase, relabel=not args.no_relabel, place=place)
-    result = replay_schedules(trace, cost, config, progress=not args.no_progress)
+    result = replay_schedules(trace, cost, config, progress=not args.no_progress, workers=args.workers)
     result["label"] = f"g{topology.num_gpus}-r{args.redundant}" + (f"-{args.phase}" if args.phase else "")
     out = Path(args.out) if args.out else SCHEDULE.path_in(trace.path, result)
     owner = enclosing_run(out)

@@ -42,12 +42,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
-
 from ..errors import InputError
+from ..parallel import resolve_workers, run_jobs
 from .cost import CostModel, estimate_time, score_table, traffic_from_hits
 from .methods import get_method
-from .place import PlaceSettings, layer_table
+from .place import PlaceSettings, layer_job_bytes, layer_table
 from .topology import Topology
 from .traffic import expert_holders
 
@@ -293,28 +292,47 @@ class _Replay:
         self.ids = {layer: np.asarray(trace.topk_ids(layer))[self.index[:self.end]] for layer in self.layers}
         self.fits: dict[tuple[str, int], tuple[dict[str, np.ndarray], float]] = {}
         self.scores: dict[tuple[bytes, int], np.ndarray] = {}
-        self.bar = tqdm(desc="re-fit", unit="plan", disable=not progress)
+        self.progress = progress
 
     def tokens(self, layer: str, start: int, end: int) -> np.ndarray:
         return self.ids[layer][start:end].astype(np.int64)
 
+    def fit_points(self, method: str, everies: list[int]) -> list[int]:
+        """Stream positions where ``method`` is fitted: the static plan's and every period's re-fits."""
+        points = {self.start}
+        for every in everies:
+            points.update(range(self.start, self.end, every))
+        return sorted(points)
+
+    def prefetch(self, wanted: list[tuple[str, int]], workers: int | None) -> None:
+        """Fit every ``(method, at)`` of ``wanted`` not cached yet, one job per layer, on ``workers`` processes.
+
+        Every fit of a sweep is known before scoring starts, so the (fit, layer) jobs run at once
+        (:func:`~routelens.parallel.run_jobs`); a job carries its window of stored expert ids (a
+        view, pickled only when sent). With a time budget each layer job gets ``budget / L``.
+        """
+        wanted = [key for key in dict.fromkeys(wanted) if key not in self.fits]
+        if not wanted:
+            return
+        settings = self.config.place
+        allowance = None if settings.time_budget_s is None else settings.time_budget_s / len(self.layers)
+        jobs = [_FitJob(dataclasses.replace(settings, method=method),
+                        self.ids[layer][at - self.config.fit_tokens:at], int(self.trace.num_experts), self.cost,
+                        allowance)
+                for method, at in wanted for layer in self.layers]
+        count = resolve_workers(workers, len(jobs), bytes_per_job=layer_job_bytes(self.config.fit_tokens,
+                                                                                  int(self.trace.top_k), self.cost),
+                                tokens_per_job=self.config.fit_tokens)
+        results = run_jobs(fit_layer, jobs, count, progress=self.progress, desc="re-fit", unit="layer")
+        for n, key in enumerate(wanted):
+            chunk = results[n * len(self.layers):(n + 1) * len(self.layers)]
+            self.fits[key] = ({layer: table for layer, (table, _) in zip(self.layers, chunk)},
+                              float(sum(seconds for _, seconds in chunk)))
+
     def fit(self, method: str, at: int) -> dict[str, np.ndarray]:
         """``layer → [G, S]`` fitted by ``method`` on stream tokens ``[at - W, at)`` (cached)."""
-        key = (method, at)
-        if key not in self.fits:
-            settings = dataclasses.replace(self.config.place, method=method)
-            started = time.perf_counter()
-            tables = {}
-            for n, layer in enumerate(self.layers):
-                deadline = None
-                if settings.time_budget_s is not None:
-                    left = settings.time_budget_s - (time.perf_counter() - started)
-                    deadline = time.perf_counter() + max(0.0, left) / (len(self.layers) - n)
-                ids = self.tokens(layer, at - self.config.fit_tokens, at)
-                tables[layer], _ = layer_table(method, ids, int(self.trace.num_experts), self.cost, settings, deadline)
-            self.fits[key] = (tables, time.perf_counter() - started)
-            self.bar.update(1)
-        return self.fits[key][0]
+        self.prefetch([(method, at)], workers=1)
+        return self.fits[(method, at)][0]
 
     def score(self, tables: dict[str, np.ndarray], batch: int) -> np.ndarray:
         """``[L, K]`` :data:`WINDOW_METRICS` of forward pass ``batch`` under the plan ``tables`` (cached by content)."""
@@ -352,6 +370,26 @@ class _Replay:
         copies = int(total.sum())
         return {"experts_changed": changed, "copies": copies, "bytes": copies * bytes_per_copy,
                 "seconds": move_seconds(total, self.cost.topology, bytes_per_copy)}
+
+
+@dataclass
+class _FitJob:
+    """One layer of one re-fit (sent to a worker process with its window of expert ids)."""
+
+    settings: PlaceSettings
+    topk_ids: np.ndarray  # [W, k] as stored (int16/int32): the fit window
+    num_experts: int
+    cost: CostModel
+    allowance_s: float | None  # this layer's share of the per-re-fit time budget
+
+
+def fit_layer(job: _FitJob) -> tuple[np.ndarray, float]:
+    """``(table [G, S], seconds)`` of one layer fitted by ``job.settings.method`` on its window."""
+    started = time.perf_counter()
+    deadline = None if job.allowance_s is None else started + job.allowance_s
+    table, _ = layer_table(job.settings.method, np.asarray(job.topk_ids, dtype=np.int64), job.num_experts, job.cost,
+                           job.settings, deadline)
+    return table, time.perf_counter() - started
 
 
 NO_MOVES = {"experts_changed": 0, "copies": 0, "bytes": 0.0, "seconds": 0.0}
@@ -447,13 +485,16 @@ def best_schedules(schedules: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
     return best
 
 
-def replay_schedules(trace, cost: CostModel, config: ScheduleConfig, progress: bool = True) -> dict[str, Any]:
+def replay_schedules(trace, cost: CostModel, config: ScheduleConfig, progress: bool = True,
+                     workers: int | None = 1) -> dict[str, Any]:
     """Replay ``trace`` under every schedule of ``config`` and the static plan of each method.
 
     Args:
         trace: a :class:`~routelens.trace.Trace` with per-token routing.
         cost: the cluster (its topology fixes ``G``) and token/expert sizes; also sizes the moved weights.
         config: methods, periods, windows (:class:`ScheduleConfig`).
+        workers: processes fitting plans at once, one (re-fit, layer) job each (None or 0: every
+            core; 1: this process). The same result for any count: every fit is seeded.
 
     Returns:
         The body of a :data:`routelens.formats.SCHEDULE` file: the stream and cluster, and
@@ -471,11 +512,11 @@ def replay_schedules(trace, cost: CostModel, config: ScheduleConfig, progress: b
     bytes_per_copy = expert_bytes(cost, config.weight_bytes)
     replay = _Replay(trace, cost, config, progress)
     everies = sorted(set(config.every_tokens))
+    replay.prefetch([(method, at) for method in config.methods for at in replay.fit_points(method, everies)], workers)
     schedules = []
     for method in config.methods:
         schedules.append(_schedule(replay, method, None, everies[0], bytes_per_copy))
         schedules += [_schedule(replay, method, every, everies[0], bytes_per_copy) for every in everies]
-    replay.bar.close()
     topo = cost.topology
     place = config.place
     return {

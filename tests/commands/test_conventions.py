@@ -12,6 +12,7 @@ from routelens.cli import build_parser, main
 from routelens.commands import finetune, reroute_eval
 from routelens.commands._args import DeprecatedAlias, layer_selection, non_negative_int, positive_int
 from routelens.reroute.registry import policy_names
+from routelens.placement.objectives import DEFAULT_OBJECTIVE, objective_names
 
 
 def command_parsers() -> dict[str, argparse.ArgumentParser]:
@@ -88,6 +89,7 @@ CONVENTIONS = {
     "how much text": ("--max-tokens", lambda a: a.type is positive_int),
     "fit share": ("--fit-fraction", lambda a: a.type is float),
     "worker processes": ("--workers", lambda a: a.type is non_negative_int and a.default == 0 and a.metavar == "N"),
+    "optimizer objective": ("--objective", lambda a: list(a.choices) == list(objective_names()) and a.default == DEFAULT_OBJECTIVE),
 }
 
 # Commands that write a result of their own take --out; those that only read or report do not.

@@ -72,6 +72,21 @@ def test_a_schedule_starts_with_the_static_plan_and_refits_on_the_window_before_
     assert refit["mean"]["busiest_gpu_recv"] < refit["static"]["busiest_gpu_recv"]
 
 
+def test_fits_on_worker_processes_give_the_same_schedules(drifting_trace):
+    cost = cost_for(drifting_trace)
+    sweep = config(methods=("routelens", "eplb"), every=(1024, 2048),
+                   place=PlaceSettings(seeds=("coact", "lpt"), kicks=2))
+    serial = replay_schedules(drifting_trace, cost, sweep, progress=False, workers=1)
+    parallel = replay_schedules(drifting_trace, cost, sweep, progress=False, workers=2)
+    for one, other in zip(serial["schedules"], parallel["schedules"], strict=True):
+        assert (one["method"], one["every_tokens"]) == (other["method"], other["every_tokens"])
+        assert [w["fit"] for w in one["windows"]] == [w["fit"] for w in other["windows"]]
+        for a, b in zip(one["windows"], other["windows"], strict=True):
+            assert {k: a[k] for k in WINDOW_METRICS} == {k: b[k] for k in WINDOW_METRICS}
+            assert a["move"] == b["move"]
+    assert serial["best"] == parallel["best"]
+
+
 def test_a_plan_that_never_changes_moves_nothing_and_scores_as_the_static_plan(drifting_trace):
     result = replay_schedules(drifting_trace, cost_for(drifting_trace), config(methods=("contiguous",), every=(512, 1536)),
                               progress=False)
