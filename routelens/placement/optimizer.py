@@ -386,7 +386,8 @@ def _place_replicas(base: LayerResult, ids, num_experts, num_gpus, cost, redunda
     problem = _Problem(ids, num_experts, num_gpus, redundant, cost, policy, num_batches)
     extra = problem.slots - base.table.shape[1]
     partial = np.concatenate([base.table, np.full((num_gpus, extra), -1, dtype=np.int64)], axis=1)
-    table = add_replicas(partial, ids, cost, policy, source_gpu=problem.source, num_experts=num_experts)
+    table = add_replicas(partial, ids, cost, policy, source_gpu=problem.source, num_experts=num_experts,
+                         deadline=deadline)
     table, value, stats = local_search(problem.state(table), problem.objective, deadline=deadline,
                                        refresh=problem.refresh, bound=problem.layer_seconds)
     layer_s = problem.layer_seconds(problem.state(table))

@@ -122,3 +122,18 @@ def test_replicas_next_to_collaborators_cut_the_busiest_receive_below_eplbs():
     assert result.info()["replicas"] == "cost model"
     for tokens in (fit, held):
         assert score_table(tokens, result.table, cost)["busiest_gpu_recv"] < 0.9 * score_table(tokens, eplb, cost)["busiest_gpu_recv"]
+
+
+def test_past_its_deadline_the_search_still_fills_every_slot_with_the_estimates_best(monkeypatch):
+    import routelens.placement.replica_search as replica_search
+
+    ids = synthetic_topk_ids(2000, 32, 4, num_groups=8, in_group=0.8, skew=0.8, seed=3).astype(np.int64)
+    base = np.arange(32).reshape(4, -1)
+    partial = np.c_[base, np.full((4, 2), -1)]
+    cost = CostModel(Topology(1, 4), token_bytes=8192, expert_flops_per_token=1e8)
+    scored = []
+    original = replica_search.assign_replicas
+    monkeypatch.setattr(replica_search, "assign_replicas", lambda *a, **k: scored.append(1) or original(*a, **k))
+    table = add_replicas(partial, ids, cost, deadline=0.0)  # perf_counter() is past 0 from the start
+    _valid(table, base, 32)
+    assert len(scored) == 1 + 8  # the start, then one exact score per free slot (not up to 6)
