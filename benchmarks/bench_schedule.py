@@ -38,7 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from routelens.formats import SCHEDULE
 from routelens.placement.cost import CostModel
