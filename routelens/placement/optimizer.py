@@ -88,6 +88,7 @@ FANOUT_WEIGHT = 20.0  # mean-volume weight of the "mincut" seed's search: fan-ou
 MAX_FIT_TOKENS = 32768
 DEFAULT_BATCHES = 8  # consecutive batches the fit tokens are scored in (step 0), E <= BATCHES_MAX_EXPERTS
 BATCHES_MAX_EXPERTS = 128  # above: one batch (each batch multiplies the [n, n] swap tables)
+MIN_BATCH_TOKENS = 128  # and 4 G: below, a batch's loads are sampling noise that hides even planted groups
 DEFAULT_KICKS = 16  # random restarts of the local search from the best placement (E <= KICKS_MAX_EXPERTS)
 KICKS_MAX_EXPERTS = 128
 KICK_SWAPS = 12  # random swaps per kick
@@ -96,7 +97,9 @@ KICK_SWAPS = 12  # random swaps per kick
 def default_batches(num_experts: int) -> int:
     """Consecutive batches the fit tokens are scored in by default: :data:`DEFAULT_BATCHES` up to
     ``E = BATCHES_MAX_EXPERTS``, one above (there every batch multiplies the ``[n, n]`` swap tables,
-    and the scale budget matters). A batch never has fewer than ``4 G`` tokens (:class:`_Problem`).
+    and the scale budget matters). A batch never has fewer than ``max(4 G, 128)`` tokens (:class:`_Problem`):
+    200 fit tokens of 4 planted groups scored in 8 batches of 25 split the groups for the noise in each
+    batch's compute balance.
 
     Measured on held-out tokens (docs/placement.md, "Benchmark"): with 8 batches instead of one the
     plan's compute max/mean on new tokens fell on the demo model and the tiny models at hidden size
@@ -161,7 +164,7 @@ class _Problem:
         self.cost, self.policy = cost, policy
         self.topology = cost.topology
         num_tokens = self.ids.shape[0]
-        self.num_batches = int(max(1, min(num_batches, num_tokens // max(4 * num_gpus, 1) or 1)))
+        self.num_batches = int(max(1, min(num_batches, num_tokens // max(4 * num_gpus, MIN_BATCH_TOKENS) or 1)))
         self.batch = (np.arange(num_tokens) * self.num_batches) // max(num_tokens, 1)
         self.bounds = np.searchsorted(self.batch, np.arange(self.num_batches + 1))
         # each batch is its own All-to-All: its tokens start evenly over the GPUs

@@ -236,6 +236,7 @@ def test_default_batches_and_bad_counts():
     assert default_batches(128) == 8 and default_batches(256) == 1
     with pytest.raises(InputError, match="num_batches"):
         optimize_layer(_drifting_pairs(64), 4, 2, CostModel(Topology(1, 2), token_bytes=4096), num_batches=0)
-    # never fewer than 4 G tokens a batch: 64 tokens on 2 GPUs give 8 batches, 24 tokens only 3
+    # never fewer than max(4 G, 128) tokens a batch: 1024 tokens give 8 batches, 384 only 3, 24 one
     cost = CostModel(Topology(1, 2), token_bytes=4096)
-    assert optimize_layer(_drifting_pairs(24), 4, 2, cost, seeds=("lpt",), kicks=0).batches == 3
+    for tokens, batches in ((1024, 8), (384, 3), (24, 1)):
+        assert optimize_layer(_drifting_pairs(tokens), 4, 2, cost, seeds=("lpt",), kicks=0).batches == batches
