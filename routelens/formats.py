@@ -194,6 +194,9 @@ TRACE = FileFormat(
 SHARD_DIR = "shards"
 PARTS_DIR = "parts"
 PART_FILE = "rank{rank}.json"
+# The capture's tokenizer (the ``tokenizers`` JSON of a fast tokenizer), so that token strings come
+# from inside the run folder and analysis never opens the model folder a manifest names.
+TOKENIZER_FILE = "tokenizer.json"
 
 PLAN = FileFormat("routelens-plan", 1, what="plan", error=PlanError, folder="plans",
                   remake="re-make it with routelens place")

@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import InputError, RoutelensError, TraceError
-from ..formats import PART_FILE, PARTS_DIR, SHARD_DIR
+from ..formats import PART_FILE, PARTS_DIR, SHARD_DIR, TOKENIZER_FILE
+from ..io import atomic_write
 from ..lock import is_lock_file, lock_name, run_lock
 from ..trace import MANIFEST, Trace, TraceWriter, merge_rank_parts, read_manifest_file
 from ..trace_format import all_finite
@@ -129,6 +130,7 @@ def capture(
         if resume:
             _check_resume_settings(out, header, ctx)
             if ctx.world_size == 1 and _is_finished(out, windows.num_windows):
+                save_tokenizer(out, tokenizer)
                 return Trace.open(out)  # nothing to add: leave the manifest (and caches keyed on it) untouched
         ctx.barrier()  # every rank has checked --out before any rank writes into it
         writer = TraceWriter(out, header, resume=resume, rank=ctx.rank, world_size=ctx.world_size)
@@ -171,7 +173,24 @@ def capture(
             if ctx.rank == 0:
                 merge_rank_parts(out, ctx.world_size)
             ctx.barrier()
+        if ctx.rank == 0:
+            save_tokenizer(out, tokenizer)
         return Trace.open(out)
+
+
+def save_tokenizer(out: Path, tokenizer) -> Path | None:
+    """Write the tokenizer's ``tokenizers`` JSON into the run (:data:`~routelens.formats.TOKENIZER_FILE`), once.
+
+    Token strings in the analysis come from this copy (or a ``--tokenizer`` the user names), never
+    from the model folder the manifest names. A tokenizer without a fast backend (sentencepiece
+    only) is not copied: its run reports tokens by id unless ``--tokenizer`` is given. Written after
+    the trace is complete, so an interrupted capture leaves nothing but its shards.
+    """
+    path = Path(out) / TOKENIZER_FILE
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if path.is_file() or backend is None or not hasattr(backend, "save"):
+        return None
+    return atomic_write(path, lambda tmp: backend.save(tmp))
 
 
 def _routing_bytes_per_token(header: dict[str, Any]) -> int:

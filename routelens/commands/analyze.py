@@ -30,7 +30,8 @@ def add_parser(subparsers) -> None:
                         help="Top-T share from which an expert counts as specialized (default 0.5)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of Louvain (default 0)")
     parser.add_argument("--resolution", type=float, default=1.0, help="Louvain resolution (default 1.0)")
-    parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer folder or tokenizer.json (default: the trace's model folder, if local)")
+    parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer folder or tokenizer.json for token strings (default: RUN/tokenizer.json, the copy "
+                        "the capture wrote; older and imported runs need this to show tokens)")
     parser.add_argument("--force", action="store_true", help="recompute even if a current analysis exists")
     add_workers_argument(parser)
     add_json_argument(parser, "the per-layer summary", bare_means_stdout=True)

@@ -133,7 +133,22 @@ def import_records(settings: ImportSettings) -> ImportResult:
                     "files": [p.name for p in paths]}
     if hasattr(data, "chunks"):
         trace = write_routing_trace(out, layout, data, run_settings, source)
+        _copy_local_tokenizer(settings.model, out)
     else:
         trace = write_counts_trace(out, layout, data, run_settings, source)
     return ImportResult(trace=trace, mode=mode, files=paths, num_passes=int(details.get("num_passes", 0)),
                         details=details)
+
+
+def _copy_local_tokenizer(model: str, out: Path) -> None:
+    """The model's tokenizer into the run (token strings for the analysis), when it loads without a
+    download or remote code; an import never fails for want of one (tokens are then shown by id)."""
+    from ..capture.engine import save_tokenizer
+    from ..capture.load import load_tokenizer
+    from ..errors import RoutelensError
+
+    try:
+        tokenizer = load_tokenizer(model, trust_remote_code=False, local_files_only=True)
+    except RoutelensError:
+        return
+    save_tokenizer(out, tokenizer)

@@ -17,12 +17,13 @@ import numpy as np
 
 from ..errors import InputError, TraceError
 from ..formats import ANALYSIS
+from ..io import file_sha256
 from ..layer_selection import select_layers
 from ..parallel import resolve_workers, run_jobs, shared_path, thread_budget
 from ..trace import Trace, as_trace
 from . import layer as L
 from .analysis import Analysis
-from .tokens import TOKEN_CLASSES, class_lookup, load_token_texts
+from .tokens import TOKEN_CLASSES, class_lookup, load_token_texts, tokenizer_file
 
 
 def parse_layers(spec: str | Sequence[int | str] | None, layers: Sequence[str] | int) -> list[int]:
@@ -49,7 +50,16 @@ def analysis_params(trace: Trace, layers: list[int], top_t: int | None, threshol
     """The parameters that, with the trace fingerprint, decide whether a stored analysis is current."""
     return {"layers": layers, "top_t": top_t, "threshold": float(threshold), "seed": int(seed),
             "resolution": float(resolution), "max_vocab": int(max_vocab),
-            "tokenizer": None if tokenizer_path is None else str(tokenizer_path)}
+            "tokenizer": tokenizer_key(trace.path, tokenizer_path)}
+
+
+def tokenizer_key(trace_path, tokenizer_path: str | None) -> str | None:
+    """What the token strings come from, for the cache: the named path, or the content hash of the
+    run's own ``tokenizer.json`` (a run that gains one is analysed again), or None (ids only)."""
+    if tokenizer_path is not None:
+        return str(tokenizer_path)
+    source = tokenizer_file(trace_path)
+    return None if source is None else "sha256:" + file_sha256(source)[0]
 
 
 def analyze_trace(
@@ -77,8 +87,8 @@ def analyze_trace(
         seed, resolution: Louvain parameters.
         max_vocab: the most frequent token ids tracked per expert for top tokens (rarer ids still
             count in totals and classes).
-        tokenizer_path: tokenizer folder or ``tokenizer.json`` (default: the model folder named by
-            the manifest, if it exists locally).
+        tokenizer_path: tokenizer folder or ``tokenizer.json`` (default: the copy the capture wrote
+            into the run, ``RUN/tokenizer.json``; the model folder the manifest names is never opened).
         top_tokens, min_token_count: tokens listed per expert, and the least times an expert must
             serve a token to list it.
         workers: processes analysing layers at once (None or 0: every core; 1: this process). The
@@ -105,7 +115,7 @@ def analyze_trace(
     col_of_vocab = np.full(vocab.size, keep.size, dtype=np.int64)
     col_of_vocab[keep] = np.arange(keep.size)
     frequent_ids = vocab[keep]
-    texts = load_token_texts(vocab, trace.model_id, trace.path, tokenizer_path)
+    texts = load_token_texts(vocab, trace.path, tokenizer_path)
     cls_of_vocab = class_lookup(texts, vocab)
     # dense lookups by token id: a chunk's columns and classes are one gather, in any worker
     id_span = int(vocab[-1]) + 1 if vocab.size else 1

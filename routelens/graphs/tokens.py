@@ -2,10 +2,10 @@
 
 An expert *specializes* in a token (or class) when it serves it more often than the token's share
 of the text: ``lift = P(token | expert) / P(token)``, both counted over routing slots (a token
-routed to ``k`` experts counts once for each). Token strings come from the trace's tokenizer when
-the model folder named in the manifest (``manifest["model"]["id"]``, e.g. ``data/demo-moe``) holds
-one; nothing is ever downloaded, and without a tokenizer tokens are reported by id and classes are
-skipped.
+routed to ``k`` experts counts once for each). Token strings come from the tokenizer the capture
+copied into the run folder (``RUN/tokenizer.json``) or one the user names (``--tokenizer``); the
+model folder a manifest names is never opened (a manifest is input like any other file), nothing is
+downloaded, and without a tokenizer tokens are reported by id and classes are skipped.
 
 Classes (a heuristic on the decoded string, leading/trailing spaces stripped):
 ``whitespace`` (only spaces, tabs, newlines), ``digits``, ``punctuation`` (no letter, digit or
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..formats import TOKENIZER_FILE
 
 TOKEN_CLASSES = ("identifier", "punctuation", "whitespace", "digits", "word", "other")
 _CODE_WORDS = frozenset(keyword.kwlist) | {"self", "cls", "args", "kwargs", "init", "elif", "def", "str", "int", "dict"}
@@ -55,34 +57,28 @@ def token_class(text: str) -> str:
     return "other"
 
 
-def find_tokenizer_folder(model_id: str, trace_path: str | os.PathLike | None = None) -> Path | None:
-    """The local folder of a trace's model, if it exists here (absolute, or relative to the cwd or trace).
-
-    Hub ids that are not local folders give None: analysis never downloads.
-    """
-    if not model_id:
-        return None
-    candidates = [Path(model_id).expanduser()]
-    if trace_path is not None and not Path(model_id).is_absolute():
-        candidates.append(Path(trace_path) / model_id)
-    for folder in candidates:
-        if folder.is_dir():
-            return folder
+def tokenizer_file(trace_path: str | os.PathLike | None = None, tokenizer_path=None) -> Path | None:
+    """Where token strings come from: ``tokenizer_path`` (a folder or ``tokenizer.json`` the user
+    named), else the run's own copy (:data:`~routelens.formats.TOKENIZER_FILE`), else None."""
+    if tokenizer_path:
+        return Path(tokenizer_path).expanduser()
+    if trace_path is not None and (Path(trace_path) / TOKENIZER_FILE).is_file():
+        return Path(trace_path) / TOKENIZER_FILE
     return None
 
 
-def load_token_texts(token_ids: Sequence[int], model_id: str, trace_path=None, tokenizer_path=None) -> dict[int, str] | None:
-    """Decode each distinct token id to its string with the model's local tokenizer.
+def load_token_texts(token_ids: Sequence[int], trace_path=None, tokenizer_path=None) -> dict[int, str] | None:
+    """Decode each distinct token id to its string with the run's (or the named) tokenizer.
 
     Args:
         token_ids: the ids to decode (distinct).
-        model_id: ``manifest["model"]["id"]`` (a local folder or a hub id).
+        trace_path: the run folder (its ``tokenizer.json``, written by the capture).
         tokenizer_path: a folder or ``tokenizer.json`` to use instead.
 
     Returns:
-        ``{id: text}``, or None when no tokenizer is loadable without a download.
+        ``{id: text}``, or None when there is no tokenizer to read (nothing is downloaded).
     """
-    decode = _local_decoder(tokenizer_path, model_id, trace_path)
+    decode = _local_decoder(tokenizer_file(trace_path, tokenizer_path))
     if decode is None:
         return None
     texts = {}
@@ -94,8 +90,7 @@ def load_token_texts(token_ids: Sequence[int], model_id: str, trace_path=None, t
     return texts
 
 
-def _local_decoder(tokenizer_path, model_id: str, trace_path):
-    folder = Path(tokenizer_path) if tokenizer_path else find_tokenizer_folder(model_id, trace_path)
+def _local_decoder(folder: Path | None):
     if folder is None:
         return None
     file = folder if folder.is_file() else folder / "tokenizer.json"

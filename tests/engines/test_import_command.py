@@ -37,6 +37,7 @@ def test_sglang_per_token_import_round_trips_and_its_plan_loads_back_into_sglang
     assert trace.phases == list(PHASES)
     assert trace.phase.tolist() == np.concatenate([np.full(len(w[0]), w[2]) for w in expected]).tolist()
     assert [f["name"] for f in trace.manifest["source"]["files"]] == [f.name for f in files]
+    assert not (run / "tokenizer.json").exists()  # the model folder has no tokenizer: tokens stay ids
 
     assert main(["analyze", str(run), "--no-progress"]) == 0
     _fails_in_one_line(capsys, ["reroute", str(run), "--policy", "c2r"], "holds expert ids only")
@@ -109,3 +110,23 @@ def test_import_help_names_what_each_engine_records(engine, capsys):
         main(["import", "--help"])
     text = capsys.readouterr().out
     assert engine in text and "config.json" in text
+
+
+def test_an_import_copies_the_models_local_tokenizer_into_the_run(tmp_path, models, layout, capsys):
+    import shutil
+
+    from routelens.capture.tiny import build_byte_tokenizer
+    from routelens.graphs.tokens import load_token_texts
+
+    model = tmp_path / "model"
+    shutil.copytree(models["deepseek_v3"], model)
+    tokenizer = build_byte_tokenizer(vocab_size=280)
+    tokenizer.save_pretrained(model)
+    rng = np.random.default_rng(3)
+    files, _ = write_sglang_per_token(tmp_path, rng, layout, known_passes(rng, layout, 4, max_window=6),
+                                      eplb_map(rng, 3, 8, 4), ranks=1)
+    run = tmp_path / "prod"
+    assert main(["import", "sglang", *map(str, files), "--model", str(model), "--out", str(run)]) == 0
+    ids = np.unique(Trace.open(run).token_ids)
+    ids = ids[ids < 280][:20]
+    assert load_token_texts(ids, run) == {int(i): tokenizer.decode([int(i)]) for i in ids}

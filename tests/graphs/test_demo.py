@@ -61,3 +61,18 @@ def test_demo_checkpoint_capture_is_analysed_exactly(tmp_path):
         assert row["experts_used"] > 0 and 0 <= row["share_specialized"] <= 1
     share, lift = analysis.class_lift(0)
     assert np.allclose(share[analysis.load(0) > 0].sum(axis=1), 1.0)
+
+
+def test_a_run_analysed_without_its_tokenizer_is_analysed_again_once_it_has_one(tmp_path):
+    model = build_tiny_moe(tmp_path / "tiny", tiny_qwen3_moe_config(num_experts=8, top_k=2, num_layers=2))
+    text = tmp_path / "code.txt"
+    text.write_text(CODE * 10)
+    trace = capture_from_path(model, tmp_path / "run", text=text, seq_len=64, max_tokens=256, progress=False)
+    copy = (trace.path / "tokenizer.json").read_bytes()
+    (trace.path / "tokenizer.json").unlink()  # as a run captured before the copy existed
+    analysis, computed = ensure_analysis(trace.path, progress=False)
+    assert computed and analysis.meta["tokenizer"] is False
+    assert ensure_analysis(trace.path, progress=False)[1] is False  # nothing changed: reused
+    (trace.path / "tokenizer.json").write_bytes(copy)  # what capture --resume of a finished run adds
+    analysis, computed = ensure_analysis(trace.path, progress=False)
+    assert computed and analysis.meta["tokenizer"] is True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from routelens.graphs.tokens import class_lift, find_tokenizer_folder, load_token_texts, token_class, top_tokens
+from routelens.graphs.tokens import class_lift, load_token_texts, token_class, tokenizer_file, top_tokens
 
 
 @pytest.mark.parametrize("text,cls", [
@@ -40,13 +40,19 @@ def test_class_lift_of_an_expert_that_only_serves_digits():
     assert share[0, 3] == 1.0 and lift[0, 3] == pytest.approx(1.0 / (15 / 40))
 
 
-def test_tokenizer_texts_from_a_local_folder_and_none_without_one(tmp_path):
+def test_token_texts_come_from_the_run_or_a_named_tokenizer_never_the_model_folder(tmp_path):
     from routelens.capture.tiny import build_byte_tokenizer
 
     tok = build_byte_tokenizer(vocab_size=280)
     tok.save_pretrained(tmp_path / "model")
     ids = tok("def route(x):", add_special_tokens=False)["input_ids"]
-    texts = load_token_texts(ids, str(tmp_path / "model"))
-    assert "".join(texts[i] for i in ids) == "def route(x):"
-    assert load_token_texts(ids, "org/not-a-local-model") is None  # a hub id: never downloaded
-    assert find_tokenizer_folder("model", trace_path=tmp_path) == tmp_path / "model"
+    run = tmp_path / "run"
+    run.mkdir()
+    # a run next to its model folder, whose manifest would name "../model": not opened
+    assert load_token_texts(ids, run) is None
+    named = load_token_texts(ids, run, tokenizer_path=tmp_path / "model")  # the user names it: used
+    assert "".join(named[i] for i in ids) == "def route(x):"
+    tok.backend_tokenizer.save(str(run / "tokenizer.json"))  # what the capture writes
+    texts = load_token_texts(ids, run)
+    assert texts == named and tokenizer_file(run) == run / "tokenizer.json"
+    assert load_token_texts(ids, None) is None  # no run, no tokenizer: ids only, nothing downloaded
