@@ -89,6 +89,8 @@ CONVENTIONS = {
     "how much text": ("--max-tokens", lambda a: a.type is positive_int),
     "fit share": ("--fit-fraction", lambda a: a.type is float),
     "worker processes": ("--workers", lambda a: a.type is non_negative_int and a.default == 0 and a.metavar == "N"),
+    "windows per pass": ("--batch-size", lambda a: a.type is positive_int and a.help.startswith("windows per")),
+    "tokens per pass": ("--batch-tokens", lambda a: a.type is positive_int and a.help.startswith("tokens ")),
     "optimizer objective": ("--objective", lambda a: list(a.choices) == list(objective_names()) and a.default == DEFAULT_OBJECTIVE),
 }
 
