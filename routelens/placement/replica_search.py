@@ -14,7 +14,7 @@ step adds the ``(expert, GPU)`` replica that most lowers the estimated layer tim
    same slots, and the slots whose token starts on ``g``, move their compute from ``h`` to ``g``.
    From these ``[E, G, G]`` tables every candidate's receive and compute per GPU follow, and the
    surrogate ``2·max recv + max compute + 2·mean recv`` ranks them.
-2. **Score the best few exactly** (:func:`default_exact_candidates`: 6, or 3 above 128 experts): the replica policy re-assigns every
+2. **Score the best few exactly** (:data:`EXACT_CANDIDATES`; the optimizer uses 3 above 128 experts): the replica policy re-assigns every
    fit token and the cost model (:func:`~routelens.placement.cost.placement_objective`) scores the
    result; the best candidate is added (a slot must be filled even when nothing improves).
 
@@ -36,23 +36,8 @@ from .cost import CostModel, layer_traffic, placement_objective
 from .traffic import DEFAULT_REPLICA_POLICY, assign_replicas, gpus_visited
 
 EXACT_CANDIDATES = 6
-"""Candidates per step scored with the full cost model (the estimate ranks all of them), up to ``E = 128``."""
-EXACT_CANDIDATES_LARGE = 3
-"""The same above ``E = 128`` (DeepSeek-V3: 64 replicas × 3 exact scores of 32k tokens instead of × 6)."""
-LARGE_EXPERTS = 128
-
-
-def default_exact_candidates(num_experts: int) -> int:
-    """Candidates per step scored exactly: :data:`EXACT_CANDIDATES` up to ``E = 128``, :data:`EXACT_CANDIDATES_LARGE` above.
-
-    Each exact score re-runs the replica policy on every fit token, the replica search's main cost;
-    on a DeepSeek-V3-shaped trace (256 experts, 64 GPUs, 64 replicas) 3 instead of 6 changed no plan
-    and placed 3 layers of 131k fit tokens in 55 s instead of 86 s on one core.
-
-        >>> default_exact_candidates(64), default_exact_candidates(256)
-        (6, 3)
-    """
-    return EXACT_CANDIDATES if num_experts <= LARGE_EXPERTS else EXACT_CANDIDATES_LARGE
+"""Candidates per step scored with the full cost model (the estimate ranks all of them); the
+optimizer passes fewer for large expert counts (:func:`~.optimizer.default_exact_candidates`)."""
 
 
 def complete_table(table: np.ndarray) -> np.ndarray:
@@ -118,7 +103,7 @@ def replica_effects(topk_ids: np.ndarray, source_gpu: np.ndarray, dest_gpu: np.n
 
 def add_replicas(table: np.ndarray, topk_ids: np.ndarray, cost: CostModel, policy: str = DEFAULT_REPLICA_POLICY,
                  source_gpu: np.ndarray | None = None, num_experts: int | None = None,
-                 exact_candidates: int | None = None, deadline: float | None = None) -> np.ndarray:
+                 exact_candidates: int = EXACT_CANDIDATES, deadline: float | None = None) -> np.ndarray:
     """Fill the free slots (``-1``) of ``table`` with replicas, one at a time, greedily by the cost model.
 
     Args:
@@ -128,8 +113,7 @@ def add_replicas(table: np.ndarray, topk_ids: np.ndarray, cost: CostModel, polic
         policy: the replica policy the plan will be served with.
         source_gpu: ``[T]`` where tokens start (default: evenly, like the cost model).
         num_experts: ``E`` (default: the largest id in ``table`` or ``topk_ids`` + 1).
-        exact_candidates: candidates per step scored with the full cost model (default
-            :func:`default_exact_candidates`).
+        exact_candidates: candidates per step scored with the full cost model.
         deadline: ``time.perf_counter()`` value after which each step adds the estimate's best
             candidate without an exact score (the free slots must still be filled).
 
@@ -147,8 +131,6 @@ def add_replicas(table: np.ndarray, topk_ids: np.ndarray, cost: CostModel, polic
     num_gpus = table.shape[0]
     if num_experts is None:
         num_experts = int(max(table.max(), ids.max(initial=-1))) + 1
-    if exact_candidates is None:
-        exact_candidates = default_exact_candidates(num_experts)
     topo = cost.topology
     source = token_source_gpu(ids.shape[0], num_gpus) if source_gpu is None else np.asarray(source_gpu, dtype=np.int64)
     link_seconds = cost.token_bytes * topo.seconds_per_byte()[topo.link_class()]
